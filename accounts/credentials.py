@@ -1,0 +1,96 @@
+"""API tokens and WebSocket tickets: issue, verify, consume. Stored hashed only."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.utils import timezone
+
+from accounts.models import ApiToken, User, WsTicket
+
+TOKEN_PREFIX = "tt_"
+TICKET_PREFIX = "tk_"
+TICKET_SECONDS = 60
+
+
+def digest(raw: str) -> str:
+    """SHA-256 of a credential: the tokens are random, so no salt or slow hash is needed."""
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def session_ref(session_key: str) -> str:
+    """The registry's reference for a session, without the session key itself."""
+    return "session:" + digest(session_key)[:32]
+
+
+def token_ref(token_id: int) -> str:
+    return f"token:{token_id}"
+
+
+def issue_token(user: User, name: str = "", can_publish: bool = False) -> tuple[ApiToken, str]:
+    """Create a token; the raw value is returned once and never stored."""
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, name=name, prefix=raw[:10], key_hash=digest(raw), can_publish=can_publish
+    )
+    return token, raw
+
+
+def verify_token(raw: str) -> ApiToken | None:
+    """The token for `raw`, with its user, or None."""
+    if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+        return None
+    token = ApiToken.objects.select_related("user").filter(key_hash=digest(raw)).first()
+    if token is None:
+        return None
+    now = timezone.now()
+    # Coarse last-used stamp: one write a minute per token at most.
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+def issue_ticket(user: User, auth_ref: str) -> str:
+    """A single-use ticket valid for TICKET_SECONDS."""
+    raw = TICKET_PREFIX + secrets.token_urlsafe(32)
+    WsTicket.objects.create(
+        key_hash=digest(raw),
+        user=user,
+        auth_ref=auth_ref,
+        expires_at=timezone.now() + timedelta(seconds=TICKET_SECONDS),
+    )
+    return raw
+
+
+def consume_ticket(raw: str) -> WsTicket | None:
+    """Use a ticket once. One conditional UPDATE, so two nodes cannot both use it."""
+    if not raw.startswith(TICKET_PREFIX) or len(raw) > 200:
+        return None
+    key_hash = digest(raw)
+    now = timezone.now()
+    used = WsTicket.objects.filter(
+        key_hash=key_hash, used_at__isnull=True, expires_at__gt=now
+    ).update(used_at=now)
+    if used != 1:
+        return None
+    return WsTicket.objects.select_related("user").get(key_hash=key_hash)
+
+
+def purge_tickets(older_than: timedelta = timedelta(hours=1)) -> int:
+    """Delete tickets expired for a while (they are useless, keep the table small)."""
+    deleted, _ = WsTicket.objects.filter(expires_at__lt=timezone.now() - older_than).delete()
+    return deleted
+
+
+__all__ = [
+    "consume_ticket",
+    "digest",
+    "issue_ticket",
+    "issue_token",
+    "purge_tickets",
+    "session_ref",
+    "token_ref",
+    "verify_token",
+]

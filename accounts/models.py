@@ -1,0 +1,45 @@
+"""Users, long-lived API tokens and single-use WebSocket tickets."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+
+class User(AbstractUser):
+    """Tether's user; a custom model so later fields need no migration dance."""
+
+
+class ApiToken(models.Model):
+    """A bearer token. Only its SHA-256 is stored, so a dump reveals no usable token."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, default="")
+    prefix = models.CharField(max_length=12, help_text="first characters, to recognise a token")
+    key_hash = models.CharField(max_length=64, unique=True)
+    can_publish = models.BooleanField(default=False, help_text="may publish to topics over REST")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+
+class WsTicket(models.Model):
+    """A single-use, 60-second credential for `?ticket=` on the socket URL."""
+
+    key_hash = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # The credential that obtained the ticket ("session:<hash>" or "token:<id>"),
+    # so logging out also closes sockets opened with its tickets.
+    auth_ref = models.CharField(max_length=80)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "WebSocket ticket"

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import password_validation
+from rest_framework import serializers
+
+from accounts.models import User
+
+
+class UserSerializer(serializers.ModelSerializer):
+    """PROTOCOL 9 user: `{"id": 7, "username": "alice"}`."""
+
+    class Meta:
+        model = User
+        fields = ["id", "username"]
+
+
+class CredentialsSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=4096, trim_whitespace=False)
+
+
+class RegisterSerializer(CredentialsSerializer):
+    username = serializers.RegexField(
+        r"^[\w.@+-]+\Z",
+        max_length=150,
+        error_messages={"invalid": "letters, digits and @/./+/-/_ only"},
+    )
+
+    def validate_username(self, value: str) -> str:
+        if User.objects.filter(username__iexact=value).exists():
+            raise serializers.ValidationError("this username is taken")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        candidate = User(username=attrs["username"])
+        try:
+            password_validation.validate_password(attrs["password"], candidate)
+        except Exception as exc:  # django ValidationError → DRF's, naming the field
+            raise serializers.ValidationError({"password": list(getattr(exc, "messages", [str(exc)]))}) from None
+        return attrs

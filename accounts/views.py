@@ -1,0 +1,74 @@
+"""REST auth endpoints (PROTOCOL 9): register, token, ws-ticket, me."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import authenticate
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import credentials
+from accounts.models import ApiToken, User
+from accounts.serializers import CredentialsSerializer, RegisterSerializer, UserSerializer
+from project.api_errors import error_response
+
+
+def auth_ref_of(request: Request) -> str:
+    """The credential a request rests on, as the socket registry names it."""
+    if isinstance(request.auth, ApiToken):
+        return credentials.token_ref(request.auth.pk)
+    session_key = request._request.session.session_key or ""
+    return credentials.session_ref(session_key)
+
+
+class RegisterView(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
+
+    def post(self, request: Request) -> Response:
+        if not settings.SIGNUP_ENABLED:
+            return error_response("forbidden", "sign-up is disabled on this server", 403)
+        serializer = RegisterSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = User.objects.create_user(
+            username=serializer.validated_data["username"],
+            password=serializer.validated_data["password"],
+        )
+        return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
+
+
+class TokenView(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
+
+    def post(self, request: Request) -> Response:
+        serializer = CredentialsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = authenticate(
+            request._request,
+            username=serializer.validated_data["username"],
+            password=serializer.validated_data["password"],
+        )
+        if user is None:
+            return error_response("invalid_credentials", "wrong username or password", 401)
+        _, raw = credentials.issue_token(user, name="POST /api/auth/token/")
+        return Response({"token": raw}, status=status.HTTP_200_OK)
+
+
+class WsTicketView(APIView):
+    def post(self, request: Request) -> Response:
+        raw = credentials.issue_ticket(request.user, auth_ref_of(request))
+        return Response(
+            {"ticket": raw, "expires_in": credentials.TICKET_SECONDS},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class MeView(APIView):
+    def get(self, request: Request) -> Response:
+        return Response(UserSerializer(request.user).data)

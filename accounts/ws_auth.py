@@ -1,0 +1,94 @@
+"""Socket authentication (PROTOCOL 2): session cookie, then Bearer token, then ticket.
+
+The result goes into the scope; the consumer accepts and closes with 4401
+(or 4403 for a disabled account) so browsers can tell "log in again" apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.auth import get_user
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import AnonymousUser
+
+from accounts import credentials
+from realtime.origin import header
+
+
+@dataclass(frozen=True)
+class SocketAuth:
+    """How a socket authenticated, and which credential it rests on."""
+
+    method: str  # "session" | "token" | "ticket" | "" (none)
+    ref: str  # "session:<hash>" | "token:<id>" | ""
+    disabled: bool = False  # valid credential of an inactive account → 4403
+
+
+NO_AUTH = SocketAuth("", "")
+
+
+def _bearer(scope: dict[str, Any]) -> str | None:
+    value = header(scope, b"authorization")
+    if not value:
+        return None
+    scheme, _, raw = value.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return None
+    return raw.strip()
+
+
+def _ticket(scope: dict[str, Any]) -> str | None:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    values = query.get("ticket")
+    return values[0] if values else None
+
+
+@database_sync_to_async
+def _user_for_token(raw: str) -> tuple[Any, SocketAuth] | None:
+    token = credentials.verify_token(raw)
+    if token is None:
+        return None
+    return token.user, SocketAuth("token", credentials.token_ref(token.pk), not token.user.is_active)
+
+
+@database_sync_to_async
+def _user_for_ticket(raw: str) -> tuple[Any, SocketAuth] | None:
+    ticket = credentials.consume_ticket(raw)
+    if ticket is None:
+        return None
+    return ticket.user, SocketAuth("ticket", ticket.auth_ref, not ticket.user.is_active)
+
+
+async def authenticate(scope: dict[str, Any]) -> tuple[Any, SocketAuth]:
+    """The first credential that authenticates, in the protocol's order."""
+    session = scope.get("session")
+    if scope.get("tether_origin_ok") and session is not None and session.session_key:
+        user = await get_user(scope)
+        if user.is_authenticated:
+            return user, SocketAuth("session", credentials.session_ref(session.session_key))
+    raw = _bearer(scope)
+    if raw:
+        found = await _user_for_token(raw)
+        if found:
+            return found
+    raw = _ticket(scope)
+    if raw:
+        found = await _user_for_ticket(raw)
+        if found:
+            return found
+    return AnonymousUser(), NO_AUTH
+
+
+class WebSocketAuthMiddleware:
+    """Puts `user` and `tether_auth` into the scope of every socket."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        user, auth = await authenticate(scope)
+        scope = dict(scope, user=user, tether_auth=auth)
+        return await self.app(scope, receive, send)

@@ -1,0 +1,76 @@
+"""Health and readiness (PROTOCOL 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+READY_TIMEOUT = 2.0
+
+
+@require_GET
+async def health(request: HttpRequest) -> JsonResponse:
+    """200 while the process serves; touches nothing else."""
+    return JsonResponse({"status": "ok", "node": settings.NODE_NAME})
+
+
+def _query_database() -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()
+
+
+async def check_database() -> None:
+    # thread_sensitive=False: a hung database must not block the shared ORM thread.
+    await sync_to_async(_query_database, thread_sensitive=False)()
+
+
+async def check_channel_layer() -> None:
+    """A round trip through the layer: send to a fresh channel and receive it."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    channel = await layer.new_channel("ready.")
+    token = secrets.token_hex(8)
+    await layer.send(channel, {"type": "ready.check", "token": token})
+    message = await layer.receive(channel)
+    if message.get("token") != token:
+        raise RuntimeError("the channel layer returned another message")
+
+
+async def _run_check(check: Any) -> str | None:
+    try:
+        await asyncio.wait_for(check(), timeout=READY_TIMEOUT)
+    except TimeoutError:
+        return f"no answer within {READY_TIMEOUT:g} s"
+    except Exception as exc:  # any failure makes the node not ready
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+@require_GET
+async def ready(request: HttpRequest) -> JsonResponse:
+    """200 when the database and the channel layer answer in time, else 503 naming what failed."""
+    db_error, layer_error = await asyncio.gather(
+        _run_check(check_database), _run_check(check_channel_layer)
+    )
+    checks = {
+        "database": db_error or "ok",
+        "channel_layer": layer_error or "ok",
+    }
+    failed = [name for name, err in (("database", db_error), ("channel_layer", layer_error)) if err]
+    body = {"status": "unavailable" if failed else "ready", "node": settings.NODE_NAME, "checks": checks}
+    if failed:
+        body["failed"] = failed
+    return JsonResponse(body, status=503 if failed else 200)

@@ -1,0 +1,33 @@
+"""ASGI entry point: origin check, then credentials, then the socket router."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
+
+from accounts.ws_auth import WebSocketAuthMiddleware  # noqa: E402
+from project.daphne_compat import patch_daphne_close_codes  # noqa: E402
+from realtime.origin import OriginCheckMiddleware  # noqa: E402
+from realtime.routing import websocket_urlpatterns  # noqa: E402
+from realtime.runtime import NodeStartMiddleware  # noqa: E402
+
+patch_daphne_close_codes()
+
+application = NodeStartMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": OriginCheckMiddleware(
+                SessionMiddlewareStack(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            ),
+        }
+    )
+)

@@ -1,0 +1,357 @@
+"""Every Tether setting, declared once: env var, type, default, meaning.
+
+Django settings, `GET /api/admin/config/` and the README's configuration table
+all come from `DECLARATIONS` (ARCHITECTURE rule 6).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+
+class ConfigError(Exception):
+    """A setting's value is unusable; the message names the variable."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def parse_int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected on/off (1/0, true/false, yes/no), got {raw!r}")
+
+
+def parse_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_database_url(raw: str) -> str:
+    import dj_database_url
+
+    url = raw.strip()
+    try:
+        parsed = dj_database_url.parse(url)
+    except Exception as exc:  # dj-database-url raises several types
+        raise ValueError(f"malformed database URL ({exc})") from None
+    engine = parsed.get("ENGINE", "")
+    if "postgresql" not in engine and "sqlite" not in engine:
+        raise ValueError("only postgres:// (postgresql://) and sqlite:// URLs are supported")
+    if "postgresql" in engine and not parsed.get("NAME"):
+        raise ValueError("the URL names no database (postgres://user@host:5432/NAME)")
+    return url
+
+
+def parse_redis_url(raw: str) -> str:
+    url = raw.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("expected redis://host:port[/db], rediss:// or unix://")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("the port is not a number between 0 and 65535") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("the URL names no host")
+    return url
+
+
+def parse_origins(raw: str) -> list[str]:
+    origins = parse_list(raw)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path not in {"", "/"}:
+            raise ValueError(f"{origin!r} is not an origin like https://chat.example.com[:port]")
+        if "*" in origin:
+            raise ValueError("wildcards are not allowed; list every origin exactly")
+    return [normalize_origin(o) for o in origins]
+
+
+def parse_log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def parse_log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"text", "json"}:
+        raise ValueError("expected text or json")
+    return value
+
+
+def normalize_origin(origin: str) -> str:
+    """`scheme://host:port` with the default port made explicit, lower-cased."""
+    parts = urlsplit(origin.strip())
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    meaning: str
+    default_doc: str = ""
+    secret: bool = False
+    minimum: int | None = None
+    maximum: int | None = None
+    # Settings whose default depends on others are computed after the rest.
+    derived: Callable[[dict[str, Any]], Any] | None = field(default=None, compare=False)
+
+    @property
+    def doc_default(self) -> str:
+        if self.default_doc:
+            return self.default_doc
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if isinstance(self.default, list):
+            return ",".join(self.default)
+        return str(self.default)
+
+
+def _default_secret_key(_: dict[str, Any]) -> str:
+    """Generate once, keep in var/secret_key so sessions survive restarts."""
+    path = VAR_DIR / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def _default_origins(values: dict[str, Any]) -> list[str]:
+    port = values["PORT"]
+    return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+
+def _default_node_name(_: dict[str, Any]) -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+DECLARATIONS: tuple[Setting, ...] = (
+    Setting(
+        "DATABASE_URL",
+        parse_database_url,
+        "",
+        "database: `postgres://user:pass@host:5432/name` in production",
+        default_doc="unset: SQLite file `var/tether.sqlite3`",
+        secret=True,
+    ),
+    Setting(
+        "REDIS_URL",
+        parse_redis_url,
+        "",
+        "channel layer and topic history: `redis://host:6379/0`",
+        default_doc="unset: in-memory channel layer, one process",
+        secret=True,
+    ),
+    Setting(
+        "SECRET_KEY",
+        parse_str,
+        "",
+        "Django secret (sessions, CSRF, signing)",
+        default_doc="generated once and kept in `var/secret_key`",
+        secret=True,
+        derived=_default_secret_key,
+    ),
+    Setting("DEBUG", parse_bool, False, "Django debug pages; never in production"),
+    Setting(
+        "ALLOWED_HOSTS", parse_list, ["127.0.0.1", "localhost"], "Django hosts, comma-separated"
+    ),
+    Setting("HOST", parse_str, "127.0.0.1", "address `make run` binds daphne to"),
+    Setting("PORT", parse_int, 8000, "port `make run` serves on", minimum=1, maximum=65535),
+    Setting(
+        "ALLOWED_ORIGINS",
+        parse_origins,
+        [],
+        "browser origins allowed on the sockets and for CSRF, comma-separated, exact "
+        "`scheme://host:port`",
+        default_doc="`http://127.0.0.1:PORT,http://localhost:PORT`",
+        derived=_default_origins,
+    ),
+    Setting(
+        "NODE_NAME",
+        parse_str,
+        "",
+        "this node's name in `welcome`, stats and connection records",
+        default_doc="host name + `-` + pid",
+        derived=_default_node_name,
+    ),
+    Setting(
+        "HEARTBEAT_INTERVAL",
+        parse_int,
+        25,
+        "seconds; `welcome.heartbeat.interval`: server pings a socket it sent nothing to for this long",
+        minimum=1,
+    ),
+    Setting(
+        "PING_TIMEOUT",
+        parse_int,
+        60,
+        "seconds of client silence before close 4408; `welcome.heartbeat.timeout`",
+        minimum=2,
+    ),
+    Setting("MAX_CONNECTIONS", parse_int, 10000, "sockets per node (4503 beyond)", minimum=1),
+    Setting(
+        "MAX_CONNECTIONS_PER_USER",
+        parse_int,
+        20,
+        "sockets per user, cluster-wide (4503 beyond)",
+        minimum=1,
+    ),
+    Setting(
+        "MAX_SUBSCRIPTIONS_PER_CLIENT", parse_int, 100, "topics per connection", minimum=1
+    ),
+    Setting(
+        "MAX_FRAME_BYTES",
+        parse_int,
+        65536,
+        "largest client frame in bytes (close 1009 beyond)",
+        minimum=256,
+        maximum=1048576,
+    ),
+    Setting("MAX_BODY_CHARS", parse_int, 4000, "longest message body", minimum=1),
+    Setting(
+        "RATE_LIMIT_PER_SECOND",
+        parse_int,
+        20,
+        "per-connection token bucket: frames per second",
+        minimum=1,
+    ),
+    Setting("RATE_LIMIT_BURST", parse_int, 40, "per-connection token bucket: burst", minimum=1),
+    Setting(
+        "REPLAY_LIMIT", parse_int, 500, "messages per conversation in one `sync`", minimum=1
+    ),
+    Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
+    Setting("LOG_LEVEL", parse_log_level, "INFO", "logging level"),
+    Setting(
+        "LOG_FORMAT", parse_log_format, "text", "`text`, or `json` for one JSON object per line"
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in DECLARATIONS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: values and where each came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+
+def _check_range(setting: Setting, value: Any) -> None:
+    if setting.minimum is not None and value < setting.minimum:
+        raise ConfigError(setting.name, f"must be at least {setting.minimum}, got {value}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise ConfigError(setting.name, f"must be at most {setting.maximum}, got {value}")
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    """Read every declared setting from the environment; raise ConfigError."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    pending: list[Setting] = []
+    for setting in DECLARATIONS:
+        raw = env.get(setting.name)
+        if raw is None or raw.strip() == "":
+            if setting.derived is not None:
+                pending.append(setting)
+                continue
+            values[setting.name] = setting.default
+            sources[setting.name] = "default"
+            continue
+        try:
+            value = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(setting.name, str(exc)) from None
+        _check_range(setting, value)
+        values[setting.name] = value
+        sources[setting.name] = "environment"
+    for setting in pending:
+        values[setting.name] = setting.derived(values)  # type: ignore[misc]
+        sources[setting.name] = "default"
+    if values["PING_TIMEOUT"] <= values["HEARTBEAT_INTERVAL"]:
+        raise ConfigError(
+            "PING_TIMEOUT",
+            f"must be greater than HEARTBEAT_INTERVAL ({values['PING_TIMEOUT']} <= "
+            f"{values['HEARTBEAT_INTERVAL']})",
+        )
+    return Config(values=values, sources=sources)
+
+
+def redacted(config: Config) -> list[dict[str, Any]]:
+    """Each setting with value and source; secrets shown as `***` when set."""
+    rows = []
+    for setting in DECLARATIONS:
+        value = config.values[setting.name]
+        if setting.secret and value:
+            value = _redact_url(value) if "://" in str(value) else "***"
+        rows.append(
+            {
+                "name": setting.name,
+                "value": value,
+                "source": config.sources[setting.name],
+                "default": setting.doc_default,
+                "meaning": setting.meaning,
+            }
+        )
+    return rows
+
+
+def _redact_url(url: str) -> str:
+    """Keep scheme, host and path so operators can see where it points."""
+    return re.sub(r"//([^@/]*)@", "//***@", url)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the declarations."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for setting in DECLARATIONS:
+        default = setting.doc_default
+        if not default.startswith(("`", "unset", "generated", "host")):
+            default = f"`{default}`"
+        lines.append(f"| `{setting.name}` | {default} | {setting.meaning} |")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Let daphne send every close code the protocol uses.
+
+daphne's `serverClose` goes through autobahn's `sendClose`, which only allows
+1000 and 3000-4999 and raises for 1001, 1009, 1011 and 1012 (PROTOCOL 4). The
+close frame itself is valid RFC 6455; autobahn's lower-level `sendCloseFrame`
+sends it. Patched once at import of `project.asgi`.
+
+daphne's access log also prints query strings, where `?ticket=` lives; tickets
+must never reach logs (issue 3), so entries go through `project.logging.redact`.
+"""
+
+from __future__ import annotations
+
+_PATCHED = False
+
+
+def patch_daphne_close_codes() -> None:
+    """Route daphne's server-side close through `sendCloseFrame` for any valid code."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # not running under daphne
+        return
+
+    def server_close(self, code: int | None = None) -> None:  # type: ignore[no-untyped-def]
+        code = 1000 if code is None else code
+        if code == 1000 or 3000 <= code <= 4999:
+            self.sendClose(code=code)
+        else:
+            self.sendCloseFrame(code=code, isReply=False)
+
+    WebSocketProtocol.serverClose = server_close
+    _patch_access_log()
+    _PATCHED = True
+
+
+def _patch_access_log() -> None:
+    from daphne.access import AccessLogGenerator
+
+    from project.logging import redact
+
+    original = AccessLogGenerator.write_entry
+
+    def write_entry(self, host, date, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return original(self, host, date, redact(request), *args, **kwargs)
+
+    AccessLogGenerator.write_entry = write_entry

@@ -1,0 +1,193 @@
+"""Django settings for Tether; every tunable value comes from project.config."""
+
+from __future__ import annotations
+
+import sys
+
+import dj_database_url
+
+from project.config import BASE_DIR, VAR_DIR, ConfigError, load
+
+try:
+    TETHER_CONFIG = load()
+except ConfigError as exc:
+    # One line naming the variable, then stop: no traceback for an operator typo.
+    sys.stderr.write(f"tether: invalid configuration: {exc}\n")
+    raise SystemExit(2) from None
+
+_c = TETHER_CONFIG.values
+
+SECRET_KEY: str = _c["SECRET_KEY"]
+DEBUG: bool = _c["DEBUG"]
+ALLOWED_HOSTS: list[str] = _c["ALLOWED_HOSTS"]
+ALLOWED_ORIGINS: list[str] = _c["ALLOWED_ORIGINS"]
+# Unset ALLOWED_ORIGINS means "the server's own origin": also accept the port
+# daphne actually listens on (tests and `daphne -p N` without PORT).
+ALLOWED_ORIGINS_IS_DEFAULT: bool = TETHER_CONFIG.sources["ALLOWED_ORIGINS"] == "default"
+CSRF_TRUSTED_ORIGINS: list[str] = ALLOWED_ORIGINS
+NODE_NAME: str = _c["NODE_NAME"]
+HEARTBEAT_INTERVAL: int = _c["HEARTBEAT_INTERVAL"]
+PING_TIMEOUT: int = _c["PING_TIMEOUT"]
+MAX_CONNECTIONS: int = _c["MAX_CONNECTIONS"]
+MAX_CONNECTIONS_PER_USER: int = _c["MAX_CONNECTIONS_PER_USER"]
+MAX_SUBSCRIPTIONS_PER_CLIENT: int = _c["MAX_SUBSCRIPTIONS_PER_CLIENT"]
+MAX_FRAME_BYTES: int = _c["MAX_FRAME_BYTES"]
+MAX_BODY_CHARS: int = _c["MAX_BODY_CHARS"]
+RATE_LIMIT_PER_SECOND: int = _c["RATE_LIMIT_PER_SECOND"]
+RATE_LIMIT_BURST: int = _c["RATE_LIMIT_BURST"]
+REPLAY_LIMIT: int = _c["REPLAY_LIMIT"]
+SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
+REDIS_URL: str = _c["REDIS_URL"]
+
+# Seconds between the node's maintenance passes (node heartbeat, batched
+# last_seen, reaper). Not an operator setting: derived from the heartbeat.
+TETHER_SWEEP_SECONDS: float = 1.0
+TETHER_MAINTENANCE_SECONDS: float = max(1.0, min(5.0, HEARTBEAT_INTERVAL / 2))
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "django_prometheus",
+    "accounts",
+    "realtime",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if _c["DATABASE_URL"]:
+    DATABASES = {"default": dj_database_url.parse(_c["DATABASE_URL"], conn_max_age=0)}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "tether.sqlite3",
+        }
+    }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL and a busy timeout: the sweeper thread and request threads write at once.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout None: redis-py >= 5 would otherwise abort the
+                # layer's blocking pop (channels_redis issue 422).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "capacity": 1000,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "project.api_errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve straight from the app directories too, so static files work without
+# collectstatic (tests) and without DEBUG (both modes, issue 3).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "project.logging.RedactSecretsFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": _c["LOG_FORMAT"],
+            "filters": ["redact"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": _c["LOG_LEVEL"]},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "daphne": {"level": _c["LOG_LEVEL"]},
+    },
+}
+CSRF_FAILURE_VIEW = "project.api_errors.csrf_failure"

@@ -1,0 +1,30 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from accounts import views as account_views
+from monitoring import views as monitoring_views
+from project import pages
+
+handler400 = "project.api_errors.bad_request_view"
+handler403 = "project.api_errors.permission_denied"
+handler404 = "project.api_errors.not_found"
+handler500 = "project.api_errors.server_error"
+
+api_patterns = [
+    path("auth/register/", account_views.RegisterView.as_view(), name="register"),
+    path("auth/token/", account_views.TokenView.as_view(), name="token"),
+    path("auth/ws-ticket/", account_views.WsTicketView.as_view(), name="ws-ticket"),
+    path("me/", account_views.MeView.as_view(), name="me"),
+]
+
+urlpatterns = [
+    path("", pages.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/", include(api_patterns)),
+    path("health/", monitoring_views.health, name="health"),
+    path("ready/", monitoring_views.ready, name="ready"),
+    path("admin/", admin.site.urls),
+    path("", include("django_prometheus.urls")),
+]

@@ -1,0 +1,76 @@
+"""Per-connection state: heartbeat clock, rate bucket, violation counts, close hook.
+
+The consumer owns the socket; this object is what the node runtime's sweeper
+reads, so there is no timer per connection (ARCHITECTURE: heartbeat).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from realtime.ratelimit import TokenBucket
+from realtime.registry import ConnectionInfo
+
+# Repeated protocol violations close with 4400 (PROTOCOL 4). A second binary
+# frame is "repeated"; bad JSON gets some slack for a client fixing itself.
+BINARY_FRAMES_BEFORE_CLOSE = 2
+BAD_JSON_IN_A_ROW_BEFORE_CLOSE = 10
+# PROTOCOL 8: over the bucket for this long in a row closes with 4429.
+FLOOD_SECONDS = 10.0
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted, authenticated socket on this node."""
+
+    info: ConnectionInfo
+    username: str
+    bucket: TokenBucket
+    send_frame: Callable[[dict[str, Any]], Awaitable[None]] = field(repr=False)
+    close: Callable[[int], Awaitable[None]] = field(repr=False)
+    connected_at: float = field(default_factory=time.monotonic)
+    last_in: float = field(default_factory=time.monotonic)
+    last_out: float = field(default_factory=time.monotonic)
+    last_flushed_in: float = 0.0
+    binary_frames: int = 0
+    bad_json_in_a_row: int = 0
+    limited_since: float | None = None
+    closing: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def user_id(self) -> int:
+        return self.info.user_id
+
+    def heard(self, now: float) -> None:
+        """Any frame from the client proves it is alive (PROTOCOL 5)."""
+        self.last_in = now
+
+    def rate_check(self, now: float) -> tuple[int, bool]:
+        """(retry_after ms or 0, whether the flood limit is reached)."""
+        retry_after = self.bucket.take(now)
+        if retry_after == 0:
+            self.limited_since = None
+            return 0, False
+        if self.limited_since is None:
+            self.limited_since = now
+        return retry_after, now - self.limited_since >= FLOOD_SECONDS
+
+    def binary_violation(self) -> bool:
+        """Count a binary frame; True when the socket must close with 4400."""
+        self.binary_frames += 1
+        return self.binary_frames >= BINARY_FRAMES_BEFORE_CLOSE
+
+    def bad_json_violation(self) -> bool:
+        """Count a bad JSON frame; True when the socket must close with 4400."""
+        self.bad_json_in_a_row += 1
+        return self.bad_json_in_a_row >= BAD_JSON_IN_A_ROW_BEFORE_CLOSE
+
+    def good_frame(self) -> None:
+        self.bad_json_in_a_row = 0

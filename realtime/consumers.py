@@ -1,0 +1,285 @@
+"""The two socket endpoints. Thin: frame in → protocol.parse → handler → frames out.
+
+Everything a socket does on its way out, whatever the reason, ends in
+`TetherConsumer.cleanup` (ARCHITECTURE rule 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from realtime import registry
+from realtime.connection import Connection
+from realtime.origin import header
+from realtime.protocol import (
+    PROTOCOL_VERSION,
+    Close,
+    Code,
+    Frame,
+    TetherError,
+    encode,
+    now_ms,
+    parse_frame,
+    utf8_length_exceeds,
+)
+from realtime.ratelimit import TokenBucket
+from realtime.runtime import get_runtime
+
+log = logging.getLogger("tether.consumers")
+
+Handler = Callable[["TetherConsumer", Frame], Awaitable[dict[str, Any] | None]]
+# Frames that prove liveness and are never rate limited (PROTOCOL 8).
+HEARTBEAT_TYPES = frozenset({"ping", "pong"})
+
+
+def new_connection_id() -> str:
+    return "c_" + secrets.token_hex(12)
+
+
+class TetherConsumer(AsyncWebsocketConsumer):
+    """Handshake, welcome, framing, errors, heartbeat, limits and cleanup."""
+
+    endpoint = ""
+    handlers: dict[str, Handler] = {}
+
+    conn: Connection | None = None
+    _cleaned = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # daphne cancels every consumer when the server stops: tell the
+            # client we are going away, then clean up like any other exit.
+            if self.conn is not None and not self.conn.closing:
+                self.conn.closing = True
+                try:
+                    await self.close(Close.GOING_AWAY)
+                except Exception:
+                    pass
+            await self.cleanup("shutdown")
+            raise
+
+    # --- handshake ---------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.accept()
+        user = self.scope.get("user")
+        auth = self.scope.get("tether_auth")
+        if auth is not None and auth.disabled:
+            await self.close(Close.FORBIDDEN)
+            return
+        if user is None or not user.is_authenticated or auth is None:
+            await self.close(Close.UNAUTHENTICATED)
+            return
+        runtime = get_runtime()
+        await runtime.ensure_started()
+        if len(runtime.connections) >= settings.MAX_CONNECTIONS:
+            log.warning("node at MAX_CONNECTIONS=%d: refusing with 4503", settings.MAX_CONNECTIONS)
+            await self.close(Close.OVER_CAPACITY)
+            return
+        if await registry.count_user_connections(user.pk) >= settings.MAX_CONNECTIONS_PER_USER:
+            await self.close(Close.OVER_CAPACITY)
+            return
+        client = self.scope.get("client") or ("", 0)
+        info = registry.ConnectionInfo(
+            id=new_connection_id(),
+            node=runtime.name,
+            user_id=user.pk,
+            endpoint=self.endpoint,
+            channel_name=self.channel_name,
+            remote_addr=str(client[0] or ""),
+            user_agent=header(self.scope, b"user-agent") or "",
+            auth_method=auth.method,
+            auth_ref=auth.ref,
+        )
+        now = time.monotonic()
+        self.conn = Connection(
+            info=info,
+            username=user.get_username(),
+            bucket=TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST, now),
+            send_frame=self.send_frame,
+            close=self.close_with,
+        )
+        assert runtime.node_id is not None
+        await registry.add_connection(info, runtime.node_id)
+        runtime.add(self.conn)
+        await self.send_frame(self.welcome())
+
+    def welcome(self) -> dict[str, Any]:
+        assert self.conn is not None
+        return {
+            "type": "welcome",
+            "protocol": PROTOCOL_VERSION,
+            "connection_id": self.conn.id,
+            "node": get_runtime().name,
+            "user": {"id": self.conn.user_id, "username": self.conn.username},
+            "heartbeat": {"interval": settings.HEARTBEAT_INTERVAL, "timeout": settings.PING_TIMEOUT},
+            "limits": {
+                "max_frame_bytes": settings.MAX_FRAME_BYTES,
+                "max_body_chars": settings.MAX_BODY_CHARS,
+                "max_subscriptions": settings.MAX_SUBSCRIPTIONS_PER_CLIENT,
+                "rate": {
+                    "per_second": settings.RATE_LIMIT_PER_SECOND,
+                    "burst": settings.RATE_LIMIT_BURST,
+                },
+            },
+            "server_time": now_ms(),
+        }
+
+    # --- frames in ---------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        conn = self.conn
+        if conn is None or conn.closing:
+            return
+        now = time.monotonic()
+        conn.heard(now)
+        if text_data is None:
+            if conn.binary_violation():
+                await self.close_with(Close.PROTOCOL_VIOLATION)
+            else:
+                await self.send_frame(
+                    TetherError(
+                        Code.BAD_JSON,
+                        "binary frames are not accepted; send one JSON object per text frame "
+                        "(another binary frame closes the socket with 4400)",
+                    ).frame()
+                )
+            return
+        if utf8_length_exceeds(text_data, settings.MAX_FRAME_BYTES):
+            await self.close_with(Close.TOO_BIG)
+            return
+        try:
+            frame = parse_frame(text_data)
+        except TetherError as error:
+            if error.code == Code.BAD_JSON and conn.bad_json_violation():
+                await self.close_with(Close.PROTOCOL_VIOLATION)
+                return
+            await self.send_frame(error.frame())
+            return
+        conn.good_frame()
+        if frame.type not in HEARTBEAT_TYPES:
+            retry_after, flooding = conn.rate_check(now)
+            if flooding:
+                await self.close_with(Close.FLOODING)
+                return
+            if retry_after:
+                await self.send_frame(self._rate_limited(retry_after, frame.id))
+                return
+        await self.dispatch_frame(frame)
+
+    def _rate_limited(self, retry_after: int, request_id: str | None) -> dict[str, Any]:
+        rate, burst = settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST
+        return TetherError(
+            Code.RATE_LIMITED,
+            f"{rate} frames per second, burst {burst}; retry in {retry_after} ms",
+            retry_after=retry_after,
+        ).frame(request_id)
+
+    async def dispatch_frame(self, frame: Frame) -> None:
+        """Run the frame's handler; every failure becomes an `error` frame."""
+        handler = self.handlers.get(frame.type)
+        try:
+            if handler is None:
+                raise TetherError(
+                    Code.UNKNOWN_TYPE,
+                    f"type {frame.type[:64]!r} is not known on /ws/{self.endpoint}/",
+                )
+            reply = await handler(self, frame)
+        except TetherError as error:
+            await self.send_frame(error.frame(frame.id))
+            return
+        except Exception:
+            log.exception("handler for %r failed on %s", frame.type, self.conn and self.conn.id)
+            await self.send_frame(
+                TetherError(Code.INTERNAL, "the server failed; nothing was stored").frame(frame.id)
+            )
+            return
+        if reply is not None:
+            if frame.id is not None:
+                reply = {"type": reply.pop("type"), "id": frame.id, **reply}
+            await self.send_frame(reply)
+
+    # --- frames out and closing -------------------------------------------
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        """Encode and send one frame, stamping the outbound clock for the sweeper."""
+        if self.conn is not None:
+            if self.conn.closing:
+                return
+            self.conn.last_out = time.monotonic()
+        await self.send(text_data=encode(frame))
+
+    async def close_with(self, code: int) -> None:
+        """Close with `code` and clean up now: a dead peer may never answer the close."""
+        if self.conn is None or self.conn.closing:
+            return
+        self.conn.closing = True
+        log.info("closing %s with %d", self.conn.id, code)
+        await self.close(code)
+        await self.cleanup(f"closed {code}")
+
+    async def tether_close(self, message: dict[str, Any]) -> None:
+        """Control message from any node (kick, logout, revoked credential)."""
+        await self.close_with(int(message.get("code", Close.FORBIDDEN)))
+
+    async def disconnect(self, code: int) -> None:
+        await self.cleanup(f"disconnect {code}")
+
+    async def cleanup(self, reason: str) -> None:
+        """The one cleanup of every exit path: local state, registry record."""
+        if self._cleaned or self.conn is None:
+            return
+        self._cleaned = True
+        conn = self.conn
+        conn.closing = True
+        runtime = get_runtime()
+        runtime.discard(conn)
+        try:
+            await asyncio.shield(registry.remove_connection(conn.id))
+        except Exception:
+            # The reaper removes it with the node if this fails (e.g. database down).
+            log.exception("could not remove connection record %s", conn.id)
+        log.info("connection %s (%s) cleaned up: %s", conn.id, conn.username, reason)
+
+
+async def handle_ping(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    """PROTOCOL 5: answer at once, echoing the client's clock."""
+    reply: dict[str, Any] = {"type": "pong"}
+    ts = frame.number("ts", required=False)
+    if ts is not None:
+        reply["ts"] = ts
+    reply["server_time"] = now_ms()
+    reply["load"] = get_runtime().load()
+    return reply
+
+
+async def handle_pong(consumer: TetherConsumer, frame: Frame) -> None:
+    """The client's answer to a server ping; hearing it was the point."""
+    return None
+
+
+BASE_HANDLERS: dict[str, Handler] = {"ping": handle_ping, "pong": handle_pong}
+
+
+class ChatConsumer(TetherConsumer):
+    """`/ws/chat/`: instant messaging (conversations arrive with the chat issue)."""
+
+    endpoint = "chat"
+    handlers = dict(BASE_HANDLERS)
+
+
+class StreamConsumer(TetherConsumer):
+    """`/ws/stream/`: topic subscriptions (topics arrive with the feeds issue)."""
+
+    endpoint = "stream"
+    handlers = dict(BASE_HANDLERS)

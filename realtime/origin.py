@@ -1,0 +1,60 @@
+"""Refuse WebSocket handshakes from foreign origins with HTTP 403 before accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+
+from project.config import normalize_origin
+
+
+def header(scope: dict[str, Any], name: bytes) -> str | None:
+    """One request header of an ASGI scope, decoded, or None."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def allowed_origins(scope: dict[str, Any]) -> set[str]:
+    """ALLOWED_ORIGINS, or by default the server's own origins on its real port."""
+    origins = set(settings.ALLOWED_ORIGINS)
+    if settings.ALLOWED_ORIGINS_IS_DEFAULT:
+        server = scope.get("server")
+        if server and server[1]:
+            port = server[1]
+            origins |= {f"http://127.0.0.1:{port}", f"http://localhost:{port}"}
+    return {normalize_origin(o) for o in origins}
+
+
+def origin_allowed(origin: str, scope: dict[str, Any]) -> bool:
+    """Exact scheme://host:port match; `null` and anything unparsable refused."""
+    origin = origin.strip()
+    if not origin or origin == "null" or "://" not in origin:
+        return False
+    try:
+        normalized = normalize_origin(origin)
+    except ValueError:
+        return False
+    if not normalized.split("://", 1)[0] in ("http", "https"):
+        return False
+    return normalized in allowed_origins(scope)
+
+
+class OriginCheckMiddleware:
+    """A present, foreign Origin gets 403; the scope records whether it matched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        origin = header(scope, b"origin")
+        if origin is not None and not origin_allowed(origin, scope):
+            denier = WebsocketDenier()
+            return await denier(scope, receive, send)
+        # Cookies are only trusted with an allowed Origin: a page elsewhere
+        # cannot ride the browser's session (cross-site WebSocket hijacking).
+        scope = dict(scope, tether_origin_ok=origin is not None)
+        return await self.app(scope, receive, send)

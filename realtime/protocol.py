@@ -1,0 +1,194 @@
+"""Wire protocol v1: frame parsing, validation, error and close codes. Pure, no I/O.
+
+The contract is ../shared/PROTOCOL.md; docs/protocol.md describes it for users.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+class Close:
+    """WebSocket close codes (PROTOCOL 4)."""
+
+    NORMAL = 1000  # normal closure
+    GOING_AWAY = 1001  # server going away
+    TOO_BIG = 1009  # frame over MAX_FRAME_BYTES
+    INTERNAL = 1011  # internal error
+    RESTART = 1012  # node draining
+    PROTOCOL_VIOLATION = 4400  # binary frames or bad JSON, repeated
+    UNAUTHENTICATED = 4401  # missing/invalid credentials, logged out, ticket expired
+    FORBIDDEN = 4403  # disabled, banned, kicked by an operator
+    HEARTBEAT_TIMEOUT = 4408  # nothing heard within heartbeat.timeout
+    FLOODING = 4429  # over the rate limit for 10 s in a row
+    OVER_CAPACITY = 4503  # node or per-user connection limit
+    SLOW_CONSUMER = 4509  # outbound buffer overflowed
+
+
+CLOSE_REASONS: dict[int, str] = {
+    Close.NORMAL: "normal",
+    Close.GOING_AWAY: "going_away",
+    Close.TOO_BIG: "too_big",
+    Close.INTERNAL: "internal",
+    Close.RESTART: "restart",
+    Close.PROTOCOL_VIOLATION: "protocol_violation",
+    Close.UNAUTHENTICATED: "unauthenticated",
+    Close.FORBIDDEN: "forbidden",
+    Close.HEARTBEAT_TIMEOUT: "heartbeat_timeout",
+    Close.FLOODING: "flooding",
+    Close.OVER_CAPACITY: "over_capacity",
+    Close.SLOW_CONSUMER: "slow_consumer",
+}
+
+
+class Code:
+    """Error codes of `error` frames (PROTOCOL 3) and REST `error` fields."""
+
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_TYPE = "unknown_type"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    INTERNAL = "internal"
+
+
+class TetherError(Exception):
+    """A failure in the protocol's terms: one code, a message, extra fields."""
+
+    def __init__(
+        self, code: str, message: str, *, request_id: str | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+        # Set when the failing frame's own id is known before it fully parsed.
+        self.request_id = request_id
+
+    def frame(self, request_id: str | None = None) -> dict[str, Any]:
+        """The `error` frame for this failure."""
+        out: dict[str, Any] = {"type": "error"}
+        request_id = request_id if request_id is not None else self.request_id
+        if request_id is not None:
+            out["id"] = request_id
+        out["code"] = self.code
+        out["message"] = self.message
+        out.update(self.extra)
+        return out
+
+
+def bad_request(field_name: str, problem: str) -> TetherError:
+    """`bad_request` whose message starts with the field it is about."""
+    return TetherError(Code.BAD_REQUEST, f"{field_name}: {problem}", field=field_name)
+
+
+@dataclass
+class Frame:
+    """A parsed client frame: its type, optional request id and raw fields."""
+
+    type: str
+    id: str | None
+    data: dict[str, Any] = field(repr=False)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
+    def string(
+        self, name: str, *, required: bool = True, min_len: int = 1, max_len: int = 256
+    ) -> str | None:
+        """A string field, checked for presence, type and length."""
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise bad_request(name, "is required")
+            return None
+        if not isinstance(value, str):
+            raise bad_request(name, "must be a string")
+        if not min_len <= len(value) <= max_len:
+            raise bad_request(name, f"must be {min_len} to {max_len} characters")
+        return value
+
+    def integer(
+        self,
+        name: str,
+        *,
+        required: bool = True,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int | None:
+        """An integer field (booleans refused), checked for range."""
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise bad_request(name, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad_request(name, "must be an integer")
+        if minimum is not None and value < minimum:
+            raise bad_request(name, f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise bad_request(name, f"must be at most {maximum}")
+        return value
+
+    def number(self, name: str, *, required: bool = True) -> int | float | None:
+        """An integer or float field."""
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise bad_request(name, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad_request(name, "must be a number")
+        return value
+
+
+MAX_ID_CHARS = 64
+
+
+def parse_frame(text: str) -> Frame:
+    """Decode one text frame; raise TetherError(bad_json | bad_request)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise TetherError(Code.BAD_JSON, "the frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise TetherError(Code.BAD_JSON, "the frame must be a JSON object")
+    request_id = data.get("id")
+    if request_id is not None and (
+        not isinstance(request_id, str) or not 1 <= len(request_id) <= MAX_ID_CHARS
+    ):
+        raise bad_request("id", f"must be a string of 1 to {MAX_ID_CHARS} characters")
+    frame_type = data.get("type")
+    if frame_type is None or not isinstance(frame_type, str):
+        problem = "is required" if frame_type is None else "must be a string"
+        error = bad_request("type", problem)
+        error.request_id = request_id
+        raise error
+    return Frame(type=frame_type, id=request_id, data=data)
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """Compact JSON; non-ASCII kept as is (smaller, and bodies stay as written)."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch, as `ts` and `server_time` use."""
+    return time.time_ns() // 1_000_000
+
+
+def utf8_length_exceeds(text: str, limit: int) -> bool:
+    """Whether `text` encodes to more than `limit` bytes, without encoding short text."""
+    if len(text) * 4 <= limit:  # at most 4 bytes per code point
+        return False
+    if len(text) > limit:
+        return True
+    return len(text.encode("utf-8", "surrogatepass")) > limit

@@ -1,0 +1,128 @@
+"""Live connection and node records: the only code that writes them.
+
+Every exit path of a socket ends in `remove_connection` (ARCHITECTURE rule 5);
+the reaper on every node removes what a crashed node left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from realtime.models import LiveConnection, Node
+
+log = logging.getLogger("tether.registry")
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What the registry stores about a socket at accept time."""
+
+    id: str
+    node: str
+    user_id: int
+    endpoint: str
+    channel_name: str
+    remote_addr: str
+    user_agent: str
+    auth_method: str
+    auth_ref: str
+
+
+async def register_node(name: str) -> Node:
+    """Create or refresh this process's Node; drop records a previous run left."""
+    now = timezone.now()
+    node, created = await Node.objects.aupdate_or_create(
+        name=name,
+        defaults={
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": now,
+            "last_heartbeat": now,
+            "connection_count": 0,
+        },
+    )
+    if not created:
+        # Same NODE_NAME as a process that died: its sockets are gone with it.
+        stale, _ = await LiveConnection.objects.filter(node=node).adelete()
+        if stale:
+            log.warning("node %s restarted: removed %d stale connection records", name, stale)
+    return node
+
+
+async def unregister_node(name: str) -> None:
+    """Remove this node and its connection records (clean shutdown)."""
+    await Node.objects.filter(name=name).adelete()
+
+
+async def add_connection(info: ConnectionInfo, node_id: int) -> None:
+    """Record a socket right after it is accepted."""
+    now = timezone.now()
+    await LiveConnection.objects.acreate(
+        id=info.id,
+        node_id=node_id,
+        user_id=info.user_id,
+        endpoint=info.endpoint,
+        channel_name=info.channel_name,
+        remote_addr=info.remote_addr[:64],
+        user_agent=info.user_agent[:300],
+        auth_method=info.auth_method,
+        auth_ref=info.auth_ref,
+        connected_at=now,
+        last_seen=now,
+    )
+
+
+async def remove_connection(connection_id: str) -> bool:
+    """Delete one socket's record; True if it existed."""
+    deleted, _ = await LiveConnection.objects.filter(id=connection_id).adelete()
+    return deleted > 0
+
+
+async def count_user_connections(user_id: int) -> int:
+    """Open sockets of a user across the cluster."""
+    return await LiveConnection.objects.filter(user_id=user_id).acount()
+
+
+async def node_heartbeat(node_id: int, seen_ids: list[str], connection_count: int) -> int:
+    """Refresh the node's heartbeat and, in one batch, `last_seen` of active sockets."""
+    now = timezone.now()
+    updated = await Node.objects.filter(id=node_id).aupdate(
+        last_heartbeat=now, connection_count=connection_count
+    )
+    if seen_ids:
+        await LiveConnection.objects.filter(id__in=seen_ids).aupdate(last_seen=now)
+    return updated
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    """What one reaper pass removed."""
+
+    nodes: list[str]
+    connections: int
+    user_ids: list[int]
+
+
+def reap_silent_nodes(silent_for: timedelta, now: datetime | None = None) -> ReapResult:
+    """Remove nodes silent longer than `silent_for` and their sockets' records."""
+    cutoff = (now or timezone.now()) - silent_for
+    with transaction.atomic():
+        dead = list(Node.objects.filter(last_heartbeat__lt=cutoff).values_list("id", "name"))
+        if not dead:
+            return ReapResult([], 0, [])
+        ids = [node_id for node_id, _ in dead]
+        conns = LiveConnection.objects.filter(node_id__in=ids)
+        user_ids = sorted(set(conns.values_list("user_id", flat=True)))
+        removed, _ = conns.delete()
+        Node.objects.filter(id__in=ids, last_heartbeat__lt=cutoff).delete()
+    names = [name for _, name in dead]
+    log.warning("reaper removed silent nodes %s and %d connection records", names, removed)
+    return ReapResult(names, removed, user_ids)
+

@@ -1,0 +1,201 @@
+"""The node runtime: one per process. Tracks local sockets, runs the heartbeat
+sweeper, refreshes the node record and reaps nodes that went silent.
+
+One sweeper walks every local connection once a second instead of a timer per
+connection (ARCHITECTURE: heartbeat without a timer per connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from realtime import registry
+from realtime.connection import Connection
+from realtime.protocol import Close, now_ms
+
+log = logging.getLogger("tether.runtime")
+
+
+class NodeRuntime:
+    """Local connections and the background tasks of this node."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, Connection] = {}
+        self.node_id: int | None = None
+        self.name: str = ""
+        self.loop_lag: float = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._start_lock: asyncio.Lock | None = None
+        self._shutdown_hooked = False
+
+    @property
+    def started(self) -> bool:
+        return self.node_id is not None and self._loop is asyncio.get_running_loop()
+
+    async def ensure_started(self) -> None:
+        """Register the node and start the background tasks, once per event loop."""
+        if self.started:
+            return
+        loop = asyncio.get_running_loop()
+        if self._start_lock is None or self._loop is not loop:
+            # A new loop (tests run one per test): forget the old loop's state.
+            self._start_lock = asyncio.Lock()
+            self._loop = loop
+            self.node_id = None
+            self.connections.clear()
+            self._tasks = []
+        async with self._start_lock:
+            if self.node_id is not None:
+                return
+            self.name = settings.NODE_NAME
+            node = await registry.register_node(self.name)
+            self.node_id = node.id
+            self._tasks = [
+                loop.create_task(self._sweep_forever(), name="tether-sweeper"),
+                loop.create_task(self._maintain_forever(), name="tether-maintenance"),
+            ]
+            self._hook_daphne_shutdown()
+            log.info("node %s started", self.name)
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and remove the node's records."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.node_id is not None:
+            await registry.unregister_node(self.name)
+        self.node_id = None
+        self.connections.clear()
+
+    async def _stop_logged(self) -> None:
+        try:
+            await self.stop()
+        except BaseException:
+            log.exception("node %s: shutdown cleanup failed", self.name)
+            raise
+        log.info("node %s records removed", self.name)
+
+    def _hook_daphne_shutdown(self) -> None:
+        """Under daphne, remove this node's records when the reactor stops."""
+        if self._shutdown_hooked:
+            return
+        try:
+            from twisted.internet import defer, reactor
+        except ImportError:
+            return
+        if not reactor.running:
+            log.debug("twisted reactor not running: no shutdown hook")
+            return
+
+        def on_shutdown() -> Any:
+            # "before", like daphne's own cancelling of the consumers: by the
+            # "during" phase the asyncio loop is stopping and would never finish this.
+            log.info("node %s shutting down: removing its records", self.name)
+            return defer.Deferred.fromFuture(asyncio.ensure_future(self._stop_logged()))
+
+        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+        self._shutdown_hooked = True
+
+    # --- local connections -------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+
+    def discard(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+
+    def load(self) -> float:
+        """How busy the node is, in [0, 1]: connections against the limit, loop lag."""
+        by_connections = len(self.connections) / max(1, settings.MAX_CONNECTIONS)
+        by_lag = self.loop_lag / 1.0  # a second of lag is fully loaded
+        return round(min(1.0, max(by_connections, by_lag)), 3)
+
+    # --- background tasks --------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        period = settings.TETHER_SWEEP_SECONDS
+        expected = time.monotonic() + period
+        while True:
+            await asyncio.sleep(max(0.0, expected - time.monotonic()))
+            now = time.monotonic()
+            self.loop_lag = max(0.0, now - expected)
+            expected = now + period
+            try:
+                await self.sweep(now)
+            except Exception:
+                log.exception("heartbeat sweep failed")
+
+    async def sweep(self, now: float) -> None:
+        """Ping quiet sockets and close silent ones with 4408."""
+        interval = settings.HEARTBEAT_INTERVAL
+        timeout = settings.PING_TIMEOUT
+        for conn in list(self.connections.values()):
+            if conn.closing:
+                continue
+            if now - conn.last_in >= timeout:
+                log.info("connection %s silent for %.1fs: closing 4408", conn.id, now - conn.last_in)
+                asyncio.ensure_future(conn.close(Close.HEARTBEAT_TIMEOUT))
+            elif now - conn.last_out >= interval:
+                asyncio.ensure_future(conn.send_frame({"type": "ping", "server_time": now_ms()}))
+
+    async def _maintain_forever(self) -> None:
+        period = settings.TETHER_MAINTENANCE_SECONDS
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.maintain()
+            except Exception:
+                log.exception("node maintenance failed")
+
+    async def maintain(self) -> None:
+        """Node heartbeat, batched `last_seen`, and the reaper."""
+        if self.node_id is None:
+            return
+        seen = [c for c in self.connections.values() if c.last_in > c.last_flushed_in]
+        updated = await registry.node_heartbeat(
+            self.node_id, [c.id for c in seen], len(self.connections)
+        )
+        for conn in seen:
+            conn.last_flushed_in = conn.last_in
+        if not updated:
+            # Another node reaped us (we were silent too long): register again
+            # and re-record our sockets so operators and limits see them.
+            log.warning("node %s record was reaped; registering again", self.name)
+            await self._reregister()
+        silent_for = timedelta(seconds=settings.PING_TIMEOUT + 10)
+        await sync_to_async(registry.reap_silent_nodes)(silent_for)
+
+    async def _reregister(self) -> None:
+        node = await registry.register_node(self.name)
+        self.node_id = node.id
+        for conn in list(self.connections.values()):
+            await registry.add_connection(conn.info, node.id)
+
+
+_runtime = NodeRuntime()
+
+
+def get_runtime() -> NodeRuntime:
+    """This process's node runtime."""
+    return _runtime
+
+
+class NodeStartMiddleware:
+    """Start the node runtime on the first ASGI call (daphne has no lifespan)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] in ("http", "websocket") and not _runtime.started:
+            await _runtime.ensure_started()
+        return await self.app(scope, receive, send)
