@@ -14,7 +14,9 @@ class User(AbstractUser):
 class ApiToken(models.Model):
     """A bearer token. Only its SHA-256 is stored, so a dump reveals no usable token."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100, blank=True, default="")
     prefix = models.CharField(max_length=12, help_text="first characters, to recognise a token")
     key_hash = models.CharField(max_length=64, unique=True)

@@ -38,5 +38,7 @@ class RegisterSerializer(CredentialsSerializer):
         try:
             password_validation.validate_password(attrs["password"], candidate)
         except Exception as exc:  # django ValidationError → DRF's, naming the field
-            raise serializers.ValidationError({"password": list(getattr(exc, "messages", [str(exc)]))}) from None
+            raise serializers.ValidationError(
+                {"password": list(getattr(exc, "messages", [str(exc)]))}
+            ) from None
         return attrs

@@ -6,6 +6,7 @@ The result goes into the scope; the consumer accepts and closes with 4401
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -17,6 +18,8 @@ from django.contrib.auth.models import AnonymousUser
 from accounts import credentials
 from realtime.origin import header
 
+log = logging.getLogger("tether.auth")
+
 
 @dataclass(frozen=True)
 class SocketAuth:
@@ -25,6 +28,7 @@ class SocketAuth:
     method: str  # "session" | "token" | "ticket" | "" (none)
     ref: str  # "session:<hash>" | "token:<id>" | ""
     disabled: bool = False  # valid credential of an inactive account → 4403
+    failed: bool = False  # the check itself failed (database down) → 1011
 
 
 NO_AUTH = SocketAuth("", "")
@@ -51,7 +55,9 @@ def _user_for_token(raw: str) -> tuple[Any, SocketAuth] | None:
     token = credentials.verify_token(raw)
     if token is None:
         return None
-    return token.user, SocketAuth("token", credentials.token_ref(token.pk), not token.user.is_active)
+    return token.user, SocketAuth(
+        "token", credentials.token_ref(token.pk), not token.user.is_active
+    )
 
 
 @database_sync_to_async
@@ -89,6 +95,10 @@ class WebSocketAuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        user, auth = await authenticate(scope)
+        try:
+            user, auth = await authenticate(scope)
+        except Exception:
+            log.exception("socket authentication failed")
+            user, auth = AnonymousUser(), SocketAuth("", "", failed=True)
         scope = dict(scope, user=user, tether_auth=auth)
         return await self.app(scope, receive, send)

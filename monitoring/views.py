@@ -70,7 +70,11 @@ async def ready(request: HttpRequest) -> JsonResponse:
         "channel_layer": layer_error or "ok",
     }
     failed = [name for name, err in (("database", db_error), ("channel_layer", layer_error)) if err]
-    body = {"status": "unavailable" if failed else "ready", "node": settings.NODE_NAME, "checks": checks}
+    body = {
+        "status": "unavailable" if failed else "ready",
+        "node": settings.NODE_NAME,
+        "checks": checks,
+    }
     if failed:
         body["failed"] = failed
     return JsonResponse(body, status=503 if failed else 200)

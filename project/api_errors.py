@@ -113,14 +113,18 @@ def bad_request_view(request: Any, exception: Exception | None = None) -> Any:
 
 def permission_denied(request: Any, exception: Exception | None = None) -> Any:
     if _is_api(request):
-        return JsonResponse({"error": "forbidden", "detail": str(exception or "forbidden")}, status=403)
+        return JsonResponse(
+            {"error": "forbidden", "detail": str(exception or "forbidden")}, status=403
+        )
     return defaults.permission_denied(request, exception)
 
 
 def csrf_failure(request: Any, reason: str = "") -> Any:
     """CSRF_FAILURE_VIEW: the REST shape for API callers."""
     if _is_api(request):
-        return JsonResponse({"error": "forbidden", "detail": f"CSRF check failed: {reason}"}, status=403)
+        return JsonResponse(
+            {"error": "forbidden", "detail": f"CSRF check failed: {reason}"}, status=403
+        )
     from django.views.csrf import csrf_failure as default_csrf_failure
 
     return default_csrf_failure(request, reason)

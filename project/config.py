@@ -87,7 +87,11 @@ def parse_origins(raw: str) -> list[str]:
     origins = parse_list(raw)
     for origin in origins:
         parts = urlsplit(origin)
-        if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path not in {"", "/"}:
+        if (
+            parts.scheme not in {"http", "https"}
+            or not parts.hostname
+            or parts.path not in {"", "/"}
+        ):
             raise ValueError(f"{origin!r} is not an origin like https://chat.example.com[:port]")
         if "*" in origin:
             raise ValueError("wildcards are not allowed; list every origin exactly")
@@ -219,7 +223,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         "HEARTBEAT_INTERVAL",
         parse_int,
         25,
-        "seconds; `welcome.heartbeat.interval`: server pings a socket it sent nothing to for this long",
+        "seconds; `welcome.heartbeat.interval`; the server pings a socket it sent nothing "
+        "to for this long",
         minimum=1,
     ),
     Setting(
@@ -237,9 +242,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         "sockets per user, cluster-wide (4503 beyond)",
         minimum=1,
     ),
-    Setting(
-        "MAX_SUBSCRIPTIONS_PER_CLIENT", parse_int, 100, "topics per connection", minimum=1
-    ),
+    Setting("MAX_SUBSCRIPTIONS_PER_CLIENT", parse_int, 100, "topics per connection", minimum=1),
     Setting(
         "MAX_FRAME_BYTES",
         parse_int,
@@ -257,9 +260,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting("RATE_LIMIT_BURST", parse_int, 40, "per-connection token bucket: burst", minimum=1),
-    Setting(
-        "REPLAY_LIMIT", parse_int, 500, "messages per conversation in one `sync`", minimum=1
-    ),
+    Setting("REPLAY_LIMIT", parse_int, 500, "messages per conversation in one `sync`", minimum=1),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting("LOG_LEVEL", parse_log_level, "INFO", "logging level"),
     Setting(

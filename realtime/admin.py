@@ -51,7 +51,15 @@ class LiveConnectionAdmin(ReadOnlyAdmin):
 
 @admin.register(Node)
 class NodeAdmin(ReadOnlyAdmin):
-    list_display = ("name", "host", "pid", "started_at", "last_heartbeat", "silent_for", "connection_count")
+    list_display = (
+        "name",
+        "host",
+        "pid",
+        "started_at",
+        "last_heartbeat",
+        "silent_for",
+        "connection_count",
+    )
     ordering = ("name",)
 
     @admin.display(description="silent for", ordering="last_heartbeat")

@@ -72,8 +72,22 @@ class TetherConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         await self.accept()
+        try:
+            await self.open_connection()
+        except Exception:
+            log.exception("could not open a connection")
+            if self.conn is not None:
+                await self.close_with(Close.INTERNAL)
+            else:
+                await self.close(Close.INTERNAL)
+
+    async def open_connection(self) -> None:
+        """Authenticate, check capacity, record the socket and greet it."""
         user = self.scope.get("user")
         auth = self.scope.get("tether_auth")
+        if auth is not None and auth.failed:
+            await self.close(Close.INTERNAL)
+            return
         if auth is not None and auth.disabled:
             await self.close(Close.FORBIDDEN)
             return
@@ -122,7 +136,10 @@ class TetherConsumer(AsyncWebsocketConsumer):
             "connection_id": self.conn.id,
             "node": get_runtime().name,
             "user": {"id": self.conn.user_id, "username": self.conn.username},
-            "heartbeat": {"interval": settings.HEARTBEAT_INTERVAL, "timeout": settings.PING_TIMEOUT},
+            "heartbeat": {
+                "interval": settings.HEARTBEAT_INTERVAL,
+                "timeout": settings.PING_TIMEOUT,
+            },
             "limits": {
                 "max_frame_bytes": settings.MAX_FRAME_BYTES,
                 "max_body_chars": settings.MAX_BODY_CHARS,

@@ -26,7 +26,9 @@ class LiveConnection(models.Model):
 
     id = models.CharField(max_length=40, primary_key=True)
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="connections")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="live_connections")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="live_connections"
+    )
     endpoint = models.CharField(max_length=16)
     channel_name = models.CharField(max_length=200)
     remote_addr = models.CharField(max_length=64, blank=True, default="")

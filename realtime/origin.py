@@ -38,7 +38,7 @@ def origin_allowed(origin: str, scope: dict[str, Any]) -> bool:
         normalized = normalize_origin(origin)
     except ValueError:
         return False
-    if not normalized.split("://", 1)[0] in ("http", "https"):
+    if normalized.split("://", 1)[0] not in ("http", "https"):
         return False
     return normalized in allowed_origins(scope)
 

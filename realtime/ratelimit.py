@@ -8,7 +8,7 @@ import math
 class TokenBucket:
     """`rate` tokens a second up to `burst`; one token per frame."""
 
-    __slots__ = ("rate", "burst", "tokens", "updated")
+    __slots__ = ("burst", "rate", "tokens", "updated")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate

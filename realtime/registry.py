@@ -125,4 +125,3 @@ def reap_silent_nodes(silent_for: timedelta, now: datetime | None = None) -> Rea
     names = [name for _, name in dead]
     log.warning("reaper removed silent nodes %s and %d connection records", names, removed)
     return ReapResult(names, removed, user_ids)
-

@@ -35,6 +35,7 @@ class NodeRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._start_lock: asyncio.Lock | None = None
         self._shutdown_hooked = False
+        self._pending: set[asyncio.Task[Any]] = set()
 
     @property
     def started(self) -> bool:
@@ -142,10 +143,18 @@ class NodeRuntime:
             if conn.closing:
                 continue
             if now - conn.last_in >= timeout:
-                log.info("connection %s silent for %.1fs: closing 4408", conn.id, now - conn.last_in)
-                asyncio.ensure_future(conn.close(Close.HEARTBEAT_TIMEOUT))
+                log.info(
+                    "connection %s silent for %.1fs: closing 4408", conn.id, now - conn.last_in
+                )
+                self._spawn(conn.close(Close.HEARTBEAT_TIMEOUT))
             elif now - conn.last_out >= interval:
-                asyncio.ensure_future(conn.send_frame({"type": "ping", "server_time": now_ms()}))
+                self._spawn(conn.send_frame({"type": "ping", "server_time": now_ms()}))
+
+    def _spawn(self, coro: Any) -> None:
+        """Run a per-connection action without letting one slow socket hold the sweep."""
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _maintain_forever(self) -> None:
         period = settings.TETHER_MAINTENANCE_SECONDS
@@ -197,5 +206,10 @@ class NodeStartMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] in ("http", "websocket") and not _runtime.started:
-            await _runtime.ensure_started()
+            try:
+                await _runtime.ensure_started()
+            except Exception:
+                # Database down: keep serving /health/ and /ready/ (which says
+                # what failed); sockets are refused with 1011 and retry later.
+                log.exception("node runtime could not start; will retry")
         return await self.app(scope, receive, send)

@@ -158,7 +158,8 @@ class RedisServer:
         if self._binary is None:
             raise ServiceUnavailable(
                 "Redis: REDIS_URL is not set and no redis-server binary was found "
-                f"(searched PATH={os.environ.get('PATH', '')!r} and {', '.join(REDIS_CANDIDATES)}). "
+                f"(searched PATH={os.environ.get('PATH', '')!r} "
+                f"and {', '.join(REDIS_CANDIDATES)}). "
                 "Fix: export REDIS_URL=redis://host:6379/15 (a db the tests may flush) "
                 "or install redis-server (e.g. apt-get install redis-server)."
             )
@@ -267,7 +268,8 @@ class RedisServer:
         """Stop and start our own server on the same port (all data is lost)."""
         if not self.owned:
             raise RuntimeError(
-                f"RedisServer.restart() needs a throwaway server; REDIS_URL={_mask(self.url)} is external."
+                "RedisServer.restart() needs a throwaway server; "
+                f"REDIS_URL={_mask(self.url)} is external."
             )
         self._kill_proc()
         self._spawn()
@@ -293,9 +295,7 @@ def _is_postgres_url(url: str) -> bool:
 def _libpq_url(url: str) -> str:
     """Strip a SQLAlchemy-style '+driver' suffix that libpq does not understand."""
     parts = urlsplit(url)
-    return (
-        urlunsplit(parts._replace(scheme="postgresql")) if "+" in parts.scheme else url
-    )
+    return urlunsplit(parts._replace(scheme="postgresql")) if "+" in parts.scheme else url
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -355,9 +355,7 @@ class PostgresServer:
         try:
             with psycopg.connect(env_url, autocommit=True, connect_timeout=10) as conn:
                 try:
-                    conn.execute(
-                        sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname))
-                    )
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
                 except psycopg.errors.InsufficientPrivilege as exc:
                     # A role without CREATEDB can still run the tests in its own db.
                     sys.stderr.write(
@@ -401,11 +399,7 @@ class PostgresServer:
         if os.geteuid() == 0:
             # PostgreSQL refuses to run as root; run it as an unprivileged user.
             runuser = shutil.which("runuser") or next(
-                (
-                    p
-                    for p in ("/usr/sbin/runuser", "/sbin/runuser")
-                    if os.access(p, os.X_OK)
-                ),
+                (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)),
                 None,
             )
             for name in ("postgres", "nobody"):
@@ -420,9 +414,7 @@ class PostgresServer:
             self._prefix = [runuser, "-u", owner.pw_name, "--"]
 
         # Under /tmp when root: the unprivileged owner must be able to traverse the parent.
-        self._base = Path(
-            tempfile.mkdtemp(prefix="tether-pg-", dir="/tmp" if owner else None)
-        )
+        self._base = Path(tempfile.mkdtemp(prefix="tether-pg-", dir="/tmp" if owner else None))
         self.owned = True
         _LIVE.append(self)
         try:
@@ -490,9 +482,7 @@ class PostgresServer:
                 f"{(res.stdout + res.stderr).strip()[-1000:]}\nServer log tail:\n{_tail(log)}"
             )
             # Only a lost port race is worth another try.
-            if "could not bind" not in _tail(log, 50) and "already in use" not in _tail(
-                log, 50
-            ):
+            if "could not bind" not in _tail(log, 50) and "already in use" not in _tail(log, 50):
                 break
             log.unlink(missing_ok=True)
         if not self._started:
@@ -521,17 +511,14 @@ class PostgresServer:
             drop = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dbname))
             with (
                 contextlib.suppress(psycopg.Error),
-                psycopg.connect(
-                    self._admin_url, autocommit=True, connect_timeout=10
-                ) as conn,
+                psycopg.connect(self._admin_url, autocommit=True, connect_timeout=10) as conn,
             ):
                 if conn.info.server_version >= 130000:
                     # FORCE: leftover test connections must not keep the db alive.
                     conn.execute(drop + sql.SQL(" WITH (FORCE)"))
                 else:
                     conn.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE datname = %s",
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                         (dbname,),
                     )
                     conn.execute(drop)
@@ -567,9 +554,7 @@ def require_or_skip(reason: str) -> NoReturn:
     """Skip (or fail when REQUIRE_SERVICES=1) with a loud reason, also printed to stderr."""
     required = os.environ.get("REQUIRE_SERVICES") == "1"
     verdict = (
-        "FAILING (REQUIRE_SERVICES=1)"
-        if required
-        else "SKIPPING (set REQUIRE_SERVICES=1 to fail)"
+        "FAILING (REQUIRE_SERVICES=1)" if required else "SKIPPING (set REQUIRE_SERVICES=1 to fail)"
     )
     bar = "!" * 78
     banner = f"\n{bar}\n!! SERVICE UNAVAILABLE -- {verdict}\n{reason}\n{bar}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand
@@ -14,18 +15,27 @@ DEMO_USERS = ("alice", "bob")
 PASSWORDS_FILE = VAR_DIR / "demo-passwords.txt"
 
 
-def _load_passwords() -> dict[str, str]:
-    if not PASSWORDS_FILE.exists():
+def _load_passwords(path: Path) -> dict[str, str]:
+    if not path.exists():
         return {}
-    pairs = (line.split(":", 1) for line in PASSWORDS_FILE.read_text().splitlines() if ":" in line)
+    pairs = (line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
     return {name: password for name, password in pairs}
 
 
 class Command(BaseCommand):
     help = "Seed the demo (users alice and bob). Safe to run again: nothing is duplicated."
 
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--passwords-file",
+            type=Path,
+            default=PASSWORDS_FILE,
+            help=f"where the demo passwords are kept (default {PASSWORDS_FILE})",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
-        passwords = _load_passwords()
+        path: Path = options["passwords_file"]
+        passwords = _load_passwords(path)
         for name in DEMO_USERS:
             user = User.objects.filter(username=name).first()
             if user is None or name not in passwords:
@@ -35,9 +45,9 @@ class Command(BaseCommand):
                 else:
                     user.set_password(passwords[name])
                     user.save()
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        PASSWORDS_FILE.write_text("".join(f"{n}:{p}\n" for n, p in passwords.items()))
-        PASSWORDS_FILE.chmod(0o600)
-        self.stdout.write(self.style.SUCCESS("Demo users (kept in var/demo-passwords.txt):"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{n}:{p}\n" for n, p in passwords.items()))
+        path.chmod(0o600)
+        self.stdout.write(self.style.SUCCESS(f"Demo users (passwords kept in {path}):"))
         for name in DEMO_USERS:
             self.stdout.write(f"  {name:6} password: {passwords[name]}")

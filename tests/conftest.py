@@ -1,0 +1,81 @@
+"""Shared fixtures: throwaway services, live daphne nodes in both modes, users."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live import DaphneNode, Stack
+from tests.services import postgres_service, redis_service  # noqa: F401 - fixtures
+
+MODES = ("embedded", "production")
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """SQLite file + in-memory channel layer: one process, as `make run`."""
+    db = tmp_path_factory.mktemp("embedded") / "tether.sqlite3"
+    return Stack("embedded", f"sqlite:///{db}")
+
+
+@pytest.fixture(scope="session")
+def production_stack(postgres_service, redis_service) -> Stack:  # noqa: F811
+    """PostgreSQL + Redis, shared by every node of the session."""
+    return Stack("production", postgres_service.url, redis_service.url)
+
+
+@pytest.fixture(params=MODES)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """Each integration test runs once per mode."""
+    return request.getfixturevalue(f"{request.param}_stack")
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Callable[..., DaphneNode]]:
+    """Start daphne nodes on a stack; all are stopped after the test."""
+    nodes: list[DaphneNode] = []
+
+    def start(stack: Stack, name: str | None = None, **settings: str) -> DaphneNode:
+        node = DaphneNode(
+            stack=stack,
+            name=name or f"node-{uuid.uuid4().hex[:6]}",
+            log_dir=tmp_path,
+            settings={k: str(v) for k, v in settings.items()},
+        )
+        nodes.append(node)
+        return node.start()
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def node(stack: Stack, make_node: Callable[..., DaphneNode]) -> DaphneNode:
+    """One node with default settings, in the parametrized mode."""
+    return make_node(stack)
+
+
+@pytest.fixture
+def two_nodes(
+    production_stack: Stack, make_node: Callable[..., DaphneNode]
+) -> tuple[DaphneNode, DaphneNode]:
+    """Two daphne processes on one PostgreSQL and one Redis (reused by later issues)."""
+    return make_node(production_stack, "node-a"), make_node(production_stack, "node-b")
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[object]:
+    """The node runtime for focused consumer tests, stopped with the test's loop."""
+    from realtime.runtime import get_runtime
+
+    rt = get_runtime()
+    yield rt
+    await rt.stop()

@@ -1,0 +1,148 @@
+"""REST auth endpoints and error shapes (PROTOCOL 9)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts import credentials
+from accounts.models import ApiToken, User, WsTicket
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "a-Long-test-passw0rd"
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def alice() -> User:
+    return User.objects.create_user("alice", password=PASSWORD)
+
+
+def test_register_then_token_then_me(api: APIClient) -> None:
+    r = api.post("/api/auth/register/", {"username": "dora", "password": PASSWORD}, format="json")
+    assert r.status_code == 201 and r.json() == {"id": r.json()["id"], "username": "dora"}
+    r = api.post("/api/auth/token/", {"username": "dora", "password": PASSWORD}, format="json")
+    assert r.status_code == 200
+    token = r.json()["token"]
+    r = api.get("/api/me/", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert r.status_code == 200 and r.json()["username"] == "dora"
+
+
+def test_register_applies_password_validators_and_names_the_field(api: APIClient) -> None:
+    r = api.post("/api/auth/register/", {"username": "eve", "password": "123"}, format="json")
+    assert r.status_code == 400
+    body = r.json()
+    assert body["error"] == "bad_request" and body["detail"].startswith("password:")
+
+
+def test_register_duplicate_and_missing_fields(api: APIClient, alice: User) -> None:
+    r = api.post("/api/auth/register/", {"username": "ALICE", "password": PASSWORD}, format="json")
+    assert r.status_code == 400 and "username" in r.json()["detail"]
+    r = api.post("/api/auth/register/", {}, format="json")
+    assert r.status_code == 400 and "username" in r.json()["detail"]
+
+
+def test_register_can_be_disabled(api: APIClient, settings) -> None:
+    settings.SIGNUP_ENABLED = False
+    r = api.post("/api/auth/register/", {"username": "zed", "password": PASSWORD}, format="json")
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+
+
+def test_bad_json_body_is_a_json_error(api: APIClient) -> None:
+    r = api.generic("POST", "/api/auth/token/", "{nope", content_type="application/json")
+    assert r.status_code == 400 and r.json()["error"] == "bad_json"
+
+
+def test_wrong_password_is_401_json(api: APIClient, alice: User) -> None:
+    r = api.post("/api/auth/token/", {"username": "alice", "password": "nope"}, format="json")
+    assert r.status_code == 401 and r.json()["error"] == "invalid_credentials"
+
+
+def test_unauthenticated_and_bad_token_are_401_json(api: APIClient) -> None:
+    r = api.get("/api/me/")
+    assert r.status_code == 401 and r.json()["error"] == "not_authenticated"
+    r = api.get("/api/me/", HTTP_AUTHORIZATION="Bearer tt_forged")
+    assert r.status_code == 401 and r.json()["error"] == "not_authenticated"
+
+
+def test_unknown_api_path_is_json_404(api: APIClient) -> None:
+    r = api.get("/api/nothing-here/")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    assert r["Content-Type"].startswith("application/json")
+
+
+def test_tokens_are_stored_hashed(alice: User) -> None:
+    token, raw = credentials.issue_token(alice)
+    stored = ApiToken.objects.values_list("key_hash", "prefix", "name").get(pk=token.pk)
+    assert raw not in " ".join(stored)
+    assert credentials.verify_token(raw).user == alice
+    assert credentials.verify_token(raw + "x") is None
+
+
+def test_ws_ticket_is_single_use_and_expires(api: APIClient, alice: User) -> None:
+    api.force_authenticate(alice)
+    r = api.post("/api/auth/ws-ticket/")
+    assert r.status_code == 201 and r.json()["expires_in"] == 60
+    raw = r.json()["ticket"]
+    assert not WsTicket.objects.filter(key_hash=raw).exists()  # hashed at rest
+    assert credentials.consume_ticket(raw).user == alice
+    assert credentials.consume_ticket(raw) is None  # single use
+    raw = credentials.issue_ticket(alice, "session:x")
+    WsTicket.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert credentials.consume_ticket(raw) is None  # expired
+
+
+def test_ws_ticket_needs_authentication(api: APIClient) -> None:
+    assert api.post("/api/auth/ws-ticket/").status_code == 401
+
+
+def test_session_login_and_csrf_protected_api(alice: User) -> None:
+    client = APIClient(enforce_csrf_checks=True)
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200 and b'name="username"' in page.content
+    csrf = page.cookies["csrftoken"].value
+    r = client.post(
+        "/accounts/login/",
+        {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": csrf},
+    )
+    assert r.status_code == 302
+    assert client.get("/api/me/").json()["username"] == "alice"
+    r = client.post("/api/auth/ws-ticket/")  # no CSRF header
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    r = client.post("/api/auth/ws-ticket/", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    assert r.status_code == 201
+
+
+def test_health(api: APIClient) -> None:
+    r = api.get("/health/")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_static_files_are_served_without_debug(client, settings) -> None:
+    assert settings.DEBUG is False
+    r = client.get("/static/tether/tether.css")
+    assert r.status_code == 200
+    r = client.get("/static/admin/css/base.css")
+    assert r.status_code == 200
+
+
+def test_seed_demo_is_idempotent(capsys, tmp_path) -> None:
+    from django.core.management import call_command
+
+    call_command("seed_demo", passwords_file=tmp_path / "pw.txt")
+    first = capsys.readouterr().out
+    call_command("seed_demo", passwords_file=tmp_path / "pw.txt")
+    second = capsys.readouterr().out
+    assert User.objects.filter(username__in=["alice", "bob"]).count() == 2
+    assert first == second
+    password = re.search(r"alice\s+password: (\S+)", first).group(1)
+    assert User.objects.get(username="alice").check_password(password)

@@ -1,0 +1,227 @@
+"""Focused consumer tests with WebsocketCommunicator: framing, errors, heartbeat, cleanup."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from accounts import credentials
+from accounts.models import User
+from project.asgi import application
+from realtime.models import LiveConnection
+from realtime.protocol import Close
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@database_sync_to_async
+def make_token(username: str = "alice", active: bool = True) -> str:
+    user = User.objects.create_user(username=username, password="pw-Not-common-123")
+    if not active:
+        user.is_active = False
+        user.save()
+    return credentials.issue_token(user)[1]
+
+
+def communicator(path: str = "/ws/chat/", token: str | None = None, **kw: Any):
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    headers += kw.get("headers", [])
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def connected(runtime, path: str = "/ws/chat/") -> tuple[WebsocketCommunicator, dict]:
+    token = await make_token()
+    comm = communicator(path, token)
+    ok, _ = await comm.connect()
+    assert ok
+    welcome = await comm.receive_json_from()
+    return comm, welcome
+
+
+async def no_records() -> bool:
+    return await database_sync_to_async(LiveConnection.objects.count)() == 0
+
+
+async def close_code(comm: WebsocketCommunicator, timeout: float = 3) -> int:
+    while True:
+        out = await comm.receive_output(timeout)
+        if out["type"] == "websocket.close":
+            return out.get("code", 1000)
+
+
+@pytest.mark.parametrize("path", ["/ws/chat/", "/ws/stream/"])
+async def test_welcome_has_every_field(runtime, settings, path: str) -> None:
+    settings.NODE_NAME = "node-x"
+    comm, welcome = await connected(runtime, path)
+    assert welcome["type"] == "welcome"
+    assert welcome["protocol"] == 1
+    assert welcome["connection_id"].startswith("c_")
+    assert welcome["node"] == runtime.name
+    assert welcome["user"] == {"id": welcome["user"]["id"], "username": "alice"}
+    assert welcome["heartbeat"] == {"interval": 25, "timeout": 60}
+    assert welcome["limits"] == {
+        "max_frame_bytes": 65536,
+        "max_body_chars": 4000,
+        "max_subscriptions": 100,
+        "rate": {"per_second": 20, "burst": 40},
+    }
+    assert abs(welcome["server_time"] - time.time() * 1000) < 5000
+    assert await database_sync_to_async(LiveConnection.objects.count)() == 1
+    await comm.disconnect()
+
+
+async def test_missing_credentials_close_4401(runtime) -> None:
+    comm = communicator()
+    ok, _ = await comm.connect()
+    assert ok  # accepted, then closed: a browser can tell "log in again"
+    assert await close_code(comm) == Close.UNAUTHENTICATED
+
+
+async def test_invalid_token_close_4401(runtime) -> None:
+    comm = communicator(token="tt_not-a-real-token")
+    await comm.connect()
+    assert await close_code(comm) == Close.UNAUTHENTICATED
+
+
+async def test_disabled_account_close_4403(runtime) -> None:
+    comm = communicator(token=await make_token("carol", active=False))
+    await comm.connect()
+    assert await close_code(comm) == Close.FORBIDDEN
+
+
+async def test_ping_pong_echoes_ts_and_reports_load(runtime) -> None:
+    comm, _ = await connected(runtime)
+    await comm.send_json_to({"type": "ping", "ts": 1732300000000, "id": "p1"})
+    pong = await comm.receive_json_from()
+    assert pong["type"] == "pong" and pong["ts"] == 1732300000000 and pong["id"] == "p1"
+    assert 0 <= pong["load"] <= 1 and isinstance(pong["server_time"], int)
+    await comm.disconnect()
+
+
+async def test_errors_keep_the_socket_open(runtime) -> None:
+    comm, _ = await connected(runtime)
+    await comm.send_to(text_data="not json")
+    assert (await comm.receive_json_from())["code"] == "bad_json"
+    await comm.send_json_to({"type": "teleport", "id": "t1"})
+    err = await comm.receive_json_from()
+    assert err == {**err, "type": "error", "id": "t1", "code": "unknown_type"}
+    await comm.send_json_to({"id": "t2"})
+    err = await comm.receive_json_from()
+    assert err["code"] == "bad_request" and err["id"] == "t2" and "type" in err["message"]
+    await comm.send_json_to({"type": "ping", "id": ""})
+    err = await comm.receive_json_from()
+    assert err["code"] == "bad_request" and err["message"].startswith("id:")
+    await comm.send_json_to({"type": "ping", "ts": "soon", "id": "p"})
+    err = await comm.receive_json_from()
+    assert err["code"] == "bad_request" and err["message"].startswith("ts:") and err["id"] == "p"
+    await comm.send_json_to({"type": "ping", "ts": 1, "whatever": {"x": 1}})
+    assert (await comm.receive_json_from())["type"] == "pong"
+    await comm.disconnect()
+
+
+async def test_binary_frame_gets_an_error_then_4400(runtime) -> None:
+    comm, _ = await connected(runtime)
+    await comm.send_to(bytes_data=b"\x00\x01")
+    err = await comm.receive_json_from()
+    assert err["type"] == "error" and err["code"] == "bad_json"
+    await comm.send_to(bytes_data=b"\x00\x01")
+    assert await close_code(comm) == Close.PROTOCOL_VIOLATION
+
+
+async def test_a_stream_of_bad_json_closes_4400(runtime) -> None:
+    comm, _ = await connected(runtime)
+    for _ in range(9):
+        await comm.send_to(text_data="{oops")
+        assert (await comm.receive_json_from())["code"] == "bad_json"
+    await comm.send_to(text_data="{oops")
+    assert await close_code(comm) == Close.PROTOCOL_VIOLATION
+
+
+async def test_frame_of_exactly_the_limit_passes_one_more_byte_closes_1009(
+    runtime, settings
+) -> None:
+    settings.MAX_FRAME_BYTES = 1000
+    comm, _ = await connected(runtime)
+    prefix, suffix = '{"type":"ping","pad":"', '"}'
+    room = 1000 - len(prefix) - len(suffix)
+    exact = prefix + "é" * (room // 2) + "a" * (room % 2) + suffix  # é is 2 bytes
+    assert len(exact.encode()) == 1000
+    await comm.send_to(text_data=exact)
+    assert (await comm.receive_json_from())["type"] == "pong"
+    await comm.send_to(text_data=exact[:-2] + "a" + exact[-2:])
+    assert await close_code(comm) == Close.TOO_BIG
+
+
+async def test_rate_limit_answers_rate_limited_and_skips_the_frame(runtime, settings) -> None:
+    settings.RATE_LIMIT_PER_SECOND = 1
+    settings.RATE_LIMIT_BURST = 2
+    comm, _ = await connected(runtime)
+    for i in range(2):
+        await comm.send_json_to({"type": "nothing", "id": f"n{i}"})
+        assert (await comm.receive_json_from())["code"] == "unknown_type"
+    await comm.send_json_to({"type": "nothing", "id": "n2"})
+    err = await comm.receive_json_from()
+    assert err["code"] == "rate_limited" and err["id"] == "n2" and err["retry_after"] > 0
+    assert "1 frames per second, burst 2" in err["message"]
+    await comm.send_json_to({"type": "ping", "ts": 5})  # heartbeats are never limited
+    assert (await comm.receive_json_from())["type"] == "pong"
+    await comm.disconnect()
+
+
+async def test_sweeper_pings_quiet_sockets_and_closes_silent_ones_4408(runtime) -> None:
+    comm, _ = await connected(runtime)
+    conn = next(iter(runtime.connections.values()))
+    now = time.monotonic()
+    await runtime.sweep(now + 25.5)  # nothing sent for HEARTBEAT_INTERVAL
+    ping = await comm.receive_json_from()
+    assert ping["type"] == "ping" and isinstance(ping["server_time"], int)
+    await comm.send_json_to({"type": "pong"})
+    await comm.receive_nothing(0.05)
+    assert conn.last_in >= now
+    await runtime.sweep(conn.last_in + 60.5)  # nothing heard for PING_TIMEOUT
+    assert await close_code(comm) == Close.HEARTBEAT_TIMEOUT
+    assert runtime.connections == {}
+    await eventually(no_records, what="the record removed")
+
+
+async def test_disconnect_removes_the_record(runtime) -> None:
+    comm, _ = await connected(runtime)
+    assert await database_sync_to_async(LiveConnection.objects.count)() == 1
+    await comm.disconnect()
+    assert await database_sync_to_async(LiveConnection.objects.count)() == 0
+    assert runtime.connections == {}
+
+
+async def test_control_message_closes_with_its_code(runtime) -> None:
+    comm, _ = await connected(runtime)
+    record = await database_sync_to_async(LiveConnection.objects.get)()
+    await get_channel_layer().send(record.channel_name, {"type": "tether.close", "code": 4403})
+    assert await close_code(comm) == Close.FORBIDDEN
+    await eventually(no_records, what="the record removed")
+
+
+async def test_node_connection_limit_4503(runtime, settings) -> None:
+    settings.MAX_CONNECTIONS = 1
+    comm, _ = await connected(runtime)
+    other = communicator(token=await make_token("bob"))
+    await other.connect()
+    assert await close_code(other) == Close.OVER_CAPACITY
+    await comm.disconnect()
+
+
+async def test_per_user_connection_limit_4503(runtime, settings) -> None:
+    settings.MAX_CONNECTIONS_PER_USER = 1
+    token = await make_token()
+    first = communicator(token=token)
+    await first.connect()
+    await first.receive_json_from()
+    second = communicator(token=token)
+    await second.connect()
+    assert await close_code(second) == Close.OVER_CAPACITY
+    await first.disconnect()

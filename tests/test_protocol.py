@@ -1,0 +1,60 @@
+"""Pure protocol functions: parsing, validation, sizes, the token bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from realtime.protocol import Code, TetherError, parse_frame, utf8_length_exceeds
+from realtime.ratelimit import TokenBucket
+
+
+@pytest.mark.parametrize("text", ["nope", "[1,2]", '"str"', "42", "null", "{", "[" * 100000])
+def test_not_a_json_object_is_bad_json(text: str) -> None:
+    with pytest.raises(TetherError) as info:
+        parse_frame(text)
+    assert info.value.code == Code.BAD_JSON
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        ('{"id": "a"}', "type"),
+        ('{"type": 5}', "type"),
+        ('{"type": "ping", "id": ""}', "id"),
+        ('{"type": "ping", "id": 7}', "id"),
+        ('{"type": "ping", "id": "' + "x" * 65 + '"}', "id"),
+    ],
+)
+def test_bad_fields_are_bad_request_naming_the_field(frame: str, field: str) -> None:
+    with pytest.raises(TetherError) as info:
+        parse_frame(frame)
+    assert info.value.code == Code.BAD_REQUEST
+    assert info.value.message.startswith(f"{field}:")
+
+
+def test_id_of_a_frame_with_bad_type_is_echoed() -> None:
+    with pytest.raises(TetherError) as info:
+        parse_frame('{"id": "r1"}')
+    assert info.value.frame()["id"] == "r1"
+
+
+def test_unknown_fields_are_kept_but_ignored() -> None:
+    frame = parse_frame('{"type": "ping", "id": "' + "x" * 64 + '", "extra": [1]}')
+    assert frame.type == "ping" and len(frame.id or "") == 64
+
+
+def test_utf8_length() -> None:
+    assert not utf8_length_exceeds("a" * 100, 100)
+    assert utf8_length_exceeds("a" * 101, 100)
+    assert not utf8_length_exceeds("é" * 50, 100)  # 2 bytes each
+    assert utf8_length_exceeds("é" * 51, 100)
+    assert utf8_length_exceeds("😀" * 26, 100)
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    bucket = TokenBucket(rate=10, burst=3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [0, 0, 0]
+    retry = bucket.take(0.0)
+    assert 90 <= retry <= 100
+    assert bucket.take(0.1) == 0  # one token back after 1/rate seconds
+    assert bucket.take(0.1) > 0
