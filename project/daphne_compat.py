@@ -5,6 +5,11 @@ daphne's `serverClose` goes through autobahn's `sendClose`, which only allows
 close frame itself is valid RFC 6455; autobahn's lower-level `sendCloseFrame`
 sends it. Patched once at import of `project.asgi`.
 
+daphne's `kill_all_applications` (its shutdown trigger) raises KeyError when a
+connection's application already finished (a kept-alive HTTP connection), so
+the open sockets' consumers are never cancelled and the process can crash at
+exit while garbage-collecting them. The patched version skips those entries.
+
 daphne's access log also prints query strings, where `?ticket=` lives; tickets
 must never reach logs (issue 3), so entries go through `project.logging.redact`.
 """
@@ -32,6 +37,7 @@ def patch_daphne_close_codes() -> None:
             self.sendCloseFrame(code=code, isReply=False)
 
     WebSocketProtocol.serverClose = server_close
+    _patch_kill_all_applications()
     _patch_access_log()
     _PATCHED = True
 
@@ -47,3 +53,27 @@ def _patch_access_log() -> None:
         return original(self, host, date, redact(request), *args, **kwargs)
 
     AccessLogGenerator.write_entry = write_entry
+
+
+def _patch_kill_all_applications() -> None:
+    import asyncio
+    import logging
+
+    from daphne.server import Server
+    from twisted.internet import defer
+
+    logger = logging.getLogger("daphne.server")
+
+    def kill_all_applications(self):  # type: ignore[no-untyped-def]
+        wait_for = []
+        for details in list(self.connections.values()):
+            instance = details.get("application_instance")
+            if instance is not None and not instance.done():
+                instance.cancel()
+                wait_for.append(instance)
+        logger.info("Killed %i pending application instances", len(wait_for))
+        waiting = defer.Deferred.fromFuture(asyncio.gather(*wait_for, return_exceptions=True))
+        waiting.addErrback(lambda _: None)
+        return waiting
+
+    Server.kill_all_applications = kill_all_applications

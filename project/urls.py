@@ -22,6 +22,11 @@ urlpatterns = [
     path("", pages.home, name="home"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "accounts/password/",
+        auth_views.PasswordChangeView.as_view(success_url="/"),
+        name="password_change",
+    ),
     path("api/", include(api_patterns)),
     path("health/", monitoring_views.health, name="health"),
     path("ready/", monitoring_views.ready, name="ready"),

@@ -34,6 +34,8 @@ def origin_allowed(origin: str, scope: dict[str, Any]) -> bool:
     origin = origin.strip()
     if not origin or origin == "null" or "://" not in origin:
         return False
+    if "/" in origin.split("://", 1)[1] or "?" in origin or "#" in origin:
+        return False  # an Origin is scheme://host[:port], nothing more
     try:
         normalized = normalize_origin(origin)
     except ValueError:

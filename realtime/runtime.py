@@ -77,9 +77,17 @@ class NodeRuntime:
         self.node_id = None
         self.connections.clear()
 
+    async def shutdown(self) -> None:
+        """Server stopping: every local socket closes with 1001 and is cleaned up."""
+        closing = [conn.close(Close.GOING_AWAY) for conn in list(self.connections.values())]
+        if closing:
+            log.info("node %s: closing %d sockets with 1001", self.name, len(closing))
+            await asyncio.gather(*closing, return_exceptions=True)
+        await self.stop()
+
     async def _stop_logged(self) -> None:
         try:
-            await self.stop()
+            await self.shutdown()
         except BaseException:
             log.exception("node %s: shutdown cleanup failed", self.name)
             raise

@@ -140,6 +140,8 @@ class DaphneNode:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
+                "-X",
+                "faulthandler",
                 "-m",
                 "daphne",
                 "-b",
@@ -219,3 +221,45 @@ class DaphneNode:
         )
         assert status == 201, body
         return body["ticket"]
+
+
+class Browser:
+    """A cookie-keeping HTTP client that logs in through the login form."""
+
+    def __init__(self, node: DaphneNode) -> None:
+        import http.cookiejar
+
+        self.node = node
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def cookie(self, name: str) -> str:
+        return next((c.value for c in self.jar if c.name == name), "")
+
+    @property
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
+
+    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> int:
+        from urllib.parse import urlencode
+
+        data = urlencode(form).encode() if form is not None else None
+        req = urllib.request.Request(self.node.url + path, data=data, method=method)
+        try:
+            with self.opener.open(req, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def post_form(self, path: str, form: dict[str, str]) -> int:
+        if not self.cookie("csrftoken"):
+            self.request("GET", "/accounts/login/")
+        return self.request("POST", path, {**form, "csrfmiddlewaretoken": self.cookie("csrftoken")})
+
+    def login(self, username: str, password: str = "a-Long-test-passw0rd") -> None:
+        self.request("GET", "/accounts/login/")
+        status = self.post_form("/accounts/login/", {"username": username, "password": password})
+        assert status == 200 and self.cookie("sessionid"), "login failed"
+
+    def logout(self) -> int:
+        return self.post_form("/accounts/logout/", {})
