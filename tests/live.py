@@ -136,7 +136,7 @@ class DaphneNode:
         self.stack.migrate()
         self.port = self.port or free_port()
         env = self.stack.env(NODE_NAME=self.name, **self.settings)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,

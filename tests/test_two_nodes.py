@@ -1,0 +1,94 @@
+"""Two daphne nodes on one PostgreSQL and one Redis: tickets, control messages, the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+from tests.conftest import unique
+from tests.live import Browser, DaphneNode, http
+from tests.waiting import eventually
+from tests.wsclient import WsClient
+
+
+async def test_each_node_names_itself_and_sees_the_others_records(two_nodes) -> None:
+    a, b = two_nodes
+    token = a.register(unique())
+    on_a = await WsClient.open(f"{a.ws_url}/ws/chat/", token=token)
+    on_b = await WsClient.open(f"{b.ws_url}/ws/chat/", token=token)
+    assert (await on_a.welcome())["node"] == "node-a"
+    assert (await on_b.welcome())["node"] == "node-b"
+    nodes = {row[0] for row in a.stack.sql("SELECT name FROM realtime_node")}
+    assert {"node-a", "node-b"} <= nodes
+    await on_a.close()
+    await on_b.close()
+
+
+async def test_a_ticket_is_used_once_across_nodes_even_racing(two_nodes) -> None:
+    a, b = two_nodes
+    token = a.register(unique())
+    for _ in range(5):
+        ticket = a.ticket(token)
+        clients = await asyncio.gather(
+            WsClient.open(f"{a.ws_url}/ws/chat/?ticket={ticket}"),
+            WsClient.open(f"{b.ws_url}/ws/chat/?ticket={ticket}"),
+        )
+        outcomes = []
+        for client in clients:
+            frame_or_code: object
+            try:
+                frame_or_code = (await client.recv(timeout=5))["type"]
+            except Exception:
+                frame_or_code = await client.close_code()
+            outcomes.append(frame_or_code)
+        assert sorted(map(str, outcomes)) == ["4401", "welcome"], outcomes
+        for client in clients:
+            await client.close()
+
+
+async def test_logout_on_one_node_closes_the_socket_on_the_other(two_nodes) -> None:
+    a, b = two_nodes
+    name = unique()
+    a.register(name)
+    browser = Browser(a)
+    browser.login(name)
+    status, body, _ = await asyncio.to_thread(
+        http,
+        "POST",
+        a.url + "/api/auth/ws-ticket/",
+        None,
+        {"Cookie": browser.cookie_header, "X-CSRFToken": browser.cookie("csrftoken")},
+    )
+    assert status == 201
+    on_b = await WsClient.open(f"{b.ws_url}/ws/chat/?ticket={body['ticket']}")
+    await on_b.welcome()
+    await asyncio.to_thread(browser.logout)
+    assert await on_b.close_code() == 4401
+
+
+async def test_the_reaper_removes_a_killed_nodes_records(production_stack, make_node) -> None:
+    settings = {"HEARTBEAT_INTERVAL": "1", "PING_TIMEOUT": "3"}
+    a = make_node(production_stack, unique("reaper-a-"), **settings)
+    b = make_node(production_stack, unique("victim-b-"), **settings)
+    token = a.register(unique())
+    client = await WsClient.open(f"{b.ws_url}/ws/chat/", token=token)
+    cid = (await client.welcome())["connection_id"]
+    assert production_stack.sql("SELECT count(*) FROM realtime_liveconnection WHERE id = %s", cid)[
+        0
+    ][0]
+    killed_at = time.monotonic()
+    b.stop(signal.SIGKILL)  # a crash: nothing of b's cleanup runs
+
+    def gone() -> bool:
+        rows = production_stack.sql(
+            "SELECT count(*) FROM realtime_liveconnection WHERE id = %s", cid
+        )
+        nodes = production_stack.sql("SELECT count(*) FROM realtime_node WHERE name = %s", b.name)
+        return rows[0][0] == 0 and nodes[0][0] == 0
+
+    # PING_TIMEOUT + 10 s of silence, plus one maintenance pass.
+    await eventually(gone, timeout=3 + 10 + 5, what="the reaper on node a")
+    elapsed = time.monotonic() - killed_at
+    assert elapsed >= 3 + 10 - 2  # not removed while it might still be alive
+    assert "reaper removed silent nodes" in a.log_text()
