@@ -231,7 +231,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         "PING_TIMEOUT",
         parse_int,
         60,
-        "seconds of client silence before close 4408; `welcome.heartbeat.timeout`",
+        "seconds of client silence before close 4408; `welcome.heartbeat.timeout`; "
+        "must be greater than `HEARTBEAT_INTERVAL`",
         minimum=2,
     ),
     Setting("MAX_CONNECTIONS", parse_int, 10000, "sockets per node (4503 beyond)", minimum=1),
@@ -247,7 +248,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         "MAX_FRAME_BYTES",
         parse_int,
         65536,
-        "largest client frame in bytes (close 1009 beyond)",
+        "largest client frame in UTF-8 bytes, 256 to 1048576 (close 1009 beyond)",
         minimum=256,
         maximum=1048576,
     ),
