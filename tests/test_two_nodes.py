@@ -7,7 +7,7 @@ import signal
 import time
 
 from tests.conftest import unique
-from tests.live import Browser, DaphneNode, http
+from tests.live import Browser, http
 from tests.waiting import eventually
 from tests.wsclient import WsClient
 
