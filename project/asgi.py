@@ -10,6 +10,10 @@ from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 
+from project.automigrate import migrate_if_needed  # noqa: E402
+
+migrate_if_needed()
+
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 

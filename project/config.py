@@ -263,6 +263,13 @@ DECLARATIONS: tuple[Setting, ...] = (
     Setting("RATE_LIMIT_BURST", parse_int, 40, "per-connection token bucket: burst", minimum=1),
     Setting("REPLAY_LIMIT", parse_int, 500, "messages per conversation in one `sync`", minimum=1),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
+    Setting(
+        "AUTO_MIGRATE",
+        parse_bool,
+        True,
+        "apply pending database migrations when a node starts (one node at a time, under a "
+        "PostgreSQL advisory lock)",
+    ),
     Setting("LOG_LEVEL", parse_log_level, "INFO", "logging level"),
     Setting(
         "LOG_FORMAT", parse_log_format, "text", "`text`, or `json` for one JSON object per line"

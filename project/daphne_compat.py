@@ -10,8 +10,9 @@ connection's application already finished (a kept-alive HTTP connection), so
 the open sockets' consumers are never cancelled and the process can crash at
 exit while garbage-collecting them. The patched version skips those entries.
 
-daphne's access log also prints query strings, where `?ticket=` lives; tickets
-must never reach logs (issue 3), so entries go through `project.logging.redact`.
+daphne's access log writes query strings (where `?ticket=` lives) straight to
+stdout; it is routed through Python logging so the redaction filter and
+LOG_FORMAT apply (issue 3: tickets and tokens never in logs).
 """
 
 from __future__ import annotations
@@ -43,14 +44,27 @@ def patch_daphne_close_codes() -> None:
 
 
 def _patch_access_log() -> None:
+    """Send daphne's access log through Python logging (`tether.access`).
+
+    Then LOG_FORMAT=json covers it too, and the redaction filter on every
+    handler removes tickets and tokens from query strings.
+    """
+    import logging
+
     from daphne.access import AccessLogGenerator
 
-    from project.logging import redact
+    access = logging.getLogger("tether.access")
 
-    original = AccessLogGenerator.write_entry
-
-    def write_entry(self, host, date, request, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return original(self, host, date, redact(request), *args, **kwargs)
+    def write_entry(  # type: ignore[no-untyped-def]
+        self, host, date, request, status=None, length=None, ident=None, user=None
+    ):
+        access.info(
+            '%s "%s" %s %s',
+            host,
+            request,
+            status or "-",
+            length or "-",
+        )
 
     AccessLogGenerator.write_entry = write_entry
 

@@ -38,6 +38,7 @@ RATE_LIMIT_BURST: int = _c["RATE_LIMIT_BURST"]
 REPLAY_LIMIT: int = _c["REPLAY_LIMIT"]
 SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
 REDIS_URL: str = _c["REDIS_URL"]
+AUTO_MIGRATE: bool = _c["AUTO_MIGRATE"]
 
 # Seconds between the node's maintenance passes (node heartbeat, batched
 # last_seen, reaper). Not an operator setting: derived from the heartbeat.

@@ -6,6 +6,7 @@ The contract is ../shared/PROTOCOL.md; docs/protocol.md describes it for users.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,10 +154,22 @@ class Frame:
 MAX_ID_CHARS = 64
 
 
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); echoing them would break clients.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_frame(text: str) -> Frame:
     """Decode one text frame; raise TetherError(bad_json | bad_request)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_float=_finite, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         raise TetherError(Code.BAD_JSON, "the frame is not valid JSON") from None
     if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -225,3 +226,50 @@ async def test_per_user_connection_limit_4503(runtime, settings) -> None:
     await second.connect()
     assert await close_code(second) == Close.OVER_CAPACITY
     await first.disconnect()
+
+
+def strict_json(name: str) -> None:
+    raise AssertionError(f"{name} in a server frame")
+
+
+NASTY_FRAMES = [
+    "",
+    " ",
+    "{}",
+    '{"type": null}',
+    '{"type": ""}',
+    '{"type": "' + "p" * 10000 + '"}',
+    '{"type": ["ping"]}',
+    '{"type": "ping", "ts": 1e309}',
+    '{"type": "ping", "ts": NaN}',
+    '{"type": "ping", "ts": -Infinity}',
+    '{"type": "ping", "ts": 123456789012345678901234567890}',
+    '{"type": "ping", "ts": true}',
+    '{"type": "ping", "id": null}',
+    '{"type": "ping", "id": {"a": 1}}',
+    '{"type": "ping", "id": "\\ud800"}',
+    '{"type": "\\u0000"}',
+    '{"type": "__init__"}',
+    '{"type": "connect"}',
+    '{"type": "websocket.disconnect"}',
+    '{"type": "tether.close", "code": 1000}',
+    '{"type": "ping"' + ', "x": 1' * 2000 + "}",
+    '{"a": ' * 5000 + "1" + "}" * 5000,
+]
+
+
+async def test_nothing_a_client_sends_crashes_the_consumer(runtime, settings, caplog) -> None:
+    settings.RATE_LIMIT_BURST = 1000
+    comm, _ = await connected(runtime)
+    for text in NASTY_FRAMES:
+        await comm.send_input({"type": "websocket.receive", "text": text})
+        raw = (await comm.receive_output())["text"]
+        reply = json.loads(raw, parse_constant=strict_json)  # the reply is strict JSON
+        assert reply["type"] in ("error", "pong"), (text[:40], reply)
+        if reply["type"] == "error":
+            assert reply["code"] in ("bad_json", "bad_request", "unknown_type"), reply
+            assert "Traceback" not in reply["message"]
+        await comm.send_json_to({"type": "ping", "ts": 1})  # still alive and well
+        assert (await comm.receive_json_from())["type"] == "pong"
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    await comm.disconnect()
