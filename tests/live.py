@@ -261,5 +261,16 @@ class Browser:
         status = self.post_form("/accounts/login/", {"username": username, "password": password})
         assert status == 200 and self.cookie("sessionid"), "login failed"
 
+    def ws_ticket(self) -> str:
+        """A ticket obtained with this browser's session (REST call with CSRF)."""
+        status, body, _ = http(
+            "POST",
+            self.node.url + "/api/auth/ws-ticket/",
+            None,
+            {"Cookie": self.cookie_header, "X-CSRFToken": self.cookie("csrftoken")},
+        )
+        assert status == 201, body
+        return body["ticket"]
+
     def logout(self) -> int:
         return self.post_form("/accounts/logout/", {})

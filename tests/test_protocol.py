@@ -8,7 +8,21 @@ from realtime.protocol import Code, TetherError, parse_frame, utf8_length_exceed
 from realtime.ratelimit import TokenBucket
 
 
-@pytest.mark.parametrize("text", ["nope", "[1,2]", '"str"', "42", "null", "{", "[" * 100000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nope",
+        "[1,2]",
+        '"str"',
+        "42",
+        "null",
+        "{",
+        "[" * 100000,
+        '{"type": "ping", "ts": NaN}',
+        '{"type": "ping", "ts": Infinity}',
+        '{"type": "ping", "ts": 1e400}',
+    ],
+)
 def test_not_a_json_object_is_bad_json(text: str) -> None:
     with pytest.raises(TetherError) as info:
         parse_frame(text)

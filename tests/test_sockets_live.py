@@ -123,15 +123,8 @@ async def test_logout_closes_that_sessions_sockets_4401(node: DaphneNode) -> Non
         f"{node.ws_url}/ws/chat/", cookie=browser.cookie_header, origin=node.url
     )
     await by_cookie.welcome()
-    status, body, _ = await asyncio.to_thread(
-        http,
-        "POST",
-        node.url + "/api/auth/ws-ticket/",
-        None,
-        {"Cookie": browser.cookie_header, "X-CSRFToken": browser.cookie("csrftoken")},
-    )
-    assert status == 201, body
-    by_ticket = await WsClient.open(f"{node.ws_url}/ws/stream/?ticket={body['ticket']}")
+    ticket = await asyncio.to_thread(browser.ws_ticket)
+    by_ticket = await WsClient.open(f"{node.ws_url}/ws/stream/?ticket={ticket}")
     await by_ticket.welcome()
     by_token = await WsClient.open(f"{node.ws_url}/ws/chat/", token=token)
     await by_token.welcome()

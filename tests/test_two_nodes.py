@@ -7,7 +7,7 @@ import signal
 import time
 
 from tests.conftest import unique
-from tests.live import Browser, http
+from tests.live import Browser
 from tests.waiting import eventually
 from tests.wsclient import WsClient
 
@@ -53,15 +53,8 @@ async def test_logout_on_one_node_closes_the_socket_on_the_other(two_nodes) -> N
     a.register(name)
     browser = Browser(a)
     browser.login(name)
-    status, body, _ = await asyncio.to_thread(
-        http,
-        "POST",
-        a.url + "/api/auth/ws-ticket/",
-        None,
-        {"Cookie": browser.cookie_header, "X-CSRFToken": browser.cookie("csrftoken")},
-    )
-    assert status == 201
-    on_b = await WsClient.open(f"{b.ws_url}/ws/chat/?ticket={body['ticket']}")
+    ticket = await asyncio.to_thread(browser.ws_ticket)
+    on_b = await WsClient.open(f"{b.ws_url}/ws/chat/?ticket={ticket}")
     await on_b.welcome()
     await asyncio.to_thread(browser.logout)
     assert await on_b.close_code() == 4401
