@@ -41,7 +41,7 @@ async def check_channel_layer() -> None:
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer configured")
-    channel = await layer.new_channel("ready.")
+    channel = await layer.new_channel()
     token = secrets.token_hex(8)
     await layer.send(channel, {"type": "ready.check", "token": token})
     message = await layer.receive(channel)

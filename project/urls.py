@@ -5,6 +5,7 @@ from django.urls import include, path
 from accounts import views as account_views
 from monitoring import views as monitoring_views
 from project import pages
+from realtime import api as chat_api
 
 handler400 = "project.api_errors.bad_request_view"
 handler403 = "project.api_errors.permission_denied"
@@ -16,6 +17,14 @@ api_patterns = [
     path("auth/token/", account_views.TokenView.as_view(), name="token"),
     path("auth/ws-ticket/", account_views.WsTicketView.as_view(), name="ws-ticket"),
     path("me/", account_views.MeView.as_view(), name="me"),
+    path("conversations/", chat_api.ConversationsView.as_view()),
+    path("conversations/<str:conversation_id>/", chat_api.ConversationDetailView.as_view()),
+    path("conversations/<str:conversation_id>/members/", chat_api.MembersView.as_view()),
+    path(
+        "conversations/<str:conversation_id>/members/<int:user_id>/",
+        chat_api.MemberDetailView.as_view(),
+    ),
+    path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
 ]
 
 urlpatterns = [

@@ -30,6 +30,7 @@ class Connection:
     username: str
     bucket: TokenBucket
     send_frame: Callable[[dict[str, Any]], Awaitable[None]] = field(repr=False)
+    send_text: Callable[[str], Awaitable[None]] = field(repr=False)
     close: Callable[[int], Awaitable[None]] = field(repr=False)
     connected_at: float = field(default_factory=time.monotonic)
     last_in: float = field(default_factory=time.monotonic)
@@ -39,6 +40,10 @@ class Connection:
     bad_json_in_a_row: int = 0
     limited_since: float | None = None
     closing: bool = False
+    holding: bool = False  # delivery.hold: live frames wait for the resume `sync`
+    # Delivery cursors: stream key → last position delivered on this socket.
+    cursors: dict[str, int] = field(default_factory=dict, repr=False)
+    streams: dict[str, Any] = field(default_factory=dict, repr=False)  # delivery.StreamState
 
     @property
     def id(self) -> str:

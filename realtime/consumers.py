@@ -13,10 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime import registry
+from realtime import chat_handlers, conversations, delivery, fanout, registry
 from realtime.connection import Connection
 from realtime.origin import header
 from realtime.protocol import (
@@ -31,7 +32,7 @@ from realtime.protocol import (
     utf8_length_exceeds,
 )
 from realtime.ratelimit import TokenBucket
-from realtime.runtime import get_runtime
+from realtime.runtime import NodeRuntime, get_runtime
 
 log = logging.getLogger("tether.consumers")
 
@@ -121,12 +122,35 @@ class TetherConsumer(AsyncWebsocketConsumer):
             username=user.get_username(),
             bucket=TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST, now),
             send_frame=self.send_frame,
+            send_text=self.send_text,
             close=self.close_with,
         )
         assert runtime.node_id is not None
         await registry.add_connection(info, runtime.node_id)
         runtime.add(self.conn)
         await self.send_frame(self.welcome())
+        await self.on_open()
+
+    @property
+    def runtime(self) -> NodeRuntime:
+        return get_runtime()
+
+    @property
+    def user(self) -> Any:
+        return self.scope["user"]
+
+    @property
+    def user_repr(self) -> dict[str, Any]:
+        return {"id": self.user.pk, "username": self.user.get_username()}
+
+    async def on_open(self) -> None:
+        """After `welcome`: endpoint-specific subscriptions."""
+
+    async def on_leave(self) -> None:
+        """During cleanup, before the record goes: leave subscriptions."""
+
+    async def after_removed(self) -> None:
+        """During cleanup, after the record is gone: presence and the like."""
 
     def welcome(self) -> dict[str, Any]:
         assert self.conn is not None
@@ -202,8 +226,12 @@ class TetherConsumer(AsyncWebsocketConsumer):
             retry_after=retry_after,
         ).frame(request_id)
 
+    async def before_frame(self, frame: Frame) -> None:
+        """Endpoint-specific bookkeeping before a valid frame is handled."""
+
     async def dispatch_frame(self, frame: Frame) -> None:
         """Run the frame's handler; every failure becomes an `error` frame."""
+        await self.before_frame(frame)
         handler = self.handlers.get(frame.type)
         try:
             if handler is None:
@@ -229,12 +257,16 @@ class TetherConsumer(AsyncWebsocketConsumer):
     # --- frames out and closing -------------------------------------------
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        """Encode and send one frame, stamping the outbound clock for the sweeper."""
+        """Encode and send one frame."""
+        await self.send_text(encode(frame))
+
+    async def send_text(self, text: str) -> None:
+        """Send one encoded frame, stamping the outbound clock for the sweeper."""
         if self.conn is not None:
             if self.conn.closing:
                 return
             self.conn.last_out = time.monotonic()
-        await self.send(text_data=encode(frame))
+        await self.send(text_data=text)
 
     async def close_with(self, code: int) -> None:
         """Close with `code` and clean up now: a dead peer may never answer the close."""
@@ -262,7 +294,12 @@ class TetherConsumer(AsyncWebsocketConsumer):
         runtime = get_runtime()
         runtime.discard(conn)
         try:
+            await self.on_leave()
+        except Exception:
+            log.exception("leaving subscriptions of %s failed", conn.id)
+        try:
             await asyncio.shield(registry.remove_connection(conn.id))
+            await asyncio.shield(self.after_removed())
         except Exception:
             # The reaper removes it with the node if this fails (e.g. database down).
             log.exception("could not remove connection record %s", conn.id)
@@ -289,10 +326,45 @@ BASE_HANDLERS: dict[str, Handler] = {"ping": handle_ping, "pong": handle_pong}
 
 
 class ChatConsumer(TetherConsumer):
-    """`/ws/chat/`: instant messaging (conversations arrive with the chat issue)."""
+    """`/ws/chat/`: instant messaging (PROTOCOL 6)."""
 
     endpoint = "chat"
-    handlers = dict(BASE_HANDLERS)
+    handlers = {**BASE_HANDLERS, **chat_handlers.CHAT_HANDLERS}
+
+    async def on_open(self) -> None:
+        await chat_handlers.subscribe_all(self)
+        await fanout.announce_presence(self.user.pk)
+
+    async def on_leave(self) -> None:
+        await chat_handlers.unsubscribe_all(self)
+
+    async def before_frame(self, frame: Frame) -> None:
+        await chat_handlers.before_frame(self, frame)
+
+    async def after_removed(self) -> None:
+        await fanout.announce_presence(self.user.pk)
+
+    async def tether_joined(self, message: dict[str, Any]) -> None:
+        """Added to a conversation (on any node): receive it from now on."""
+        if self.conn is None or self.conn.closing:
+            return
+        cid = message["conversation"]
+        reprs = await database_sync_to_async(conversations.conversation_reprs)(self.user.pk, [cid])
+        if not reprs:
+            return  # removed again meanwhile
+        if cid not in self.conn.cursors:
+            delivery.start(self.conn, cid, reprs[0]["last_seq"])
+            await self.runtime.hub.subscribe(fanout.conversation_group(cid), self.conn)
+        await self.send_frame({"type": "joined", "conversation": reprs[0]})
+
+    async def tether_left(self, message: dict[str, Any]) -> None:
+        """Removed from a conversation: stop receiving it at once."""
+        if self.conn is None or self.conn.closing:
+            return
+        cid = message["conversation"]
+        await self.runtime.hub.unsubscribe(fanout.conversation_group(cid), self.conn)
+        delivery.forget(self.conn, cid)
+        await self.send_frame({"type": "left", "conversation": cid})
 
 
 class StreamConsumer(TetherConsumer):

@@ -32,3 +32,32 @@ def close_connections_where(code: int, **filters: Any) -> int:
     if names:
         async_to_sync(close_channels)(names, code)
     return len(names)
+
+
+def _send_to_user_sockets(user_ids: list[int], message: dict[str, Any]) -> None:
+    names = list(
+        LiveConnection.objects.filter(user_id__in=user_ids, endpoint="chat").values_list(
+            "channel_name", flat=True
+        )
+    )
+    if names:
+        async_to_sync(_send_all)(names, message)
+
+
+async def _send_all(channel_names: list[str], message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    for name in channel_names:
+        try:
+            await layer.send(name, dict(message))
+        except Exception:
+            log.warning("could not reach %s with %s", name, message.get("type"))
+
+
+def announce_joined(conversation_id: str, user_ids: list[int]) -> None:
+    """Every open chat socket of these users subscribes and receives `joined`."""
+    _send_to_user_sockets(user_ids, {"type": "tether.joined", "conversation": conversation_id})
+
+
+def announce_left(conversation_id: str, user_id: int) -> None:
+    """Every open chat socket of this user unsubscribes and receives `left`."""
+    _send_to_user_sockets([user_id], {"type": "tether.left", "conversation": conversation_id})

@@ -44,3 +44,73 @@ class LiveConnection(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class Presence(models.Model):
+    """A user's announced status; its row lock makes online/offline exactly-once across nodes."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    online = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+
+class Conversation(models.Model):
+    """A group or direct conversation; `last_seq` numbers its messages without gaps."""
+
+    GROUP = "group"
+    DIRECT = "direct"
+    KINDS = [(GROUP, "group"), (DIRECT, "direct")]
+
+    id = models.CharField(max_length=24, primary_key=True)
+    kind = models.CharField(max_length=8, choices=KINDS)
+    title = models.CharField(max_length=200, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seq = models.BigIntegerField(default=0)
+    # "<smaller user id>:<larger user id>" for direct conversations: one per pair.
+    direct_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.title or self.kind})"
+
+
+class Membership(models.Model):
+    """A member of a conversation and how far they have read."""
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="memberships"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    read_seq = models.BigIntegerField(default=0)
+    joined_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "user"], name="one_membership")
+        ]
+
+
+class Message(models.Model):
+    """A stored message. It exists once its row is committed (ARCHITECTURE rule 2)."""
+
+    id = models.CharField(max_length=24, primary_key=True)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    seq = models.BigIntegerField()
+    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    client_id = models.CharField(max_length=64)
+    body = models.TextField()
+    ts = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "seq"], name="one_seq"),
+            models.UniqueConstraint(fields=["sender", "client_id"], name="idempotent_send"),
+        ]

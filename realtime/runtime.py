@@ -16,8 +16,9 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from realtime import registry
+from realtime import fanout, registry
 from realtime.connection import Connection
+from realtime.hub import Hub
 from realtime.protocol import Close, now_ms
 
 log = logging.getLogger("tether.runtime")
@@ -36,6 +37,9 @@ class NodeRuntime:
         self._start_lock: asyncio.Lock | None = None
         self._shutdown_hooked = False
         self._pending: set[asyncio.Task[Any]] = set()
+        self.hub = Hub()
+        # (user id, conversation) → when a `typing` was last passed on (PROTOCOL 6).
+        self.typing_seen: dict[tuple[int, str], float] = {}
 
     @property
     def started(self) -> bool:
@@ -58,6 +62,9 @@ class NodeRuntime:
                 return
             self.name = settings.NODE_NAME
             node = await registry.register_node(self.name)
+            self.hub = Hub()
+            await self.hub.start()
+            fanout.install(self.hub, lambda: list(self.connections.values()))
             self.node_id = node.id
             self._tasks = [
                 loop.create_task(self._sweep_forever(), name="tether-sweeper"),
@@ -72,6 +79,7 @@ class NodeRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.hub.stop()
         if self.node_id is not None:
             await registry.unregister_node(self.name)
         self.node_id = None
@@ -189,7 +197,12 @@ class NodeRuntime:
             log.warning("node %s record was reaped; registering again", self.name)
             await self._reregister()
         silent_for = timedelta(seconds=settings.PING_TIMEOUT + 10)
-        await sync_to_async(registry.reap_silent_nodes)(silent_for)
+        reaped = await sync_to_async(registry.reap_silent_nodes)(silent_for)
+        for user_id in reaped.user_ids:
+            await fanout.announce_presence(user_id)
+        await fanout.check_heads(self.hub)
+        cutoff = time.monotonic() - 5
+        self.typing_seen = {k: t for k, t in self.typing_seen.items() if t > cutoff}
 
     async def _reregister(self) -> None:
         node = await registry.register_node(self.name)

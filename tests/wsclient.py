@@ -36,6 +36,7 @@ class WsClient:
             additional_headers=hdrs,
             origin=origin,  # type: ignore[arg-type]
             max_size=None,
+            max_queue=None,  # keep reading: a full queue would stall the close handshake
             ping_interval=None,
             open_timeout=10,
         )

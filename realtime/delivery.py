@@ -1,0 +1,162 @@
+"""Delivery cursors: every message a socket receives, live or replayed, goes through here.
+
+Per socket and stream the cursor is the last position delivered. A position at
+or below it is a duplicate and dropped; the next one is sent; a jump means the
+channel layer lost or reordered something, and the missing range is read from
+the store first (ARCHITECTURE: delivery cursors). While the store is being
+read, live arrivals wait in `pending`, so nothing is lost, doubled or reordered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from realtime.connection import Connection
+
+log = logging.getLogger("tether.delivery")
+
+# Reads the store: (stream key, after, up to) → [(position, encoded frame)] in order.
+RangeReader = Callable[[str, int, int], Awaitable[list[tuple[int, str]]]]
+
+
+@dataclass
+class StreamState:
+    """Per socket and stream: the lock held while reading the store, and arrivals meanwhile."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: list[tuple[int, str]] = field(default_factory=list)
+    filler: asyncio.Task[None] | None = None
+
+
+def _state(conn: Connection, key: str) -> StreamState:
+    state = conn.streams.get(key)
+    if state is None:
+        state = conn.streams[key] = StreamState()
+    return state
+
+
+# After `welcome`, live frames wait this long for the client's `sync`: a message
+# arriving between the welcome and the sync would otherwise come before the
+# replay (out of order) or twice. A first frame that is not `sync` ends it early.
+RESUME_WINDOW_SECONDS = 1.5
+
+
+def hold(conn: Connection) -> None:
+    """Queue live frames (in each stream's `pending`) until `release`."""
+    conn.holding = True
+
+
+def release(conn: Connection, read_range: RangeReader) -> None:
+    """Deliver what was held, per stream, in order."""
+    if not conn.holding:
+        return
+    conn.holding = False
+    for key, state in list(conn.streams.items()):
+        if state.pending and not state.lock.locked():
+            state.filler = asyncio.ensure_future(catch_up(conn, key, read_range))
+
+
+def start(conn: Connection, key: str, position: int) -> None:
+    """Deliver `key` on this socket from after `position` on."""
+    conn.cursors[key] = position
+
+
+def forget(conn: Connection, key: str) -> None:
+    """Stop delivering `key` on this socket."""
+    conn.cursors.pop(key, None)
+    conn.streams.pop(key, None)
+
+
+async def _send_next(conn: Connection, key: str, items: list[tuple[int, str]]) -> None:
+    """Send, in order, each item that is exactly the next position."""
+    for position, text in items:
+        if position == conn.cursors.get(key, position) + 1:
+            conn.cursors[key] = position
+            await conn.send_text(text)
+
+
+async def deliver(
+    conn: Connection, key: str, position: int, text: str, read_range: RangeReader
+) -> None:
+    """Deliver one live frame at `position` of stream `key` to `conn`, in order, once.
+
+    Never waits for the store: a gap is filled by a task of this socket's own,
+    so the hub goes on serving every other socket meanwhile.
+    """
+    cursor = conn.cursors.get(key)
+    if cursor is None or conn.closing or position <= cursor:
+        return
+    state = _state(conn, key)
+    busy = state.lock.locked() or (state.filler is not None and not state.filler.done())
+    if position == cursor + 1 and not busy and not state.pending and not conn.holding:
+        conn.cursors[key] = position
+        await conn.send_text(text)
+        return
+    state.pending.append((position, text))
+    if not busy and not conn.holding:
+        state.filler = asyncio.ensure_future(catch_up(conn, key, read_range))
+
+
+async def catch_up(
+    conn: Connection, key: str, read_range: RangeReader, head: int | None = None
+) -> None:
+    """Fill the gap up to the pending arrivals (or `head`) from the store, then send them."""
+    state = _state(conn, key)
+    if state.lock.locked():
+        return  # the running fill picks everything up
+    async with state.lock:
+        try:
+            while key in conn.cursors and not conn.closing:
+                cursor = conn.cursors[key]
+                pending = sorted(p for p in state.pending if p[0] > cursor)
+                state.pending = []
+                target = max([p[0] for p in pending] + [head or 0])
+                if target <= cursor:
+                    break
+                first = pending[0][0] if pending else target + 1
+                if first > cursor + 1:
+                    await _send_next(conn, key, await read_range(key, cursor, first - 1))
+                await _send_next(conn, key, pending)
+                if conn.cursors.get(key, cursor) == cursor:
+                    # The store has not got it yet: keep waiting for the next arrival
+                    # or the node's periodic head check.
+                    state.pending = pending + state.pending
+                    break
+                head = None
+                if not state.pending:
+                    break
+        except Exception:
+            log.exception("gap fill of %s on %s failed", key, conn.id)
+
+
+async def replay(
+    conn: Connection,
+    key: str,
+    after: int,
+    limit: int,
+    head: int,
+    read_range: RangeReader,
+) -> tuple[int, int, bool]:
+    """Rewind the cursor to `after` and send up to `limit` stored frames.
+
+    Returns (replayed, cursor, complete). When more than `limit` remain, the
+    cursor moves to `head` so live frames continue, and the client pages the
+    rest with `history` (PROTOCOL 6, `complete: false`).
+    """
+    state = _state(conn, key)
+    async with state.lock:
+        after = min(after, head)
+        conn.cursors[key] = after
+        upto = min(head, after + limit)
+        before = after
+        await _send_next(conn, key, await read_range(key, after, upto))
+        replayed = conn.cursors[key] - before
+        complete = upto >= head
+        if not complete:
+            conn.cursors[key] = head
+    if state.pending:
+        await catch_up(conn, key, read_range)
+    return replayed, conn.cursors[key], complete

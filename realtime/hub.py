@@ -1,0 +1,133 @@
+"""The node hub: one channel-layer membership per group per node, local fan-out.
+
+A connection never joins a layer group itself (ARCHITECTURE rule 3). The hub
+joins `conv.<id>` with the node's own channel when the first local socket needs
+it and leaves when the last one goes; a published frame is encoded once by the
+publisher and costs one layer message per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from realtime.connection import Connection
+
+log = logging.getLogger("tether.hub")
+
+PRESENCE_GROUP = "presence"
+# Re-join every group this often: channels-redis drops members after
+# `group_expiry` and forgets them all when Redis restarts.
+REJOIN_SECONDS = 60.0
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Hub:
+    """Groups this node listens to, and the local sockets behind each."""
+
+    def __init__(self) -> None:
+        self.channel: str = ""
+        self.groups: dict[str, set[Connection]] = {}
+        self.handlers: dict[str, Handler] = {}
+        self._layer: Any = None
+        self._task: asyncio.Task[Any] | None = None
+        self._rejoin_task: asyncio.Task[Any] | None = None
+
+    async def start(self) -> None:
+        self._layer = get_channel_layer()
+        # The default "specific." prefix on purpose: channels-redis pops one
+        # per-process list for all of a process's channels under one lock; a
+        # channel with another prefix starves behind the consumers' pops.
+        self.channel = await self._layer.new_channel()
+        self.groups = {PRESENCE_GROUP: set()}
+        await self._layer.group_add(PRESENCE_GROUP, self.channel)
+        self._task = asyncio.ensure_future(self._read_forever())
+        self._rejoin_task = asyncio.ensure_future(self._rejoin_forever())
+
+    async def stop(self) -> None:
+        for task in (self._task, self._rejoin_task):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._task, self._rejoin_task) if t), return_exceptions=True
+        )
+        if self._layer is not None:
+            for group in list(self.groups):
+                try:
+                    await self._layer.group_discard(group, self.channel)
+                except Exception:
+                    pass
+        self.groups = {}
+
+    def on(self, message_type: str, handler: Handler) -> None:
+        """Handle layer messages of `message_type` arriving on the node channel."""
+        self.handlers[message_type] = handler
+
+    async def subscribe(self, group: str, conn: Connection) -> None:
+        members = self.groups.get(group)
+        if members is None:
+            members = self.groups[group] = set()
+            await self._layer.group_add(group, self.channel)
+        members.add(conn)
+
+    async def unsubscribe(self, group: str, conn: Connection) -> None:
+        members = self.groups.get(group)
+        if members is None:
+            return
+        members.discard(conn)
+        if not members and group != PRESENCE_GROUP:
+            del self.groups[group]
+            try:
+                await self._layer.group_discard(group, self.channel)
+            except Exception:
+                log.warning("could not leave group %s", group)
+
+    def members(self, group: str) -> list[Connection]:
+        return list(self.groups.get(group, ()))
+
+    async def publish(self, group: str, message: dict[str, Any]) -> None:
+        """One layer message to every node listening on `group`."""
+        layer = self._layer or get_channel_layer()
+        await layer.group_send(group, message)
+
+    async def _read_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                message = await self._layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("hub: channel layer receive failed (%d)", failures)
+                await asyncio.sleep(min(5.0, 0.2 * failures))
+                if failures == 1 or failures % 10 == 0:
+                    await self.rejoin()
+                continue
+            failures = 0
+            handler = self.handlers.get(message.get("type", ""))
+            if handler is None:
+                continue
+            try:
+                await handler(message)
+            except Exception:
+                log.exception("hub: handling %s failed", message.get("type"))
+
+    async def rejoin(self) -> None:
+        """Join every group again (after a layer reconnect, and periodically)."""
+        for group in list(self.groups):
+            try:
+                await self._layer.group_add(group, self.channel)
+            except Exception:
+                log.warning("hub: could not re-join %s", group)
+                return
+
+    async def _rejoin_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REJOIN_SECONDS)
+            await self.rejoin()

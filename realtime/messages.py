@@ -1,0 +1,172 @@
+"""Messages: idempotent send with gap-free seq, history, ranges for sync and gap fill."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+
+from realtime.conversations import access_conversation
+from realtime.models import Conversation, Membership, Message
+from realtime.protocol import Code, TetherError, bad_request, encode, now_ms
+from realtime.representations import message_frame, message_repr
+
+MAX_HISTORY_LIMIT = 100
+DEFAULT_HISTORY_LIMIT = 50
+
+
+def new_message_id() -> str:
+    return "m_" + secrets.token_hex(10)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A stored message and whether this send repeated an earlier one."""
+
+    message: Message
+    duplicate: bool
+
+    def ack(self, request_id: str | None) -> dict[str, Any]:
+        m = self.message
+        out: dict[str, Any] = {"type": "ack"}
+        if request_id is not None:
+            out["id"] = request_id
+        out.update(
+            conversation=m.conversation_id,
+            seq=m.seq,
+            message_id=m.id,
+            ts=m.ts,
+            duplicate=self.duplicate,
+        )
+        return out
+
+
+def _stored(sender_id: int, client_id: str) -> Message | None:
+    return (
+        Message.objects.select_related("sender")
+        .filter(sender_id=sender_id, client_id=client_id)
+        .first()
+    )
+
+
+def check_send(sender: Any, conversation_id: Any, client_id: Any, body: Any) -> Sent:
+    """Validate, authorize and store; the same `client_id` again returns the first message."""
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
+        raise bad_request("id", "is required on send: a string of 1 to 64 characters")
+    if not isinstance(body, str):
+        raise bad_request("body", "is required: a string")
+    existing = _stored(sender.id, client_id)
+    if existing is not None:
+        return Sent(existing, True)
+    if not body.strip():
+        raise bad_request("body", "must not be empty")
+    if len(body) > settings.MAX_BODY_CHARS:
+        raise TetherError(
+            Code.TOO_LARGE,
+            f"body: {len(body)} characters, at most {settings.MAX_BODY_CHARS}",
+            max_body_chars=settings.MAX_BODY_CHARS,
+        )
+    conversation, _ = access_conversation(sender.id, conversation_id)
+    return do_send(sender, conversation, client_id, body)
+
+
+def do_send(sender: Any, conversation: Conversation, client_id: str, body: str) -> Sent:
+    """Bump `last_seq` and insert the row in one transaction, then publish after commit."""
+    try:
+        with transaction.atomic():
+            # The UPDATE locks the conversation row: concurrent senders take turns,
+            # so seqs are 1, 2, 3… with no gap (a failed insert rolls the bump back).
+            Conversation.objects.filter(pk=conversation.pk).update(last_seq=F("last_seq") + 1)
+            seq = Conversation.objects.values_list("last_seq", flat=True).get(pk=conversation.pk)
+            message = Message.objects.create(
+                id=new_message_id(),
+                conversation_id=conversation.pk,
+                seq=seq,
+                sender=sender,
+                client_id=client_id,
+                body=body,
+                ts=now_ms(),
+            )
+            # Sending implies having read up to here.
+            Membership.objects.filter(conversation_id=conversation.pk, user_id=sender.id).update(
+                read_seq=Greatest(F("read_seq"), seq)
+            )
+            transaction.on_commit(lambda: publish_message(message))
+    except IntegrityError:
+        # The same client_id raced in on another connection or node: the first won.
+        existing = _stored(sender.id, client_id)
+        if existing is None:
+            raise
+        return Sent(existing, True)
+    return Sent(message, False)
+
+
+def publish_message(message: Message) -> None:
+    """Tell every node with members online; encoded once, here."""
+    from asgiref.sync import async_to_sync
+
+    from realtime.fanout import publish_conversation_message
+
+    async_to_sync(publish_conversation_message)(
+        message.conversation_id, message.seq, encode(message_frame(message))
+    )
+
+
+def read_range(conversation_id: str, after: int, upto: int) -> list[tuple[int, str]]:
+    """Encoded `message` frames with after < seq <= upto, in order (sync and gap fill)."""
+    messages = (
+        Message.objects.select_related("sender")
+        .filter(conversation_id=conversation_id, seq__gt=after, seq__lte=upto)
+        .order_by("seq")
+    )
+    return [(m.seq, encode(message_frame(m))) for m in messages]
+
+
+def _position(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_request(name, "must be an integer >= 0")
+    return value
+
+
+def history(
+    user_id: int, conversation_id: Any, before: Any, after: Any, limit: Any
+) -> dict[str, Any]:
+    """Messages in increasing seq: before a seq (the latest by default) or after one."""
+    before = _position(before, "before")
+    after = _position(after, "after")
+    if limit is None:
+        limit = DEFAULT_HISTORY_LIMIT
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise bad_request("limit", f"must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+    conversation, _ = access_conversation(user_id, conversation_id)
+    rows = Message.objects.select_related("sender").filter(conversation=conversation)
+    if after is not None:
+        if before is not None:
+            rows = rows.filter(seq__lt=before)
+        page = list(rows.filter(seq__gt=after).order_by("seq")[: limit + 1])
+        has_more = len(page) > limit
+        page = page[:limit]
+    else:
+        if before is not None:
+            rows = rows.filter(seq__lt=before)
+        page = list(rows.order_by("-seq")[: limit + 1])
+        has_more = len(page) > limit
+        page = list(reversed(page[:limit]))
+    return {"messages": [message_repr(m) for m in page], "has_more": has_more}
+
+
+def mark_read(user_id: int, conversation_id: Any, seq: Any) -> int | None:
+    """Store a read position that never moves backwards; the new one if it moved."""
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise bad_request("seq", "must be an integer >= 0")
+    conversation, membership = access_conversation(user_id, conversation_id)
+    seq = min(seq, conversation.last_seq)
+    moved = Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)
+    return seq if moved else None

@@ -1,0 +1,144 @@
+"""Chat across two daphne nodes on one PostgreSQL and Redis, and the stale-socket failure."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from tests.blackhole import BlackholeProxy
+from tests.chat_helpers import collect, expect_skipping, group, person, quiet, send
+from tests.conftest import unique
+from tests.live import http
+from tests.waiting import eventually
+from tests.wsclient import WsClient
+
+FAST_HEARTBEAT = {"HEARTBEAT_INTERVAL": "1", "PING_TIMEOUT": "3"}
+
+
+async def test_concurrent_senders_on_two_nodes_get_gap_free_seqs(two_nodes) -> None:
+    a, b = two_nodes
+    people = [person(a) for _ in range(4)]
+    cid = group(a, people[0], *people[1:])
+    sockets = [await p.socket(a if i % 2 else b) for i, p in enumerate(people)]
+    per_sender = 20
+
+    async def burst(i: int) -> list[dict]:
+        acks = []
+        for n in range(per_sender):
+            acks.append(await send(sockets[i], cid, f"{i}:{n}", cid=f"c{i}-{n}"))
+        return acks
+
+    acks = [ack for batch in await asyncio.gather(*map(burst, range(4))) for ack in batch]
+    total = per_sender * len(people)
+    assert sorted(ack["seq"] for ack in acks) == list(range(1, total + 1))
+    for ws in sockets:
+        got = await collect(ws, "message", total, timeout=30)
+        assert [m["seq"] for m in got] == list(range(1, total + 1))
+        assert await quiet(ws, "message", 0.3) == []
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_the_same_send_racing_on_two_nodes_is_stored_once(two_nodes) -> None:
+    a, b = two_nodes
+    alice = person(a)
+    cid = group(a, alice)
+    on_a, on_b = await alice.socket(a), await alice.socket(b)
+    for n in range(5):
+        frame = {"type": "send", "id": f"race-{n}", "conversation": cid, "body": "once"}
+        await asyncio.gather(on_a.send(frame), on_b.send(frame))
+        ack_a = await expect_skipping(on_a, "ack", keep=True)
+        ack_b = await expect_skipping(on_b, "ack", keep=True)
+        assert ack_a["message_id"] == ack_b["message_id"] and ack_a["seq"] == ack_b["seq"]
+        assert sorted([ack_a["duplicate"], ack_b["duplicate"]]) == [False, True]
+    status, page = alice.api(a, "GET", f"/api/conversations/{cid}/messages/")
+    assert status == 200 and [m["seq"] for m in page["messages"]] == [1, 2, 3, 4, 5]
+    await on_a.close()
+    await on_b.close()
+
+
+async def test_presence_is_announced_exactly_once_across_nodes(two_nodes) -> None:
+    a, b = two_nodes
+    alice, bob = person(a), person(a)
+    group(a, alice, bob)
+    watcher = await bob.socket(a)
+    for _ in range(3):
+        sockets = await asyncio.gather(alice.socket(a), alice.socket(b))
+        online = await quiet(watcher, "presence", 1.0)
+        assert [(p["user"]["id"], p["status"]) for p in online] == [(alice.id, "online")]
+        await asyncio.gather(*(ws.close() for ws in sockets))
+        offline = await quiet(watcher, "presence", 1.0)
+        assert [(p["user"]["id"], p["status"]) for p in offline] == [(alice.id, "offline")]
+    await watcher.close()
+
+
+async def test_a_killed_nodes_users_go_offline(production_stack, make_node) -> None:
+    a = make_node(production_stack, unique("survivor-"), **FAST_HEARTBEAT)
+    b = make_node(production_stack, unique("doomed-"), **FAST_HEARTBEAT)
+    alice, bob = person(a), person(a)
+    group(a, alice, bob)
+    watcher = await bob.socket(a)
+    await alice.socket(b)
+    assert (await expect_skipping(watcher, "presence"))["status"] == "online"
+    killed = time.monotonic()
+    b.stop(signal.SIGKILL)
+    offline = await expect_skipping(watcher, "presence", timeout=3 + 10 + 6)
+    assert offline["user"]["id"] == alice.id and offline["status"] == "offline"
+    assert time.monotonic() - killed <= 3 + 10 + 6
+    await watcher.close()
+
+
+@pytest.mark.parametrize("relogin_on", ["other node", "same node"])
+async def test_stale_connection_after_relogin_never_swallows_a_message(
+    production_stack, make_node, relogin_on: str
+) -> None:
+    """The classic failure: A's old socket is dead but not closed when A logs in again."""
+    a = make_node(production_stack, unique("a-"), **FAST_HEARTBEAT)
+    b = make_node(production_stack, unique("b-"), **FAST_HEARTBEAT)
+    alice, bob = person(a), person(a)
+    status, direct = alice.api(
+        a, "POST", "/api/conversations/", {"kind": "direct", "members": [bob.id]}
+    )
+    cid = direct["id"]
+    proxy = await BlackholeProxy(a.port).start()
+    old = await WsClient.open(f"ws://127.0.0.1:{proxy.port}/ws/chat/", token=alice.token)
+    old_id = (await old.welcome())["connection_id"]
+    bob_ws = await bob.socket(b)
+    await send(bob_ws, cid, "before")
+    assert (await expect_skipping(old, "message"))["body"] == "before"
+
+    proxy.cut()  # the app is gone; its TCP connection is not
+    status, body, _ = http(
+        "POST",
+        a.url + "/api/auth/token/",
+        {"username": alice.username, "password": "a-Long-test-passw0rd"},
+    )
+    assert status == 200
+    relogin_node = b if relogin_on == "other node" else a
+    new = await WsClient.open(f"{relogin_node.ws_url}/ws/chat/", token=body["token"])
+    await new.welcome()
+    await new.send({"type": "sync", "id": "s", "positions": {cid: 1}})
+    assert (await expect_skipping(new, "synced", keep=True))["conversations"][cid]["seq"] == 1
+
+    for n in range(5):  # the first and every later message reaches the new socket
+        await send(bob_ws, cid, f"after {n}")
+        message = await expect_skipping(new, "message", keep=True)
+        assert (message["seq"], message["body"]) == (2 + n, f"after {n}")
+        await send(new, cid, f"reply {n}")  # and the other way
+        assert (await expect_skipping(bob_ws, "message", keep=True))["body"] == f"reply {n}"
+
+    def old_record_gone() -> bool:
+        rows = production_stack.sql(
+            "SELECT count(*) FROM realtime_liveconnection WHERE id = %s", old_id
+        )
+        return rows[0][0] == 0
+
+    await eventually(old_record_gone, timeout=3 + 4, what="the heartbeat to remove the dead socket")
+    await send(bob_ws, cid, "after cleanup")
+    assert (await expect_skipping(new, "message", keep=True))["body"] == "after cleanup"
+    await proxy.close()
+    await new.close()
+    await bob_ws.close()
