@@ -11,12 +11,12 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 READY_TIMEOUT = 2.0
 
 
-@require_GET
+@require_safe
 async def health(request: HttpRequest) -> JsonResponse:
     """200 while the process serves; touches nothing else."""
     return JsonResponse({"status": "ok", "node": settings.NODE_NAME})
@@ -59,7 +59,7 @@ async def _run_check(check: Any) -> str | None:
     return None
 
 
-@require_GET
+@require_safe
 async def ready(request: HttpRequest) -> JsonResponse:
     """200 when the database and the channel layer answer in time, else 503 naming what failed."""
     db_error, layer_error = await asyncio.gather(

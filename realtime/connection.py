@@ -39,6 +39,7 @@ class Connection:
     binary_frames: int = 0
     bad_json_in_a_row: int = 0
     limited_since: float | None = None
+    last_refused: float = 0.0
     closing: bool = False
     holding: bool = False  # delivery.hold: live frames wait for the resume `sync`
     # Delivery cursors: stream key → last position delivered on this socket.
@@ -58,13 +59,20 @@ class Connection:
         self.last_in = now
 
     def rate_check(self, now: float) -> tuple[int, bool]:
-        """(retry_after ms or 0, whether the flood limit is reached)."""
+        """(retry_after ms or 0, whether the flood limit is reached).
+
+        "Over the limit for 10 s in a row" means frames kept being refused with
+        no refusal-free second in between: a flooder also gets frames through
+        whenever a token refills, so an accepted frame alone does not end it.
+        """
         retry_after = self.bucket.take(now)
         if retry_after == 0:
-            self.limited_since = None
+            if self.limited_since is not None and now - self.last_refused > 1.0:
+                self.limited_since = None
             return 0, False
-        if self.limited_since is None:
+        if self.limited_since is None or now - self.last_refused > 1.0:
             self.limited_since = now
+        self.last_refused = now
         return retry_after, now - self.limited_since >= FLOOD_SECONDS
 
     def binary_violation(self) -> bool:

@@ -68,6 +68,12 @@ class TetherConsumer(AsyncWebsocketConsumer):
                     pass
             await self.cleanup("shutdown")
             raise
+        except Exception:
+            # The consumer itself failed (e.g. the channel layer went away):
+            # daphne closes the socket with 1011; the records must go too.
+            log.exception("consumer of %s failed", self.conn and self.conn.id)
+            await self.cleanup("consumer failed")
+            raise
 
     # --- handshake ---------------------------------------------------------
 
@@ -205,18 +211,27 @@ class TetherConsumer(AsyncWebsocketConsumer):
             if error.code == Code.BAD_JSON and conn.bad_json_violation():
                 await self.close_with(Close.PROTOCOL_VIOLATION)
                 return
+            # A malformed frame costs a token too: errors are no free flood.
+            if await self._over_rate(now, error.request_id):
+                return
             await self.send_frame(error.frame())
             return
         conn.good_frame()
-        if frame.type not in HEARTBEAT_TYPES:
-            retry_after, flooding = conn.rate_check(now)
-            if flooding:
-                await self.close_with(Close.FLOODING)
-                return
-            if retry_after:
-                await self.send_frame(self._rate_limited(retry_after, frame.id))
-                return
+        if frame.type not in HEARTBEAT_TYPES and await self._over_rate(now, frame.id):
+            return
         await self.dispatch_frame(frame)
+
+    async def _over_rate(self, now: float, request_id: str | None) -> bool:
+        """Take a token; answer `rate_limited` or close 4429 when there is none."""
+        assert self.conn is not None
+        retry_after, flooding = self.conn.rate_check(now)
+        if flooding:
+            await self.close_with(Close.FLOODING)
+            return True
+        if retry_after:
+            await self.send_frame(self._rate_limited(retry_after, request_id))
+            return True
+        return False
 
     def _rate_limited(self, retry_after: int, request_id: str | None) -> dict[str, Any]:
         rate, burst = settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST

@@ -111,21 +111,21 @@ async def catch_up(
         try:
             while key in conn.cursors and not conn.closing:
                 cursor = conn.cursors[key]
-                pending = sorted(p for p in state.pending if p[0] > cursor)
+                arrived = {p: t for p, t in state.pending if p > cursor}
                 state.pending = []
-                target = max([p[0] for p in pending] + [head or 0])
+                target = max([*arrived, head or 0])
                 if target <= cursor:
                     break
-                first = pending[0][0] if pending else target + 1
-                if first > cursor + 1:
-                    await _send_next(conn, key, await read_range(key, cursor, first - 1))
-                await _send_next(conn, key, pending)
-                if conn.cursors.get(key, cursor) == cursor:
-                    # The store has not got it yet: keep waiting for the next arrival
-                    # or the node's periodic head check.
-                    state.pending = pending + state.pending
-                    break
                 head = None
+                # The store has every committed message: read the whole gap (what
+                # arrived is in it too, and may itself have holes).
+                stored = dict(await read_range(key, cursor, target))
+                await _send_next(conn, key, sorted({**arrived, **stored}.items()))
+                leftovers = [(p, t) for p, t in arrived.items() if p > conn.cursors[key]]
+                state.pending = leftovers + state.pending
+                if conn.cursors[key] == cursor:
+                    # Not readable yet: wait for the next arrival or the head check.
+                    break
                 if not state.pending:
                     break
         except Exception:
@@ -148,6 +148,8 @@ async def replay(
     """
     state = _state(conn, key)
     async with state.lock:
+        # Live frames may have moved the cursor past the head read before the lock.
+        head = max(head, conn.cursors.get(key, head))
         after = min(after, head)
         conn.cursors[key] = after
         upto = min(head, after + limit)

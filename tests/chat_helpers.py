@@ -95,3 +95,13 @@ async def quiet(client: WsClient, frame_type: str, seconds: float = 0.5) -> list
     except TimeoutError:
         pass
     return got
+
+
+async def expect_message_from(client: WsClient, sender_id: int, timeout: float = 5) -> dict:
+    """The next `message` frame sent by `sender_id` (others' are passed over)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        frame = await expect_skipping(client, "message", max(0.01, deadline - loop.time()), True)
+        if frame["sender"]["id"] == sender_id:
+            return frame

@@ -273,3 +273,57 @@ async def test_nothing_a_client_sends_crashes_the_consumer(runtime, settings, ca
         assert (await comm.receive_json_from())["type"] == "pong"
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     await comm.disconnect()
+
+
+async def test_a_flood_is_closed_4429_after_ten_seconds(runtime, settings, monkeypatch) -> None:
+    settings.RATE_LIMIT_PER_SECOND = 5
+    settings.RATE_LIMIT_BURST = 5
+    clock = [1000.0]
+    monkeypatch.setattr("realtime.consumers.time.monotonic", lambda: clock[0])
+    comm, _ = await connected(runtime)
+    codes = []
+    closed = None
+    for _ in range(12 * 20):  # 20 frames a second for 12 s: four times the rate
+        clock[0] += 0.05
+        await comm.send_json_to({"type": "nothing"})
+        out = await comm.receive_output(3)
+        if out["type"] == "websocket.close":
+            closed = out["code"]
+            break
+        codes.append(json.loads(out["text"])["code"])
+    assert closed == Close.FLOODING
+    assert "rate_limited" in codes and "unknown_type" in codes  # some got through meanwhile
+    assert 9.5 <= clock[0] - 1000.0 <= 11
+
+
+async def test_malformed_frames_are_rate_limited_too(runtime, settings) -> None:
+    settings.RATE_LIMIT_PER_SECOND = 1
+    settings.RATE_LIMIT_BURST = 2
+    comm, _ = await connected(runtime)
+    replies = []
+    for _ in range(4):
+        await comm.send_json_to({"id": 5})
+        replies.append((await comm.receive_json_from())["code"])
+    assert replies[:2] == ["bad_request", "bad_request"]
+    assert set(replies[2:]) == {"rate_limited"}
+    await comm.disconnect()
+
+
+async def test_the_hub_joins_a_conversation_group_once_per_node(runtime) -> None:
+    from realtime import conversations
+
+    token = await make_token()
+    user = await User.objects.aget(username="alice")
+    conversation = await database_sync_to_async(conversations.check_create_group)(user, "room", [])
+    sockets = []
+    for _ in range(3):
+        comm = communicator(token=token)
+        await comm.connect()
+        await comm.receive_json_from()
+        sockets.append(comm)
+    key = f"conv.{conversation.id}"
+    await eventually(lambda: len(runtime.hub.members(key)) == 3, what="3 local subscribers")
+    assert list(get_channel_layer().groups[key]) == [runtime.hub.channel]  # not one per socket
+    for comm in sockets:
+        await comm.disconnect()
+    await eventually(lambda: key not in get_channel_layer().groups, what="the hub to leave")

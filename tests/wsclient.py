@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -11,10 +12,18 @@ from websockets.exceptions import ConnectionClosed
 
 
 class WsClient:
-    """Sends and receives protocol frames; waits on events with timeouts."""
+    """Sends and receives protocol frames; waits on events with timeouts.
 
-    def __init__(self, ws: ClientConnection) -> None:
+    A background reader queues incoming frames. With `auto_pong` (the default)
+    it answers server pings like a well-behaved client; heartbeat tests turn it
+    off to play a client that went silent.
+    """
+
+    def __init__(self, ws: ClientConnection, auto_pong: bool) -> None:
         self.ws = ws
+        self.auto_pong = auto_pong
+        self.frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
 
     @classmethod
     async def open(
@@ -25,6 +34,7 @@ class WsClient:
         origin: str | None = None,
         cookie: str | None = None,
         headers: dict[str, str] | None = None,
+        auto_pong: bool = True,
     ) -> WsClient:
         hdrs = dict(headers or {})
         if token:
@@ -40,16 +50,34 @@ class WsClient:
             ping_interval=None,
             open_timeout=10,
         )
-        return cls(ws)
+        return cls(ws, auto_pong)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                if frame.get("type") == "ping" and self.auto_pong:
+                    with contextlib.suppress(ConnectionClosed):
+                        await self.ws.send('{"type":"pong"}')
+                    continue
+                await self.frames.put(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.frames.put(None)
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
         await self.ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
 
     async def recv(self, timeout: float = 5) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        return json.loads(raw)
+        frame = await asyncio.wait_for(self.frames.get(), timeout)
+        if frame is None:
+            await self.frames.put(None)  # stay closed for later calls
+            code = _rcvd_code(self.ws)
+            raise ConnectionClosedByServer(code)
+        return frame
 
-    async def expect(self, frame_type: str, timeout: float = 5, skip_pings: bool = True) -> dict:
+    async def expect(self, frame_type: str, timeout: float = 5) -> dict:
         """The next frame of `frame_type`; server pings in between are skipped."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -57,7 +85,7 @@ class WsClient:
             frame = await self.recv(max(0.01, deadline - loop.time()))
             if frame["type"] == frame_type:
                 return frame
-            if not (skip_pings and frame["type"] == "ping"):
+            if frame["type"] != "ping":
                 raise AssertionError(f"expected {frame_type!r}, got {frame}")
 
     async def welcome(self, timeout: float = 5) -> dict[str, Any]:
@@ -65,13 +93,24 @@ class WsClient:
 
     async def close_code(self, timeout: float = 5) -> int | None:
         """Wait until the server closes the socket; its close code."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    await self.ws.recv()
-        except ConnectionClosed as closed:
-            return closed.rcvd.code if closed.rcvd else None
-        return None
+        await asyncio.wait_for(asyncio.shield(self.reader), timeout)
+        return _rcvd_code(self.ws)
 
     async def close(self) -> None:
         await self.ws.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reader, 5)
+
+
+class ConnectionClosedByServer(Exception):
+    """The socket closed while a frame was expected."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(f"closed with {code}")
+        self.code = code
+
+
+def _rcvd_code(ws: ClientConnection) -> int | None:
+    """The close code the server sent, or None when the connection just dropped."""
+    rcvd = ws.protocol.close_rcvd
+    return rcvd.code if rcvd is not None else None

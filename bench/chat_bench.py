@@ -1,0 +1,286 @@
+"""Chat benchmark: stored+acknowledged messages/s and send→ack / send→delivery latency.
+
+100 senders in 50 conversations of 10 members (one socket per member), over
+PostgreSQL + Redis, on one or two daphne nodes, at a fixed offered rate or at
+saturation. Every receiving socket checks it got each message once, in order.
+
+    .venv/bin/python bench/chat_bench.py --nodes 1 --rate 1000 --duration 10
+    .venv/bin/python bench/chat_bench.py --nodes 1 --saturate --duration 10
+
+Uses DATABASE_URL / REDIS_URL when set, else throwaway servers (tests/services.py).
+Loopback only; stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+def seed(database_url: str, conversations: int, members: int) -> list[dict]:
+    """Users with tokens and conversations, straight through the ORM (fast)."""
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    import django
+
+    django.setup()
+    from accounts import credentials
+    from accounts.models import User
+    from realtime.conversations import new_conversation_id
+    from realtime.models import Conversation, Membership
+
+    tag = os.urandom(3).hex()
+    users = User.objects.bulk_create(
+        [User(username=f"b{tag}-{i}", password="!") for i in range(conversations * members)]
+    )
+    if users[0].pk is None:  # SQLite does not return ids from bulk_create
+        users = list(User.objects.filter(username__startswith=f"b{tag}-").order_by("id"))
+    people = []
+    for i, user in enumerate(users):
+        _, raw = credentials.issue_token(user)
+        people.append({"id": user.pk, "token": raw, "index": i})
+    for c in range(conversations):
+        conv = Conversation.objects.create(
+            id=new_conversation_id(),
+            kind="group",
+            title=f"bench {c}",
+            created_by=users[c * members],
+        )
+        Membership.objects.bulk_create(
+            [Membership(conversation=conv, user=u) for u in users[c * members : (c + 1) * members]]
+        )
+        for person in people[c * members : (c + 1) * members]:
+            person["conversation"] = conv.id
+    return people
+
+
+async def run_worker(people, urls, start_at, duration, rate_per_sender, window, out) -> None:
+    from websockets.asyncio.client import connect
+
+    acks: list[float] = []
+    deliveries: list[float] = []
+    problems: list[str] = []
+    sockets = []
+    for p in people:
+        ws = await connect(
+            f"{urls[p['index'] % len(urls)]}/ws/chat/",
+            additional_headers={"Authorization": f"Bearer {p['token']}"},
+            max_size=None,
+            max_queue=None,
+            ping_interval=None,
+        )
+        welcome = json.loads(await ws.recv())
+        assert welcome["type"] == "welcome", welcome
+        await ws.send('{"type":"sync","positions":{}}')  # not resuming: live at once
+        sockets.append((p, ws))
+    out.put(("ready", len(sockets)))
+    received: dict[int, list[int]] = {}
+    sent_count = 0
+
+    async def reader(p, ws, pending):
+        seqs = received.setdefault(p["index"], [])
+        async for raw in ws:
+            now = time.time()
+            frame = json.loads(raw)
+            kind = frame["type"]
+            if kind == "message":
+                seqs.append(frame["seq"])
+                if frame["sender"]["id"] != p["id"]:
+                    deliveries.append(now - json.loads(frame["body"])["t"])
+            elif kind == "ack":
+                sent = pending.pop(frame["id"], None)
+                if sent is not None:
+                    acks.append(now - sent[0])
+                    sent[1].set()
+            elif kind == "ping":
+                await ws.send('{"type":"pong"}')
+            elif kind == "error":
+                problems.append(frame["code"])
+
+    async def sender(p, ws, pending):
+        nonlocal sent_count
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        n = 0
+        inflight = asyncio.Semaphore(window)
+        interval = 1.0 / rate_per_sender if rate_per_sender else 0.0
+        next_at = time.time()
+        end = start_at + duration
+        while time.time() < end:
+            if interval:
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.time()))
+            await inflight.acquire()
+            n += 1
+            cid = f"{p['index']}-{n}"
+            done = asyncio.Event()
+            pending[cid] = (time.time(), done)
+            asyncio.get_running_loop().create_task(_release(done, inflight))
+            body = json.dumps({"t": time.time()})
+            await ws.send(
+                json.dumps(
+                    {"type": "send", "id": cid, "conversation": p["conversation"], "body": body}
+                )
+            )
+            sent_count += 1
+
+    async def _release(done, sem):
+        await done.wait()
+        sem.release()
+
+    tasks = []
+    for p, ws in sockets:
+        pending: dict = {}
+        tasks.append(asyncio.create_task(reader(p, ws, pending)))
+        if p.get("sender"):
+            tasks.append(asyncio.create_task(sender(p, ws, pending)))
+    await asyncio.sleep(max(0.0, start_at + duration + 3 - time.time()))  # drain
+    for _, ws in sockets:
+        await ws.close()
+    for t in tasks:
+        t.cancel()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put(
+        (
+            "done",
+            {
+                "acks": acks,
+                "deliveries": deliveries,
+                "received": received,
+                "sent": sent_count,
+                "problems": problems,
+                "cpu": usage.ru_utime + usage.ru_stime,
+            },
+        )
+    )
+
+
+def worker(people, urls, start_at, duration, rate, window, out) -> None:
+    asyncio.run(run_worker(people, urls, start_at, duration, rate, window, out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=1000, help="messages/s offered in all")
+    parser.add_argument("--saturate", action="store_true", help="send as fast as acks allow")
+    parser.add_argument("--window", type=int, default=4, help="unacknowledged sends per sender")
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--conversations", type=int, default=50)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--senders-per-conversation", type=int, default=2)
+    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    args = parser.parse_args()
+
+    from tests.live import DaphneNode, Stack
+    from tests.services import PostgresServer, RedisServer
+
+    redis = RedisServer()
+    postgres = PostgresServer()
+    redis_url, database_url = redis.start(), postgres.start()
+    stack = Stack("production", database_url, redis_url)
+    logs = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+    settings = {
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_PER_SECOND": "100000",
+        "RATE_LIMIT_BURST": "100000",
+        "MAX_CONNECTIONS_PER_USER": "5",
+    }
+    nodes = []
+    try:
+        stack.migrate()
+        nodes = [DaphneNode(stack, f"bench-{i}", logs, settings).start() for i in range(args.nodes)]
+        people = seed(database_url, args.conversations, args.members)
+        for i, p in enumerate(people):
+            p["sender"] = i % args.members < args.senders_per_conversation
+        senders = sum(1 for p in people if p["sender"])
+        rate = 0.0 if args.saturate else args.rate / senders
+        urls = [n.ws_url for n in nodes]
+        out: mp.Queue = mp.Queue()
+        start_at = time.time() + 5 + len(people) / 200
+        window = args.window if args.saturate else 1000
+        procs = [
+            mp.Process(
+                target=worker,
+                args=(people[i :: args.procs], urls, start_at, args.duration, rate, window, out),
+            )
+            for i in range(args.procs)
+        ]
+        for proc in procs:
+            proc.start()
+        ready = sum(out.get(timeout=120)[1] for _ in procs)
+        print(f"{ready} sockets connected; {senders} senders; nodes={args.nodes}", flush=True)
+        node_cpu_before = [_cpu(n.proc.pid) for n in nodes]
+        results = [out.get(timeout=args.duration + 120)[1] for _ in procs]
+        node_cpu = [_cpu(n.proc.pid) - b for n, b in zip(nodes, node_cpu_before, strict=True)]
+        for proc in procs:
+            proc.join(10)
+    finally:
+        for node in nodes:
+            node.stop()
+        postgres.stop()
+        redis.stop()
+    acks = [a for r in results for a in r["acks"]]
+    deliveries = [d for r in results for d in r["deliveries"]]
+    sent = sum(r["sent"] for r in results)
+    # Each socket must have each message of its conversation once, in order.
+    per_conv: dict[str, int] = {}
+    for r in results:
+        for idx, seqs in r["received"].items():
+            conv = people[int(idx)]["conversation"]
+            per_conv[conv] = max(per_conv.get(conv, 0), len(seqs))
+    bad = 0
+    for r in results:
+        for idx, seqs in r["received"].items():
+            expected = per_conv[people[int(idx)]["conversation"]]
+            if seqs != list(range(1, expected + 1)):
+                bad += 1
+    mode = "saturation" if args.saturate else f"offered {args.rate:.0f} msg/s"
+    errors = sorted({code for r in results for code in r["problems"]})
+    ms = 1000
+    print(f"mode: {mode}, duration {args.duration:.0f} s, nodes {args.nodes}")
+    print(f"sent {sent}, acknowledged {len(acks)} ({len(acks) / args.duration:.0f} msg/s)")
+    print(
+        f"send->ack      p50 {percentile(acks, 50) * ms:.1f} ms"
+        f"   p99 {percentile(acks, 99) * ms:.1f} ms"
+    )
+    print(
+        f"send->delivery p50 {percentile(deliveries, 50) * ms:.1f} ms"
+        f"   p99 {percentile(deliveries, 99) * ms:.1f} ms   ({len(deliveries)} deliveries)"
+    )
+    print(f"sockets with a gap, repeat or reorder: {bad}; errors: {errors}")
+    print(
+        f"CPU seconds: nodes {[round(c, 1) for c in node_cpu]}, load generators "
+        f"{[round(r['cpu'], 1) for r in results]} (of {args.duration + 3:.0f} s wall each)"
+    )
+    if acks:
+        print(f"mean ack {statistics.mean(acks) * 1000:.1f} ms")
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+if __name__ == "__main__":
+    main()
