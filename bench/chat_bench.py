@@ -74,7 +74,7 @@ def seed(database_url: str, conversations: int, members: int) -> list[dict]:
     return people
 
 
-async def run_worker(people, urls, start_at, duration, rate_per_sender, window, out) -> None:
+async def run_worker(people, urls, start_q, duration, rate_per_sender, window, out) -> None:
     from websockets.asyncio.client import connect
 
     acks: list[float] = []
@@ -91,13 +91,22 @@ async def run_worker(people, urls, start_at, duration, rate_per_sender, window, 
         )
         welcome = json.loads(await ws.recv())
         assert welcome["type"] == "welcome", welcome
-        await ws.send('{"type":"sync","positions":{}}')  # not resuming: live at once
+        await ws.send('{"type":"sync","id":"s","positions":{}}')  # not resuming: live at once
+        while json.loads(await ws.recv())["type"] != "synced":  # its setup is done
+            pass
         sockets.append((p, ws))
     out.put(("ready", len(sockets)))
+    start_at = await asyncio.to_thread(start_q.get)  # every socket of every worker is up
     received: dict[int, list[int]] = {}
     sent_count = 0
 
     async def reader(p, ws, pending):
+        try:
+            await _reader(p, ws, pending)
+        except Exception as exc:
+            problems.append(f"reader crashed: {exc!r}")
+
+    async def _reader(p, ws, pending):
         seqs = received.setdefault(p["index"], [])
         async for raw in ws:
             now = time.time()
@@ -118,6 +127,12 @@ async def run_worker(people, urls, start_at, duration, rate_per_sender, window, 
                 problems.append(frame["code"])
 
     async def sender(p, ws, pending):
+        try:
+            await _sender(p, ws, pending)
+        except Exception as exc:  # a benchmark that hides its failures measures nothing
+            problems.append(f"sender crashed: {exc!r}")
+
+    async def _sender(p, ws, pending):
         nonlocal sent_count
         await asyncio.sleep(max(0.0, start_at - time.time()))
         n = 0
@@ -174,8 +189,8 @@ async def run_worker(people, urls, start_at, duration, rate_per_sender, window, 
     )
 
 
-def worker(people, urls, start_at, duration, rate, window, out) -> None:
-    asyncio.run(run_worker(people, urls, start_at, duration, rate, window, out))
+def worker(people, urls, start_q, duration, rate, window, out) -> None:
+    asyncio.run(run_worker(people, urls, start_q, duration, rate, window, out))
 
 
 def main() -> None:
@@ -216,19 +231,40 @@ def main() -> None:
         rate = 0.0 if args.saturate else args.rate / senders
         urls = [n.ws_url for n in nodes]
         out: mp.Queue = mp.Queue()
-        start_at = time.time() + 5 + len(people) / 200
+        start_q: mp.Queue = mp.Queue()
         window = args.window if args.saturate else 1000
         procs = [
             mp.Process(
                 target=worker,
-                args=(people[i :: args.procs], urls, start_at, args.duration, rate, window, out),
+                args=(people[i :: args.procs], urls, start_q, args.duration, rate, window, out),
             )
             for i in range(args.procs)
         ]
         for proc in procs:
             proc.start()
-        ready = sum(out.get(timeout=120)[1] for _ in procs)
+        ready = sum(out.get(timeout=300)[1] for _ in procs)
+        start_at = time.time() + 1
+        for _ in procs:
+            start_q.put(start_at)
         print(f"{ready} sockets connected; {senders} senders; nodes={args.nodes}", flush=True)
+        if os.environ.get("BENCH_PROFILE"):
+            import subprocess
+
+            subprocess.Popen(
+                [
+                    str(ROOT / ".venv/bin/py-spy"),
+                    "record",
+                    "-p",
+                    str(nodes[0].proc.pid),
+                    "-d",
+                    str(int(args.duration)),
+                    "-o",
+                    os.environ["BENCH_PROFILE"],
+                    "-f",
+                    "raw",
+                    "--gil",
+                ],
+            )
         node_cpu_before = [_cpu(n.proc.pid) for n in nodes]
         results = [out.get(timeout=args.duration + 120)[1] for _ in procs]
         node_cpu = [_cpu(n.proc.pid) - b for n, b in zip(nodes, node_cpu_before, strict=True)]
@@ -279,6 +315,8 @@ def main() -> None:
 def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
+    if os.environ.get("BENCH_CPU_SPLIT"):
+        print("utime", int(fields[11]), "stime", int(fields[12]), flush=True)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -97,7 +97,14 @@ TEMPLATES = [
 ]
 
 if _c["DATABASE_URL"]:
-    DATABASES = {"default": dj_database_url.parse(_c["DATABASE_URL"], conn_max_age=0)}
+    # Persistent connections: channels' database_sync_to_async closes "old"
+    # connections around every call, and with CONN_MAX_AGE=0 that meant a new
+    # PostgreSQL connection per query batch (measured: most of a send's cost).
+    DATABASES = {
+        "default": dj_database_url.parse(
+            _c["DATABASE_URL"], conn_max_age=600, conn_health_checks=True
+        )
+    }
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -121,14 +128,28 @@ if REDIS_URL:
             "CONFIG": {
                 # socket_timeout None: redis-py >= 5 would otherwise abort the
                 # layer's blocking pop (channels_redis issue 422).
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                # max_connections: redis-py 8 caps a pool at 100 and then fails
+                # commands with MaxConnectionsError instead of waiting.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 2000}],
                 "capacity": 1000,
                 "expiry": 60,
             },
         }
     }
+    # The node hub's fan-out (one message per node per publication) rides Redis
+    # pub/sub: pushed to each node, no polling under the consumers' shared receive
+    # lock. It may drop messages across a reconnect; delivery cursors and the
+    # periodic head check fill such gaps from the database.
+    CHANNEL_LAYERS["hub"] = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [{"address": REDIS_URL}]},
+    }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+        "hub": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    }
+HUB_LAYER = "hub"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -10,6 +10,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from realtime import conversations, delivery, fanout, messages, presence
+from realtime.db import in_pool
 from realtime.protocol import Frame, bad_request
 
 if TYPE_CHECKING:
@@ -44,10 +45,18 @@ async def unsubscribe_all(consumer: TetherConsumer) -> None:
 
 
 async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
-    sent = await database_sync_to_async(messages.check_send)(
-        consumer.user, frame.get("conversation"), frame.id, frame.get("body")
+    sent = await store_message(
+        consumer.user, frame.get("conversation"), frame.id, frame.get("body"), publish=False
     )
+    if not sent.duplicate:  # stored and committed: now tell the nodes
+        m = sent.message
+        await fanout.publish_conversation_message(
+            m.conversation_id, m.seq, messages.encoded_frame(m)
+        )
     return sent.ack(None)
+
+
+store_message = in_pool(messages.check_send)
 
 
 def _positions(value: Any) -> dict[str, int]:

@@ -281,7 +281,14 @@ class TetherConsumer(AsyncWebsocketConsumer):
             if self.conn.closing:
                 return
             self.conn.last_out = time.monotonic()
-        await self.send(text_data=text)
+        try:
+            await self.send(text_data=text)
+        except Exception:
+            # The transport is gone (the disconnect event is on its way): a fan-out
+            # loop must not fail for everyone because of this one socket.
+            if self.conn is not None:
+                self.conn.closing = True
+            log.debug("send on a closed socket %s dropped", self.conn and self.conn.id)
 
     async def close_with(self, code: int) -> None:
         """Close with `code` and clean up now: a dead peer may never answer the close."""

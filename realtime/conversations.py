@@ -10,7 +10,7 @@ import secrets
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from realtime import control
 from realtime.models import Conversation, Membership
@@ -44,6 +44,19 @@ def access_conversation(user_id: int, conversation_id: Any) -> tuple[Conversatio
     if membership is None:
         raise forbidden()
     return membership.conversation, membership
+
+
+def is_member(user_id: int, conversation_id: Any) -> bool:
+    """Whether the user belongs to the conversation (one indexed lookup)."""
+    if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 64:
+        raise bad_request("conversation", "must be a conversation id (a string)")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {connection.ops.quote_name(Membership._meta.db_table)} "
+            "WHERE conversation_id = %s AND user_id = %s",
+            [conversation_id, user_id],
+        )
+        return cursor.fetchone() is not None
 
 
 def members_of(conversation_id: str) -> list[Any]:

@@ -121,9 +121,12 @@ async def catch_up(
                 # arrived is in it too, and may itself have holes).
                 stored = dict(await read_range(key, cursor, target))
                 await _send_next(conn, key, sorted({**arrived, **stored}.items()))
-                leftovers = [(p, t) for p, t in arrived.items() if p > conn.cursors[key]]
+                now_at = conn.cursors.get(key)
+                if now_at is None:
+                    break  # left the conversation meanwhile
+                leftovers = [(p, t) for p, t in arrived.items() if p > now_at]
                 state.pending = leftovers + state.pending
-                if conn.cursors[key] == cursor:
+                if now_at == cursor:
                     # Not readable yet: wait for the next arrival or the head check.
                     break
                 if not state.pending:
@@ -155,10 +158,10 @@ async def replay(
         upto = min(head, after + limit)
         before = after
         await _send_next(conn, key, await read_range(key, after, upto))
-        replayed = conn.cursors[key] - before
+        replayed = conn.cursors.get(key, before) - before
         complete = upto >= head
-        if not complete:
+        if not complete and key in conn.cursors:
             conn.cursors[key] = head
     if state.pending:
         await catch_up(conn, key, read_range)
-    return replayed, conn.cursors[key], complete
+    return replayed, conn.cursors.get(key, head), complete

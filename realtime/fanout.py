@@ -10,11 +10,11 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 
 from realtime import conversations, delivery, messages, presence
-from realtime.hub import PRESENCE_GROUP, Hub
+from realtime.db import in_pool
+from realtime.hub import PRESENCE_GROUP, Hub, hub_layer
 from realtime.protocol import encode, now_ms
 
 log = logging.getLogger("tether.fanout")
@@ -24,11 +24,11 @@ def conversation_group(conversation_id: str) -> str:
     return f"conv.{conversation_id}"
 
 
-read_messages = database_sync_to_async(messages.read_range)
+read_messages = in_pool(messages.read_range)
 
 
 async def publish_conversation_message(conversation_id: str, seq: int, text: str) -> None:
-    await get_channel_layer().group_send(
+    await hub_layer().group_send(
         conversation_group(conversation_id),
         {"type": "hub.message", "key": conversation_id, "seq": seq, "text": text},
     )
@@ -38,7 +38,7 @@ async def publish_conversation_event(
     conversation_id: str, frame: dict[str, Any], exclude_user: int | None
 ) -> None:
     """A frame for the members' sockets, not sequenced (receipts, typing)."""
-    await get_channel_layer().group_send(
+    await hub_layer().group_send(
         conversation_group(conversation_id),
         {
             "type": "hub.event",
@@ -68,7 +68,7 @@ async def announce_presence(user_id: int) -> None:
     if status is None or not audience:
         return
     frame = {"type": "presence", "user": user, "status": status, "ts": now_ms()}
-    await get_channel_layer().group_send(
+    await hub_layer().group_send(
         PRESENCE_GROUP, {"type": "hub.presence", "text": encode(frame), "audience": audience}
     )
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 from realtime.connection import Connection
 
@@ -23,6 +24,12 @@ PRESENCE_GROUP = "presence"
 # Re-join every group this often: channels-redis drops members after
 # `group_expiry` and forgets them all when Redis restarts.
 REJOIN_SECONDS = 60.0
+
+
+def hub_layer() -> Any:
+    """The layer that carries hub traffic between nodes (settings.HUB_LAYER)."""
+    return get_channel_layer(settings.HUB_LAYER)
+
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -39,7 +46,7 @@ class Hub:
         self._rejoin_task: asyncio.Task[Any] | None = None
 
     async def start(self) -> None:
-        self._layer = get_channel_layer()
+        self._layer = hub_layer()
         # The default "specific." prefix on purpose: channels-redis pops one
         # per-process list for all of a process's channels under one lock; a
         # channel with another prefix starves behind the consumers' pops.
@@ -92,7 +99,7 @@ class Hub:
 
     async def publish(self, group: str, message: dict[str, Any]) -> None:
         """One layer message to every node listening on `group`."""
-        layer = self._layer or get_channel_layer()
+        layer = self._layer or hub_layer()
         await layer.group_send(group, message)
 
     async def _read_forever(self) -> None:

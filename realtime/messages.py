@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F
-from django.db.models.functions import Greatest
+from django.db import IntegrityError, connection, transaction
 
-from realtime.conversations import access_conversation
+from realtime.conversations import access_conversation, forbidden, is_member
 from realtime.models import Conversation, Membership, Message
 from realtime.protocol import Code, TetherError, bad_request, encode, now_ms
 from realtime.representations import message_frame, message_repr
@@ -54,15 +52,18 @@ def _stored(sender_id: int, client_id: str) -> Message | None:
     )
 
 
-def check_send(sender: Any, conversation_id: Any, client_id: Any, body: Any) -> Sent:
-    """Validate, authorize and store; the same `client_id` again returns the first message."""
+def check_send(
+    sender: Any, conversation_id: Any, client_id: Any, body: Any, *, publish: bool = True
+) -> Sent:
+    """Validate, authorize and store; the same `client_id` again returns the first message.
+
+    With `publish=False` the caller publishes (`encoded_frame`) itself once this
+    returns, which is after the commit.
+    """
     if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
         raise bad_request("id", "is required on send: a string of 1 to 64 characters")
     if not isinstance(body, str):
         raise bad_request("body", "is required: a string")
-    existing = _stored(sender.id, client_id)
-    if existing is not None:
-        return Sent(existing, True)
     if not body.strip():
         raise bad_request("body", "must not be empty")
     if len(body) > settings.MAX_BODY_CHARS:
@@ -71,34 +72,70 @@ def check_send(sender: Any, conversation_id: Any, client_id: Any, body: Any) -> 
             f"body: {len(body)} characters, at most {settings.MAX_BODY_CHARS}",
             max_body_chars=settings.MAX_BODY_CHARS,
         )
-    conversation, _ = access_conversation(sender.id, conversation_id)
-    return do_send(sender, conversation, client_id, body)
+    if not is_member(sender.id, conversation_id):
+        existing = _stored(sender.id, client_id)  # sent before leaving: still the same key
+        if existing is not None:
+            return Sent(existing, True)
+        raise forbidden()
+    return do_send(sender, conversation_id, client_id, body, publish=publish)
 
 
-def do_send(sender: Any, conversation: Conversation, client_id: str, body: str) -> Sent:
-    """Bump `last_seq` and insert the row in one transaction, then publish after commit."""
+def _sql(template: str) -> str:
+    """Fill in quoted table names: the send path is raw SQL, the hottest code here."""
+    names = {
+        "conversation": Conversation._meta.db_table,
+        "message": Message._meta.db_table,
+        "membership": Membership._meta.db_table,
+    }
+    return template.format(**{k: connection.ops.quote_name(v) for k, v in names.items()})
+
+
+def do_send(
+    sender: Any, conversation_id: str, client_id: str, body: str, *, publish: bool = True
+) -> Sent:
+    """Bump `last_seq` and insert the row in one transaction; publish after commit.
+
+    Four statements, no ORM query building: a send is the one hot write path.
+    """
+    message = Message(
+        id=new_message_id(),
+        conversation_id=conversation_id,
+        sender=sender,
+        client_id=client_id,
+        body=body,
+        ts=now_ms(),
+    )
     try:
-        with transaction.atomic():
+        with transaction.atomic(), connection.cursor() as cursor:
             # The UPDATE locks the conversation row: concurrent senders take turns,
             # so seqs are 1, 2, 3… with no gap (a failed insert rolls the bump back).
-            Conversation.objects.filter(pk=conversation.pk).update(last_seq=F("last_seq") + 1)
-            seq = Conversation.objects.values_list("last_seq", flat=True).get(pk=conversation.pk)
-            message = Message.objects.create(
-                id=new_message_id(),
-                conversation_id=conversation.pk,
-                seq=seq,
-                sender=sender,
-                client_id=client_id,
-                body=body,
-                ts=now_ms(),
+            cursor.execute(
+                _sql(
+                    "UPDATE {conversation} SET last_seq = last_seq + 1 WHERE id = %s "
+                    "RETURNING last_seq"
+                ),
+                [conversation_id],
+            )
+            message.seq = cursor.fetchone()[0]
+            cursor.execute(
+                _sql(
+                    "INSERT INTO {message} (id, conversation_id, seq, sender_id, client_id, "
+                    "body, ts) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                ),
+                [message.id, conversation_id, message.seq, sender.id, client_id, body, message.ts],
             )
             # Sending implies having read up to here.
-            Membership.objects.filter(conversation_id=conversation.pk, user_id=sender.id).update(
-                read_seq=Greatest(F("read_seq"), seq)
+            cursor.execute(
+                _sql(
+                    "UPDATE {membership} SET read_seq = %s WHERE conversation_id = %s "
+                    "AND user_id = %s AND read_seq < %s"
+                ),
+                [message.seq, conversation_id, sender.id, message.seq],
             )
-            transaction.on_commit(lambda: publish_message(message))
+            if publish:
+                transaction.on_commit(lambda: publish_message(message))
     except IntegrityError:
-        # The same client_id raced in on another connection or node: the first won.
+        # The same client_id again, or racing in on another connection or node.
         existing = _stored(sender.id, client_id)
         if existing is None:
             raise
@@ -106,14 +143,19 @@ def do_send(sender: Any, conversation: Conversation, client_id: str, body: str) 
     return Sent(message, False)
 
 
+def encoded_frame(message: Message) -> str:
+    """The `message` frame, encoded once for every node and socket."""
+    return encode(message_frame(message))
+
+
 def publish_message(message: Message) -> None:
-    """Tell every node with members online; encoded once, here."""
+    """From sync code (REST): tell every node with members online."""
     from asgiref.sync import async_to_sync
 
     from realtime.fanout import publish_conversation_message
 
     async_to_sync(publish_conversation_message)(
-        message.conversation_id, message.seq, encode(message_frame(message))
+        message.conversation_id, message.seq, encoded_frame(message)
     )
 
 

@@ -323,7 +323,7 @@ async def test_the_hub_joins_a_conversation_group_once_per_node(runtime) -> None
         sockets.append(comm)
     key = f"conv.{conversation.id}"
     await eventually(lambda: len(runtime.hub.members(key)) == 3, what="3 local subscribers")
-    assert list(get_channel_layer().groups[key]) == [runtime.hub.channel]  # not one per socket
+    assert list(get_channel_layer("hub").groups[key]) == [runtime.hub.channel]  # not one per socket
     for comm in sockets:
         await comm.disconnect()
-    await eventually(lambda: key not in get_channel_layer().groups, what="the hub to leave")
+    await eventually(lambda: key not in get_channel_layer("hub").groups, what="the hub to leave")
