@@ -18,6 +18,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import random
 import resource
 import statistics
 import sys
@@ -134,10 +135,13 @@ async def run_worker(people, urls, start_q, duration, rate_per_sender, window, o
 
     async def _sender(p, ws, pending):
         nonlocal sent_count
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        interval = 1.0 / rate_per_sender if rate_per_sender else 0.0
+        # Senders start spread over one interval: the offered load is steady,
+        # not 100 sends at the same instant every interval.
+        offset = random.random() * interval if interval else 0.0
+        await asyncio.sleep(max(0.0, start_at + offset - time.time()))
         n = 0
         inflight = asyncio.Semaphore(window)
-        interval = 1.0 / rate_per_sender if rate_per_sender else 0.0
         next_at = time.time()
         end = start_at + duration
         while time.time() < end:
@@ -168,7 +172,14 @@ async def run_worker(people, urls, start_q, duration, rate_per_sender, window, o
         tasks.append(asyncio.create_task(reader(p, ws, pending)))
         if p.get("sender"):
             tasks.append(asyncio.create_task(sender(p, ws, pending)))
-    await asyncio.sleep(max(0.0, start_at + duration + 3 - time.time()))  # drain
+    # Drain: wait until every socket has been quiet for 2 s (at most 60 s more).
+    await asyncio.sleep(max(0.0, start_at + duration - time.time()))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        seen = sum(len(v) for v in received.values())
+        await asyncio.sleep(2)
+        if sum(len(v) for v in received.values()) == seen:
+            break
     for _, ws in sockets:
         await ws.close()
     for t in tasks:
@@ -306,7 +317,7 @@ def main() -> None:
     print(f"sockets with a gap, repeat or reorder: {bad}; errors: {errors}")
     print(
         f"CPU seconds: nodes {[round(c, 1) for c in node_cpu]}, load generators "
-        f"{[round(r['cpu'], 1) for r in results]} (of {args.duration + 3:.0f} s wall each)"
+        f"{[round(r['cpu'], 1) for r in results]}"
     )
     if acks:
         print(f"mean ack {statistics.mean(acks) * 1000:.1f} ms")
