@@ -32,14 +32,24 @@ def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any
 
 @receiver(pre_save, sender=User)
 def close_sockets_on_password_change(sender: Any, instance: User, **kwargs: Any) -> None:
-    """A new password invalidates every session, so their sockets go too."""
+    """A new password invalidates every session, so their sockets go too.
+
+    Disabling the account closes every one of its sockets with 4403.
+    """
     update_fields = kwargs.get("update_fields")
-    if instance.pk is None or (update_fields is not None and "password" not in update_fields):
+    watched = {"password", "is_active"}
+    if instance.pk is None or (update_fields is not None and not watched & set(update_fields)):
         return
-    old = User.objects.filter(pk=instance.pk).values_list("password", flat=True).first()
-    if old is None or old == instance.password:
+    old = User.objects.filter(pk=instance.pk).values_list("password", "is_active").first()
+    if old is None:
         return
     user_id = instance.pk
+    if old[1] and not instance.is_active:
+        log.info("user %s disabled: closing its sockets", user_id)
+        transaction.on_commit(lambda: close_connections_where(Close.FORBIDDEN, user_id=user_id))
+        return
+    if old[0] == instance.password:
+        return
     log.info("password of user %s changed: closing its session sockets", user_id)
     transaction.on_commit(
         lambda: close_connections_where(

@@ -81,10 +81,10 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
         if cid not in conn.cursors:  # joined a moment ago
             delivery.start(conn, cid, head)
             await consumer.runtime.hub.subscribe(fanout.conversation_group(cid), conn)
-        replayed, _, complete = await delivery.replay(
+        replayed, cursor, complete = await delivery.replay(
             conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages
         )
-        result[cid] = {"seq": head, "replayed": replayed, "complete": complete}
+        result[cid] = {"seq": max(head, cursor), "replayed": replayed, "complete": complete}
     unlisted = [cid for cid in heads if cid not in positions]
     if unlisted:
         reprs = await database_sync_to_async(conversations.conversation_reprs)(

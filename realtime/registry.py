@@ -35,8 +35,12 @@ class ConnectionInfo:
     auth_ref: str
 
 
-async def register_node(name: str) -> Node:
-    """Create or refresh this process's Node; drop records a previous run left."""
+async def register_node(name: str) -> tuple[Node, list[int]]:
+    """Create or refresh this process's Node; drop records a previous run left.
+
+    Returns the node and the users whose stale records were dropped (their
+    presence must be re-evaluated).
+    """
     now = timezone.now()
     node, created = await Node.objects.aupdate_or_create(
         name=name,
@@ -48,12 +52,15 @@ async def register_node(name: str) -> Node:
             "connection_count": 0,
         },
     )
+    user_ids: list[int] = []
     if not created:
         # Same NODE_NAME as a process that died: its sockets are gone with it.
-        stale, _ = await LiveConnection.objects.filter(node=node).adelete()
-        if stale:
-            log.warning("node %s restarted: removed %d stale connection records", name, stale)
-    return node
+        stale = LiveConnection.objects.filter(node=node)
+        user_ids = sorted({uid async for uid in stale.values_list("user_id", flat=True)})
+        removed, _ = await stale.adelete()
+        if removed:
+            log.warning("node %s restarted: removed %d stale connection records", name, removed)
+    return node, user_ids
 
 
 async def unregister_node(name: str) -> None:

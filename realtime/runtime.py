@@ -61,11 +61,13 @@ class NodeRuntime:
             if self.node_id is not None:
                 return
             self.name = settings.NODE_NAME
-            node = await registry.register_node(self.name)
+            node, stale_users = await registry.register_node(self.name)
             self.hub = Hub()
             await self.hub.start()
             fanout.install(self.hub, lambda: list(self.connections.values()))
             self.node_id = node.id
+            for user_id in stale_users:  # their sockets died with our previous run
+                await fanout.announce_presence(user_id)
             self._tasks = [
                 loop.create_task(self._sweep_forever(), name="tether-sweeper"),
                 loop.create_task(self._maintain_forever(), name="tether-maintenance"),
@@ -196,7 +198,11 @@ class NodeRuntime:
             # and re-record our sockets so operators and limits see them.
             log.warning("node %s record was reaped; registering again", self.name)
             await self._reregister()
-        silent_for = timedelta(seconds=settings.PING_TIMEOUT + 10)
+        # A crashed node's last heartbeat is up to one period old and this pass
+        # runs once a period: reap at PING_TIMEOUT + 10 s minus one period, so
+        # its users are offline within PING_TIMEOUT + 10 s of the crash (PROTOCOL 6).
+        period = settings.TETHER_MAINTENANCE_SECONDS
+        silent_for = timedelta(seconds=max(period * 2, settings.PING_TIMEOUT + 10 - period))
         reaped = await sync_to_async(registry.reap_silent_nodes)(silent_for)
         for user_id in reaped.user_ids:
             await fanout.announce_presence(user_id)
@@ -205,10 +211,12 @@ class NodeRuntime:
         self.typing_seen = {k: t for k, t in self.typing_seen.items() if t > cutoff}
 
     async def _reregister(self) -> None:
-        node = await registry.register_node(self.name)
+        node, _ = await registry.register_node(self.name)
         self.node_id = node.id
         for conn in list(self.connections.values()):
             await registry.add_connection(conn.info, node.id)
+        for user_id in {conn.user_id for conn in self.connections.values()}:
+            await fanout.announce_presence(user_id)  # they were announced offline
 
 
 _runtime = NodeRuntime()

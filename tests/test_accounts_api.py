@@ -146,3 +146,7 @@ def test_seed_demo_is_idempotent(capsys, tmp_path) -> None:
     assert first == second
     password = re.search(r"alice\s+password: (\S+)", first).group(1)
     assert User.objects.get(username="alice").check_password(password)
+    from realtime.models import Conversation, Message
+
+    assert Conversation.objects.filter(kind="direct").count() == 1  # not duplicated
+    assert Message.objects.count() == 1

@@ -150,3 +150,22 @@ async def test_stale_connection_after_relogin_never_swallows_a_message(
     await proxy.close()
     await new.close()
     await bob_ws.close()
+
+
+async def test_a_node_restarted_under_its_name_announces_its_dead_users_offline(
+    production_stack, make_node
+) -> None:
+    a = make_node(production_stack, unique("steady-"))
+    name = unique("restarted-")
+    b = make_node(production_stack, name, **FAST_HEARTBEAT)
+    alice, bob = person(a), person(a)
+    group(a, alice, bob)
+    watcher = await bob.socket(a)
+    await alice.socket(b)
+    assert (await expect_skipping(watcher, "presence"))["status"] == "online"
+    b.stop(signal.SIGKILL)
+    b.start()  # same NODE_NAME: its old records go at once, before any reaper
+    await asyncio.to_thread(http, "GET", b.url + "/health/")
+    offline = await expect_skipping(watcher, "presence", timeout=5)
+    assert offline["user"]["id"] == alice.id and offline["status"] == "offline"
+    await watcher.close()

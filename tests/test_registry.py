@@ -22,16 +22,17 @@ def info(cid: str, user: User) -> registry.ConnectionInfo:
 
 async def test_register_node_drops_records_of_a_previous_run() -> None:
     user = await User.objects.acreate(username="u")
-    node = await registry.register_node("node-z")
+    node, stale = await registry.register_node("node-z")
+    assert stale == []
     await registry.add_connection(info("c1", user), node.id)
-    again = await registry.register_node("node-z")  # same NODE_NAME restarted
-    assert again.id == node.id
+    again, stale = await registry.register_node("node-z")  # same NODE_NAME restarted
+    assert again.id == node.id and stale == [user.pk]
     assert await LiveConnection.objects.acount() == 0
 
 
 async def test_heartbeat_updates_last_seen_in_one_batch() -> None:
     user = await User.objects.acreate(username="u")
-    node = await registry.register_node("node-y")
+    node, _ = await registry.register_node("node-y")
     for cid in ("c1", "c2", "c3"):
         await registry.add_connection(info(cid, user), node.id)
     old = timezone.now() - timedelta(minutes=5)

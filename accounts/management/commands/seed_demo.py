@@ -51,3 +51,17 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Demo users (passwords kept in {path}):"))
         for name in DEMO_USERS:
             self.stdout.write(f"  {name:6} password: {passwords[name]}")
+        conversation = _demo_conversation()
+        self.stdout.write(f"  conversation between alice and bob: {conversation}")
+
+
+def _demo_conversation() -> str:
+    """The direct conversation of alice and bob, with a first message once."""
+    from realtime import conversations, messages
+
+    alice = User.objects.get(username="alice")
+    bob = User.objects.get(username="bob")
+    conversation, _ = conversations.check_create_direct(alice, [bob.id])
+    if conversation.last_seq == 0:
+        messages.check_send(alice, conversation.id, "demo-hello", "Hi Bob! This is Tether.")
+    return conversation.id
