@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from accounts import views as account_views
+from monitoring import admin_api
 from monitoring import views as monitoring_views
 from project import pages
 from realtime import api as chat_api
@@ -25,6 +26,10 @@ api_patterns = [
         chat_api.MemberDetailView.as_view(),
     ),
     path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
+    path("admin/config/", admin_api.ConfigView.as_view()),
+    path("admin/connections/", admin_api.ConnectionsView.as_view()),
+    path("admin/connections/cleanup/", admin_api.CleanupView.as_view()),
+    path("admin/connections/<str:connection_id>/", admin_api.ConnectionDetailView.as_view()),
 ]
 
 urlpatterns = [

@@ -98,15 +98,17 @@ class Stack:
             self.migrated = True
 
     def sql(self, query: str, *params: Any) -> list[tuple]:
-        """Read the live database directly (what the nodes wrote)."""
+        """Read (or, for tests that fake a state, write) the live database directly."""
         if self.database_url.startswith("sqlite"):
             path = self.database_url.split("sqlite:///", 1)[1]
             with sqlite3.connect(path, timeout=20) as conn:
-                return conn.execute(query.replace("%s", "?"), params).fetchall()
+                cursor = conn.execute(query.replace("%s", "?"), params)
+                return cursor.fetchall() if cursor.description else []
         import psycopg
 
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
 
 
 @dataclass

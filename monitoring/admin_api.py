@@ -1,0 +1,128 @@
+"""Staff APIs (PROTOCOL 9): effective configuration and live connections."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import status
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from project.config import redacted
+from realtime import fanout, registry
+from realtime.control import close_channels
+from realtime.models import LiveConnection
+from realtime.protocol import Close, Code, TetherError, bad_request
+
+MAX_PAGE = 500
+
+
+def _ms(moment: Any) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def connection_repr(c: LiveConnection, now: Any) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "user": {"id": c.user_id, "username": c.user.get_username()},
+        "node": c.node.name,
+        "endpoint": c.endpoint,
+        "remote_addr": c.remote_addr,
+        "user_agent": c.user_agent,
+        "auth_method": c.auth_method,
+        "connected_at": _ms(c.connected_at),
+        "last_seen": _ms(c.last_seen),
+        "idle_seconds": round((now - c.last_seen).total_seconds(), 1),
+    }
+
+
+class StaffView(APIView):
+    permission_classes = [IsAdminUser]
+
+
+class ConfigView(StaffView):
+    def get(self, request: Request) -> Response:
+        return Response({"settings": redacted(settings.TETHER_CONFIG)})
+
+
+def _number(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(name, "must be a number") from None
+    if value < 0 or value != value:
+        raise bad_request(name, "must be >= 0")
+    return value
+
+
+class ConnectionsView(StaffView):
+    def get(self, request: Request) -> Response:
+        rows = LiveConnection.objects.select_related("user", "node").order_by("connected_at", "id")
+        user = request.query_params.get("user")
+        if user:
+            rows = (
+                rows.filter(user_id=int(user))
+                if user.isdigit()
+                else rows.filter(user__username=user)
+            )
+        node = request.query_params.get("node")
+        if node:
+            rows = rows.filter(node__name=node)
+        now = timezone.now()
+        idle_gt = _number(request, "idle_gt")
+        if idle_gt is not None:
+            rows = rows.filter(last_seen__lt=now - timedelta(seconds=idle_gt))
+        limit = int(_number(request, "limit") or 100)
+        if not 1 <= limit <= MAX_PAGE:
+            raise bad_request("limit", f"must be 1 to {MAX_PAGE}")
+        offset = int(_number(request, "offset") or 0)
+        page = list(rows[offset : offset + limit + 1])
+        return Response(
+            {
+                "connections": [connection_repr(c, now) for c in page[:limit]],
+                "has_more": len(page) > limit,
+            }
+        )
+
+
+class ConnectionDetailView(StaffView):
+    def delete(self, request: Request, connection_id: str) -> Response:
+        record = LiveConnection.objects.filter(id=connection_id).first()
+        if record is None:
+            raise TetherError(Code.NOT_FOUND, f"no live connection {connection_id}")
+        # Closed by whichever node holds it; that node's cleanup removes the record.
+        async_to_sync(close_channels)([record.channel_name], Close.FORBIDDEN)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CleanupView(StaffView):
+    def post(self, request: Request) -> Response:
+        """Remove records no node holds: of silent nodes, and sockets silent too long.
+
+        A live socket is heard from at least every PING_TIMEOUT seconds (or it is
+        closed with 4408) and its node writes `last_seen` every maintenance pass,
+        so a record older than that plus two passes belongs to no socket.
+        """
+        period = settings.TETHER_MAINTENANCE_SECONDS
+        reaped = registry.reap_silent_nodes(timedelta(seconds=settings.PING_TIMEOUT + 10))
+        cutoff = timezone.now() - timedelta(seconds=settings.PING_TIMEOUT + 2 * period + 5)
+        stale = LiveConnection.objects.filter(last_seen__lt=cutoff)
+        users = set(stale.values_list("user_id", flat=True)) | set(reaped.user_ids)
+        removed, _ = stale.delete()
+        for user_id in users:
+            async_to_sync(fanout.announce_presence)(user_id)
+        return Response(
+            {
+                "removed": removed + reaped.connections,
+                "nodes_removed": reaped.nodes,
+            }
+        )
