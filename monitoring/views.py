@@ -11,11 +11,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 READY_TIMEOUT = 2.0
 
 
+@csrf_exempt  # a POST gets 405, not a CSRF page
 @require_safe
 async def health(request: HttpRequest) -> JsonResponse:
     """200 while the process serves; touches nothing else."""
@@ -59,6 +61,7 @@ async def _run_check(check: Any) -> str | None:
     return None
 
 
+@csrf_exempt
 @require_safe
 async def ready(request: HttpRequest) -> JsonResponse:
     """200 when the database and the channel layer answer in time, else 503 naming what failed."""

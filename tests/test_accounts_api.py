@@ -122,9 +122,11 @@ def test_session_login_and_csrf_protected_api(alice: User) -> None:
     assert r.status_code == 201
 
 
-def test_health(api: APIClient) -> None:
-    r = api.get("/health/")
+def test_health(client) -> None:
+    r = client.get("/health/")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert client.head("/health/").status_code == 200  # load balancers probe with HEAD
+    assert client.post("/health/").status_code == 405
 
 
 def test_static_files_are_served_without_debug(client, settings) -> None:
