@@ -21,6 +21,7 @@ from realtime import chat_handlers, conversations, delivery, fanout, registry
 from realtime.connection import Connection
 from realtime.origin import header
 from realtime.protocol import (
+    CLOSE_REASONS,
     PROTOCOL_VERSION,
     Close,
     Code,
@@ -66,13 +67,13 @@ class TetherConsumer(AsyncWebsocketConsumer):
                     await self.close(Close.GOING_AWAY)
                 except Exception:
                     pass
-            await self.cleanup("shutdown")
+            await self.cleanup(Close.GOING_AWAY, "server shutdown")
             raise
         except Exception:
             # The consumer itself failed (e.g. the channel layer went away):
             # daphne closes the socket with 1011; the records must go too.
             log.exception("consumer of %s failed", self.conn and self.conn.id)
-            await self.cleanup("consumer failed")
+            await self.cleanup(Close.INTERNAL, "consumer failed")
             raise
 
     # --- handshake ---------------------------------------------------------
@@ -134,6 +135,23 @@ class TetherConsumer(AsyncWebsocketConsumer):
         assert runtime.node_id is not None
         await registry.add_connection(info, runtime.node_id)
         runtime.add(self.conn)
+        log.info(
+            "connect %s user=%s node=%s endpoint=%s auth=%s addr=%s",
+            info.id,
+            self.conn.username,
+            info.node,
+            info.endpoint,
+            info.auth_method,
+            info.remote_addr,
+            extra={
+                "event": "connect",
+                "connection_id": info.id,
+                "user": self.conn.username,
+                "node": info.node,
+                "endpoint": info.endpoint,
+                "auth": info.auth_method,
+            },
+        )
         await self.send_frame(self.welcome())
         await self.on_open()
 
@@ -295,18 +313,17 @@ class TetherConsumer(AsyncWebsocketConsumer):
         if self.conn is None or self.conn.closing:
             return
         self.conn.closing = True
-        log.info("closing %s with %d", self.conn.id, code)
         await self.close(code)
-        await self.cleanup(f"closed {code}")
+        await self.cleanup(code, "closed by the server")
 
     async def tether_close(self, message: dict[str, Any]) -> None:
         """Control message from any node (kick, logout, revoked credential)."""
         await self.close_with(int(message.get("code", Close.FORBIDDEN)))
 
     async def disconnect(self, code: int) -> None:
-        await self.cleanup(f"disconnect {code}")
+        await self.cleanup(code, "closed by the client or the network")
 
-    async def cleanup(self, reason: str) -> None:
+    async def cleanup(self, code: int, origin: str) -> None:
         """The one cleanup of every exit path: local state, registry record."""
         if self._cleaned or self.conn is None:
             return
@@ -325,7 +342,30 @@ class TetherConsumer(AsyncWebsocketConsumer):
         except Exception:
             # The reaper removes it with the node if this fails (e.g. database down).
             log.exception("could not remove connection record %s", conn.id)
-        log.info("connection %s (%s) cleaned up: %s", conn.id, conn.username, reason)
+        duration = time.monotonic() - conn.connected_at
+        reason = CLOSE_REASONS.get(code, "abnormal" if code == 1006 else "other")
+        # One line per disconnect (issue 7): who, where, how long, how it ended.
+        log.info(
+            "disconnect %s user=%s node=%s endpoint=%s duration=%.1fs code=%s reason=%s (%s)",
+            conn.id,
+            conn.username,
+            conn.info.node,
+            conn.info.endpoint,
+            duration,
+            code,
+            reason,
+            origin,
+            extra={
+                "event": "disconnect",
+                "connection_id": conn.id,
+                "user": conn.username,
+                "node": conn.info.node,
+                "endpoint": conn.info.endpoint,
+                "duration_s": round(duration, 3),
+                "close_code": code,
+                "close_reason": reason,
+            },
+        )
 
 
 async def handle_ping(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:

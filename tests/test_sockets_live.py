@@ -195,6 +195,11 @@ async def test_heartbeat_ping_then_4408_and_cleanup(stack, make_node) -> None:
     assert ping["type"] == "ping" and isinstance(ping["server_time"], int)
     assert await silent.close_code(timeout=6) == 4408
     await eventually(lambda: welcome["connection_id"] not in connection_ids(node), 5)
+    # one line per connect and disconnect, with the close code
+    await eventually(lambda: f"disconnect {welcome['connection_id']} " in node.log_text(), 5)
+    log = node.log_text()
+    assert f"connect {welcome['connection_id']} user=" in log
+    assert "code=4408 reason=heartbeat_timeout" in log
     await alive.send({"type": "ping", "ts": 2})  # answering pings kept it open
     assert (await alive.expect("pong"))["ts"] == 2
     await alive.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +11,10 @@ import psycopg
 
 from tests.conftest import unique
 from tests.live import DaphneNode, Stack, http
+from tests.wsclient import WsClient
 
 
-def test_fresh_sqlite_is_migrated_at_start_and_json_logs(tmp_path, make_node) -> None:
+async def test_fresh_sqlite_is_migrated_at_start_and_json_logs(tmp_path, make_node) -> None:
     stack = Stack("embedded", f"sqlite:///{tmp_path}/fresh.sqlite3")
     stack.migrated = True  # do not pre-migrate: the node must do it
     node = make_node(stack, LOG_FORMAT="json")
@@ -20,14 +22,21 @@ def test_fresh_sqlite_is_migrated_at_start_and_json_logs(tmp_path, make_node) ->
     assert (
         http("GET", node.url + "/api/me/", headers={"Authorization": f"Bearer {token}"})[0] == 200
     )
+    client = await WsClient.open(f"{node.ws_url}/ws/chat/", token=token)
+    cid = (await client.welcome())["connection_id"]
+    await client.close()
     http("GET", node.url + "/health/?ticket=tk_secret-value")
-    node.stop()
+    await asyncio.to_thread(node.stop)
     lines = [line for line in node.log_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     messages = " ".join(r["message"] for r in records)
     assert "applying" in messages and "pending migrations" in messages
     assert any(r["logger"] == "tether.access" for r in records)
     assert "tk_secret-value" not in node.log_text()
+    events = {r.get("event"): r for r in records if r.get("connection_id") == cid}
+    assert events["connect"]["endpoint"] == "chat"
+    assert events["disconnect"]["close_code"] == 1000
+    assert events["disconnect"]["duration_s"] >= 0
 
 
 def test_two_nodes_starting_at_once_on_a_fresh_postgres(production_stack, tmp_path) -> None:
