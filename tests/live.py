@@ -18,6 +18,7 @@ from typing import Any
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+STAFF_PASSWORD = "an-Admin-passw0rd-long"
 # Variables a developer's shell may carry that must not leak into a node.
 _SCRUB = ("DATABASE_URL", "REDIS_URL", "NODE_NAME", "ALLOWED_ORIGINS", "PORT", "HOST")
 
@@ -214,6 +215,18 @@ class DaphneNode:
         )
         assert status == 200, body
         return body["token"]
+
+    def create_superuser(self, username: str, password: str = STAFF_PASSWORD) -> None:
+        """`manage.py createsuperuser --noinput` from the environment, as operators do."""
+        manage(
+            self.stack.env(
+                DJANGO_SUPERUSER_USERNAME=username,
+                DJANGO_SUPERUSER_PASSWORD=password,
+                DJANGO_SUPERUSER_EMAIL=f"{username}@example.com",
+            ),
+            "createsuperuser",
+            "--noinput",
+        )
 
     def ticket(self, token: str) -> str:
         status, body, _ = http(

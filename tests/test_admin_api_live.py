@@ -5,24 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import unique
-from tests.live import DaphneNode, http, manage
+from tests.live import STAFF_PASSWORD, DaphneNode, http
 from tests.wsclient import WsClient
 
 
 def staff_token(node: DaphneNode) -> str:
     name = unique("ops")
-    password = "an-Admin-passw0rd-long"
-    manage(
-        node.stack.env(
-            DJANGO_SUPERUSER_USERNAME=name,
-            DJANGO_SUPERUSER_PASSWORD=password,
-            DJANGO_SUPERUSER_EMAIL=f"{name}@example.com",
-        ),
-        "createsuperuser",
-        "--noinput",
-    )
+    node.create_superuser(name)
     status, body, _ = http(
-        "POST", node.url + "/api/auth/token/", {"username": name, "password": password}
+        "POST", node.url + "/api/auth/token/", {"username": name, "password": STAFF_PASSWORD}
     )
     assert status == 200, body
     return body["token"]

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 from tests.conftest import unique
-from tests.live import Browser, DaphneNode, manage
+from tests.live import STAFF_PASSWORD, Browser, DaphneNode
 from tests.wsclient import WsClient
 
 
 async def test_staff_see_live_connections_and_nodes(node: DaphneNode) -> None:
     admin = unique("admin")
-    password = "an-Admin-passw0rd-long"
-    manage(
-        node.stack.env(
-            DJANGO_SUPERUSER_USERNAME=admin,
-            DJANGO_SUPERUSER_PASSWORD=password,
-            DJANGO_SUPERUSER_EMAIL=f"{admin}@example.com",
-        ),
-        "createsuperuser",
-        "--noinput",
-    )
+    node.create_superuser(admin)
     user = unique("watched")
     client = await WsClient.open(f"{node.ws_url}/ws/chat/", token=node.register(user))
     cid = (await client.welcome())["connection_id"]
     browser = Browser(node)
-    browser.login(admin, password)
+    browser.login(admin, STAFF_PASSWORD)
     page = browser.opener.open(node.url + "/admin/realtime/liveconnection/", timeout=10)
     html = page.read().decode()
     assert cid in html and user in html and node.name in html
