@@ -313,8 +313,10 @@ class TetherConsumer(AsyncWebsocketConsumer):
         if self.conn is None or self.conn.closing:
             return
         self.conn.closing = True
-        await self.close(code)
-        await self.cleanup(code, "closed by the server")
+        try:
+            await self.close(code)
+        finally:  # a transport already gone must not skip the cleanup
+            await self.cleanup(code, "closed by the server")
 
     async def tether_close(self, message: dict[str, Any]) -> None:
         """Control message from any node (kick, logout, revoked credential)."""

@@ -138,7 +138,7 @@ def check_add_member(actor: Any, conversation_id: str, user_id: Any) -> tuple[An
     user = User.objects.filter(id=user_id, is_active=True).first()
     if user is None:
         raise TetherError(Code.NOT_FOUND, f"user: no such user: {user_id}", field="user")
-    if Membership.objects.filter(conversation=conversation, user=user).count() >= 1:
+    if Membership.objects.filter(conversation=conversation, user=user).exists():
         return user, False
     if Membership.objects.filter(conversation=conversation).count() >= MAX_GROUP_MEMBERS:
         raise TetherError(Code.LIMIT_EXCEEDED, f"at most {MAX_GROUP_MEMBERS} members")

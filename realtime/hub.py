@@ -97,11 +97,6 @@ class Hub:
     def members(self, group: str) -> list[Connection]:
         return list(self.groups.get(group, ()))
 
-    async def publish(self, group: str, message: dict[str, Any]) -> None:
-        """One layer message to every node listening on `group`."""
-        layer = self._layer or hub_layer()
-        await layer.group_send(group, message)
-
     async def _read_forever(self) -> None:
         failures = 0
         while True:

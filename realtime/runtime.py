@@ -16,6 +16,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from accounts import credentials
 from realtime import fanout, registry
 from realtime.connection import Connection
 from realtime.hub import Hub
@@ -207,6 +208,8 @@ class NodeRuntime:
         for user_id in reaped.user_ids:
             await fanout.announce_presence(user_id)
         await fanout.check_heads(self.hub)
+        # Used and expired tickets are worthless; keep the table small.
+        await sync_to_async(credentials.purge_tickets)()
         cutoff = time.monotonic() - 5
         self.typing_seen = {k: t for k, t in self.typing_seen.items() if t > cutoff}
 

@@ -101,6 +101,16 @@ def test_ws_ticket_is_single_use_and_expires(api: APIClient, alice: User) -> Non
     assert credentials.consume_ticket(raw) is None  # expired
 
 
+def test_expired_tickets_are_purged(alice: User) -> None:
+    fresh = credentials.issue_ticket(alice, "session:x")
+    credentials.issue_ticket(alice, "session:x")
+    WsTicket.objects.exclude(key_hash=credentials.digest(fresh)).update(
+        expires_at=timezone.now() - timedelta(hours=2)
+    )
+    assert credentials.purge_tickets() == 1
+    assert credentials.consume_ticket(fresh).user == alice
+
+
 def test_ws_ticket_needs_authentication(api: APIClient) -> None:
     assert api.post("/api/auth/ws-ticket/").status_code == 401
 
