@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.db.models import Q
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -72,3 +73,28 @@ class WsTicketView(APIView):
 class MeView(APIView):
     def get(self, request: Request) -> Response:
         return Response(UserSerializer(request.user).data)
+
+
+class UserLookupView(APIView):
+    """`GET /api/users/?username=bob,carol`: exact (case-insensitive) names to users.
+
+    Any signed-in user may ask, so that people can start conversations by name;
+    only exact names are answered (no listing or prefix search of accounts).
+    """
+
+    MAX_NAMES = 50
+
+    def get(self, request: Request) -> Response:
+        raw = request.query_params.get("username", "")
+        names = list(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+        if not names:
+            return error_response("bad_request", "username: is required", 400, field="username")
+        if len(names) > self.MAX_NAMES:
+            return error_response(
+                "bad_request", f"username: at most {self.MAX_NAMES} names", 400, field="username"
+            )
+        match = Q()
+        for name in names:
+            match |= Q(username__iexact=name)
+        users = User.objects.filter(match, is_active=True).order_by("id")
+        return Response({"users": UserSerializer(users, many=True).data, "has_more": False})

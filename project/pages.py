@@ -1,12 +1,71 @@
-"""The web pages served next to the API (the full chat UI comes with issue 6)."""
+"""The web pages served next to the API: home, sign-up, the chat app and the feeds page."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_http_methods
+
+from accounts.models import User
+from accounts.serializers import RegisterSerializer
 
 
 def home(request: HttpRequest) -> HttpResponse:
     """Landing page: who you are, the socket endpoints, and a live connection check."""
     return render(request, "home.html", {"node": settings.NODE_NAME})
+
+
+def _safe_next(request: HttpRequest, default: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    # Only paths on this site: an open redirect after sign-up would be a phishing aid.
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return default
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    """Create an account with the same rules as POST /api/auth/register/, then log in."""
+    next_url = _safe_next(request, "/chat/")
+    errors: list[str] = []
+    username = ""
+    if not settings.SIGNUP_ENABLED:
+        errors.append("Sign-up is disabled on this server.")
+    elif request.method == "POST":
+        username = request.POST.get("username", "")
+        serializer = RegisterSerializer(
+            data={"username": username, "password": request.POST.get("password", "")}
+        )
+        if serializer.is_valid():
+            user = User.objects.create_user(
+                username=serializer.validated_data["username"],
+                password=serializer.validated_data["password"],
+            )
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return HttpResponseRedirect(next_url)
+        for field, messages in serializer.errors.items():
+            errors.extend(f"{field}: {message}" for message in messages)
+    status = 400 if errors and request.method == "POST" else 200
+    context = {"errors": errors, "username": username, "next": next_url}
+    return render(request, "registration/signup.html", context, status=status)
+
+
+@login_required
+@ensure_csrf_cookie
+def chat(request: HttpRequest) -> HttpResponse:
+    """The instant-messaging app; everything after the first paint comes over the socket."""
+    return render(request, "chat.html")
+
+
+@login_required
+@ensure_csrf_cookie
+def feeds(request: HttpRequest) -> HttpResponse:
+    """Live topic subscriptions on /ws/stream/."""
+    return render(request, "feeds.html")

@@ -18,6 +18,7 @@ api_patterns = [
     path("auth/token/", account_views.TokenView.as_view(), name="token"),
     path("auth/ws-ticket/", account_views.WsTicketView.as_view(), name="ws-ticket"),
     path("me/", account_views.MeView.as_view(), name="me"),
+    path("users/", account_views.UserLookupView.as_view(), name="user-lookup"),
     path("conversations/", chat_api.ConversationsView.as_view()),
     path("conversations/<str:conversation_id>/", chat_api.ConversationDetailView.as_view()),
     path("conversations/<str:conversation_id>/members/", chat_api.MembersView.as_view()),
@@ -34,6 +35,9 @@ api_patterns = [
 
 urlpatterns = [
     path("", pages.home, name="home"),
+    path("chat/", pages.chat, name="chat"),
+    path("feeds/", pages.feeds, name="feeds"),
+    path("accounts/signup/", pages.signup, name="signup"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

@@ -1,0 +1,707 @@
+// The /chat/ page: DOM on top of ChatClient. Every user-supplied string goes
+// through textContent or an attribute, never through HTML parsing.
+import { ChatClient, api } from "./client.js";
+import { Banner, el, onFrame } from "./ui.js";
+
+const app = document.getElementById("chat-app");
+const me = { id: Number(app.dataset.userId), username: app.dataset.username };
+const listEl = document.getElementById("conversation-list");
+const messagesEl = document.getElementById("message-list");
+const ackedEl = document.getElementById("acked-messages");
+const pendingEl = document.getElementById("pending-messages");
+const olderEl = document.getElementById("older-status");
+const titleEl = document.getElementById("conversation-title");
+const membersEl = document.getElementById("members");
+const typingEl = document.getElementById("typing");
+const composer = document.getElementById("composer");
+const sendButton = document.getElementById("send");
+const composerError = document.getElementById("composer-error");
+const jumpButton = document.getElementById("jump-latest");
+
+// The DOM holds at most this many messages of the open conversation; the rest
+// stay in memory (or on the server) and are swapped in while scrolling.
+const MAX_DOM_MESSAGES = 240;
+const PAGE = 80;
+const EDGE_PX = 400;
+const TYPING_SHOW_MS = 4000;
+const TYPING_SEND_EVERY_MS = 2000;
+
+const client = new ChatClient();
+const conversations = new Map();
+const presence = new Map();
+let openId = null;
+let stickToBottom = true;
+
+function store(id) {
+  return conversations.get(id);
+}
+
+function newStore(c) {
+  return {
+    id: c.id,
+    info: c,
+    msgs: [], // acknowledged messages in increasing seq (contiguous once loaded)
+    pending: new Map(), // client id -> {id, body, state, seq}
+    loaded: false,
+    loading: false,
+    hasOlder: true,
+    lastSeq: c.last_seq || 0,
+    unread: c.unread || 0,
+    last: null,
+    readBy: new Map(), // user id -> {username, seq}
+    typing: new Map(), // user id -> {username, until}
+    winFirst: null,
+    winLast: null,
+    atTail: true,
+    li: null,
+  };
+}
+
+// --- conversation list ---------------------------------------------------
+
+function title(c) {
+  if (c.kind === "group") return c.title || "group";
+  const other = c.members.find((m) => m.id !== me.id);
+  return other ? other.username : me.username;
+}
+
+function others(c) {
+  return c.members.filter((m) => m.id !== me.id);
+}
+
+function upsertConversation(c) {
+  let s = store(c.id);
+  if (!s) {
+    s = newStore(c);
+    conversations.set(c.id, s);
+    s.li = renderListItem(s);
+    listEl.prepend(s.li);
+    if (s.lastSeq > 0) queuePreview(s);
+    queuePresence(others(c).map((m) => m.id));
+  } else {
+    s.info = { ...s.info, ...c };
+    s.lastSeq = Math.max(s.lastSeq, c.last_seq || 0);
+    refreshListItem(s);
+  }
+  return s;
+}
+
+function renderListItem(s) {
+  const li = el("li", {
+    class: "conversation",
+    "data-testid": "conversation",
+    "data-conversation-id": s.id,
+    tabindex: "0",
+    role: "button",
+  });
+  li.append(
+    el("span", { class: "dots" }),
+    el("span", { class: "conv-title" }),
+    el("span", { class: "unread", "data-testid": "unread" }),
+    el("span", { class: "preview" }),
+  );
+  li.addEventListener("click", () => openConversation(s.id));
+  li.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      openConversation(s.id);
+    }
+  });
+  fillListItem(s, li);
+  return li;
+}
+
+function fillListItem(s, li) {
+  li.querySelector(".conv-title").textContent = title(s.info);
+  const dots = li.querySelector(".dots");
+  dots.replaceChildren(
+    ...others(s.info)
+      .slice(0, 5)
+      .map((m) =>
+        el("span", {
+          class: "presence",
+          "data-testid": "presence",
+          "data-user-id": String(m.id),
+          "data-username": m.username,
+          "data-status": presence.get(m.id) || "offline",
+          title: m.username,
+        }),
+      ),
+  );
+  refreshListItem(s, li);
+}
+
+function refreshListItem(s, li = s.li) {
+  li.classList.toggle("active", s.id === openId);
+  const unread = li.querySelector(".unread");
+  unread.textContent = String(s.unread);
+  unread.dataset.count = String(s.unread);
+  li.querySelector(".preview").textContent = s.last
+    ? `${s.last.sender.id === me.id ? "You" : s.last.sender.username}: ${s.last.body}`
+    : "";
+}
+
+function bumpToTop(s) {
+  if (listEl.firstElementChild !== s.li) listEl.prepend(s.li);
+}
+
+// Previews come over REST, one at a time, so a long list does not burst.
+const previewQueue = [];
+let previewRunning = false;
+function queuePreview(s) {
+  previewQueue.push(s);
+  if (!previewRunning) runPreviews();
+}
+async function runPreviews() {
+  previewRunning = true;
+  while (previewQueue.length) {
+    const s = previewQueue.shift();
+    if (s.last) continue;
+    try {
+      const data = await api(`/api/conversations/${encodeURIComponent(s.id)}/messages/?limit=1`);
+      const m = data.messages[data.messages.length - 1];
+      if (m && !s.last) {
+        s.last = m;
+        refreshListItem(s);
+      }
+    } catch {
+      // A preview is decoration; the message pane loads the real thing.
+    }
+  }
+  previewRunning = false;
+}
+
+// --- presence ---------------------------------------------------------------
+
+let presenceAsk = new Set();
+let presenceTimer = null;
+function queuePresence(ids) {
+  for (const id of ids) presenceAsk.add(id);
+  if (!presenceTimer) presenceTimer = setTimeout(askPresence, 50);
+}
+async function askPresence() {
+  presenceTimer = null;
+  const ids = [...presenceAsk].slice(0, 500);
+  presenceAsk = new Set([...presenceAsk].slice(500));
+  if (!ids.length || !client.conn.welcome) return;
+  try {
+    const data = await client.presence(ids);
+    for (const [id, status] of Object.entries(data)) setPresence(Number(id), status);
+  } catch {
+    for (const id of ids) presenceAsk.add(id); // asked again after the next sync
+  }
+}
+function setPresence(userId, status) {
+  presence.set(userId, status);
+  for (const dot of document.querySelectorAll(`[data-testid="presence"][data-user-id="${userId}"]`)) {
+    dot.dataset.status = status;
+  }
+  for (const chip of membersEl.querySelectorAll(`[data-user-id="${userId}"]`)) chip.dataset.status = status;
+}
+
+// --- message pane -------------------------------------------------------------
+
+function timeOf(ts) {
+  return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function readers(s, seq) {
+  const names = [];
+  for (const r of s.readBy.values()) if (r.seq >= seq) names.push(r.username);
+  return names.join(", ");
+}
+
+function messageEl(s, m) {
+  const mine = m.sender.id === me.id;
+  const node = el("div", {
+    class: mine ? "msg mine" : "msg",
+    "data-testid": "message",
+    "data-seq": String(m.seq),
+    "data-state": "sent",
+    "data-sender": m.sender.username,
+    "data-time": timeOf(m.ts),
+  });
+  if (m.client_id) node.dataset.clientId = m.client_id;
+  if (mine) markRead(node, readers(s, m.seq));
+  node.append(el("span", { class: "body" }, m.body));
+  return node;
+}
+
+function markRead(node, names) {
+  if (names) node.dataset.readBy = names;
+  else delete node.dataset.readBy;
+}
+
+function pendingEl_(entry) {
+  const node = el("div", {
+    class: "msg mine",
+    "data-testid": "message",
+    "data-state": entry.state,
+    "data-client-id": entry.id,
+    "data-sender": me.username,
+    "data-time": "",
+  });
+  if (entry.seq) node.dataset.seq = String(entry.seq);
+  node.append(el("span", { class: "body" }, entry.body));
+  if (entry.state === "failed") {
+    const retry = el("button", { type: "button", class: "retry", "data-testid": "retry" }, "Retry");
+    retry.addEventListener("click", () => {
+      entry.state = "pending";
+      client.retry(entry.id);
+      renderPending();
+    });
+    node.append(retry);
+  }
+  return node;
+}
+
+function renderPending() {
+  const s = openId && store(openId);
+  pendingEl.replaceChildren(...(s ? [...s.pending.values()].map(pendingEl_) : []));
+}
+
+function indexOfSeq(msgs, seq) {
+  let lo = 0;
+  let hi = msgs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (msgs[mid].seq < seq) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function insertMessage(s, m) {
+  const msgs = s.msgs;
+  if (!msgs.length || msgs[msgs.length - 1].seq < m.seq) {
+    msgs.push(m);
+    return true;
+  }
+  const i = indexOfSeq(msgs, m.seq);
+  if (msgs[i] && msgs[i].seq === m.seq) return false;
+  msgs.splice(i, 0, m);
+  return true;
+}
+
+function openConversation(id) {
+  const s = store(id);
+  if (!s) return;
+  const previous = openId && store(openId);
+  openId = id;
+  if (previous) refreshListItem(previous);
+  refreshListItem(s);
+  titleEl.textContent = title(s.info);
+  membersEl.replaceChildren(
+    ...s.info.members.map((m) =>
+      el("span", { class: "member", "data-user-id": String(m.id), "data-status": presence.get(m.id) || "offline" }, m.username),
+    ),
+  );
+  composer.disabled = false;
+  sendButton.disabled = false;
+  composerError.textContent = "";
+  history.replaceState(null, "", `#${encodeURIComponent(id)}`);
+  resetWindow(s);
+  renderTyping();
+  if (!s.loaded) loadLatest(s);
+  markSeen(s);
+  composer.focus();
+}
+
+function resetWindow(s) {
+  // Show the newest page; older ones come back as the user scrolls up.
+  const start = Math.max(0, s.msgs.length - PAGE);
+  const slice = s.msgs.slice(start);
+  ackedEl.replaceChildren(...slice.map((m) => messageEl(s, m)));
+  s.winFirst = slice.length ? slice[0].seq : null;
+  s.winLast = slice.length ? slice[slice.length - 1].seq : null;
+  s.atTail = true;
+  renderPending();
+  updateOlderStatus(s);
+  stickToBottom = true;
+  scrollToBottom();
+}
+
+function scrollToBottom() {
+  messagesEl.scrollTop = messagesEl.scrollHeight;
+  jumpButton.hidden = true;
+}
+
+function updateOlderStatus(s) {
+  const first = s.winFirst !== null ? indexOfSeq(s.msgs, s.winFirst) : 0;
+  if (s.loading) olderEl.textContent = "Loading…";
+  else if (first === 0 && !s.hasOlder && s.loaded) olderEl.textContent = s.msgs.length ? "Beginning of the conversation" : "No messages yet";
+  else olderEl.textContent = "";
+}
+
+async function loadLatest(s) {
+  s.loading = true;
+  updateOlderStatus(s);
+  try {
+    const data = await client.history(s.id, { limit: PAGE });
+    for (const m of data.messages) insertMessage(s, m);
+    s.hasOlder = data.has_more;
+    s.loaded = true;
+    if (data.messages.length) {
+      const m = data.messages[data.messages.length - 1];
+      if (!s.last || s.last.seq < m.seq) s.last = m;
+      s.lastSeq = Math.max(s.lastSeq, m.seq);
+    }
+  } catch {
+    s.loading = false;
+    updateOlderStatus(s);
+    return; // retried when the socket is back (see "synced")
+  }
+  s.loading = false;
+  if (openId === s.id) {
+    resetWindow(s);
+    markSeen(s);
+  }
+}
+
+async function loadOlder(s) {
+  if (s.loading || !s.loaded) return;
+  const first = s.msgs.length ? s.msgs[0].seq : s.lastSeq + 1;
+  s.loading = true;
+  updateOlderStatus(s);
+  try {
+    const data = await client.history(s.id, { before: first, limit: PAGE });
+    for (const m of data.messages) insertMessage(s, m);
+    s.hasOlder = data.has_more;
+  } catch {
+    // Scrolling up again retries.
+  }
+  s.loading = false;
+  if (openId === s.id) showOlder(s);
+}
+
+// Scroll handling: swap pages in and out at the edges, once per frame.
+let scrollQueued = false;
+messagesEl.addEventListener(
+  "scroll",
+  () => {
+    if (scrollQueued) return;
+    scrollQueued = true;
+    requestAnimationFrame(() => {
+      scrollQueued = false;
+      onScroll();
+    });
+  },
+  { passive: true },
+);
+
+function onScroll() {
+  const s = openId && store(openId);
+  if (!s) return;
+  const fromBottom = messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight;
+  stickToBottom = fromBottom < 40 && s.atTail;
+  if (stickToBottom) {
+    jumpButton.hidden = true;
+    markSeen(s);
+  }
+  if (messagesEl.scrollTop < EDGE_PX) showOlder(s);
+  else if (fromBottom < EDGE_PX && !s.atTail) showNewer(s);
+}
+
+function showOlder(s) {
+  const first = s.winFirst === null ? s.msgs.length : indexOfSeq(s.msgs, s.winFirst);
+  if (first === 0) {
+    if (s.hasOlder) loadOlder(s);
+    updateOlderStatus(s);
+    return;
+  }
+  const start = Math.max(0, first - PAGE);
+  const slice = s.msgs.slice(start, first);
+  const before = messagesEl.scrollHeight;
+  ackedEl.prepend(...slice.map((m) => messageEl(s, m)));
+  s.winFirst = slice[0].seq;
+  if (s.winLast === null) s.winLast = slice[slice.length - 1].seq;
+  // Keep what the reader looks at in place, then cut the far end.
+  messagesEl.scrollTop += messagesEl.scrollHeight - before;
+  trimBottom(s);
+  updateOlderStatus(s);
+}
+
+function showNewer(s) {
+  const last = indexOfSeq(s.msgs, s.winLast) + 1;
+  const slice = s.msgs.slice(last, last + PAGE);
+  ackedEl.append(...slice.map((m) => messageEl(s, m)));
+  if (slice.length) s.winLast = slice[slice.length - 1].seq;
+  s.atTail = last + slice.length >= s.msgs.length;
+  trimTop(s);
+}
+
+function trimBottom(s) {
+  let extra = ackedEl.childElementCount - MAX_DOM_MESSAGES;
+  if (extra <= 0) return;
+  while (extra-- > 0) ackedEl.lastElementChild.remove();
+  s.winLast = Number(ackedEl.lastElementChild.dataset.seq);
+  s.atTail = false;
+}
+
+function trimTop(s) {
+  let extra = ackedEl.childElementCount - MAX_DOM_MESSAGES;
+  if (extra <= 0) return;
+  const before = messagesEl.scrollHeight;
+  while (extra-- > 0) ackedEl.firstElementChild.remove();
+  s.winFirst = Number(ackedEl.firstElementChild.dataset.seq);
+  messagesEl.scrollTop -= before - messagesEl.scrollHeight;
+  updateOlderStatus(s);
+}
+
+// Live messages are queued and rendered once per animation frame, so a burst
+// of hundreds of frames costs one layout, not hundreds.
+const incoming = [];
+const render = onFrame(flushIncoming);
+
+function flushIncoming() {
+  const s = openId && store(openId);
+  const fresh = [];
+  for (const m of incoming.splice(0)) if (s && m.conversation === s.id) fresh.push(m);
+  if (s && fresh.length) {
+    if (s.atTail) {
+      const from = s.winLast === null ? 0 : indexOfSeq(s.msgs, s.winLast + 1);
+      const slice = s.msgs.slice(from);
+      ackedEl.append(...slice.map((m) => messageEl(s, m)));
+      if (slice.length) {
+        s.winLast = slice[slice.length - 1].seq;
+        if (s.winFirst === null) s.winFirst = slice[0].seq;
+      }
+      if (stickToBottom) {
+        trimTop(s);
+        scrollToBottom();
+        markSeen(s);
+      } else {
+        jumpButton.hidden = false;
+      }
+    } else {
+      jumpButton.hidden = false;
+    }
+    renderPending();
+    updateOlderStatus(s);
+  }
+}
+
+jumpButton.addEventListener("click", () => {
+  const s = openId && store(openId);
+  if (s) resetWindow(s);
+  markSeen(s);
+});
+
+let readTimer = null;
+function markSeen(s) {
+  if (!s || openId !== s.id || document.visibilityState !== "visible" || !stickToBottom) return;
+  const seq = s.msgs.length ? s.msgs[s.msgs.length - 1].seq : s.lastSeq;
+  if (s.unread !== 0) {
+    s.unread = 0;
+    refreshListItem(s);
+  }
+  if (seq > (s.info.read_seq || 0)) {
+    // Coalesce a burst into one read frame.
+    clearTimeout(readTimer);
+    readTimer = setTimeout(() => {
+      if (seq > (s.info.read_seq || 0) && client.markRead(s.id, seq)) s.info.read_seq = seq;
+    }, 150);
+  }
+}
+document.addEventListener("visibilitychange", () => markSeen(openId && store(openId)));
+
+// --- typing -------------------------------------------------------------------
+
+function renderTyping() {
+  const s = openId && store(openId);
+  const now = Date.now();
+  const names = [];
+  if (s) {
+    for (const [id, t] of s.typing) {
+      if (t.until > now) names.push(t.username);
+      else s.typing.delete(id);
+    }
+  }
+  typingEl.textContent = names.length ? `${names.join(", ")} ${names.length > 1 ? "are" : "is"} typing…` : "";
+  typingEl.dataset.users = names.join(",");
+}
+setInterval(renderTyping, 1000);
+
+// --- client events --------------------------------------------------------------
+
+client.addEventListener("joined", (e) => upsertConversation(e.detail));
+
+client.addEventListener("left", (e) => {
+  const s = store(e.detail.conversation);
+  if (!s) return;
+  s.li.remove();
+  conversations.delete(s.id);
+  if (openId === s.id) {
+    openId = null;
+    titleEl.textContent = "Pick a conversation";
+    ackedEl.replaceChildren();
+    pendingEl.replaceChildren();
+    composer.disabled = true;
+    sendButton.disabled = true;
+  }
+});
+
+client.addEventListener("message", async (e) => {
+  const m = e.detail;
+  let s = store(m.conversation);
+  if (!s) {
+    // A conversation this page has not heard of yet (joined elsewhere, joined frame lost).
+    try {
+      s = upsertConversation(await api(`/api/conversations/${encodeURIComponent(m.conversation)}/`));
+    } catch {
+      return;
+    }
+  }
+  if (m.sender.id === me.id && m.client_id) s.pending.delete(m.client_id);
+  // Kept even before the history is loaded: loadLatest merges by seq.
+  insertMessage(s, m);
+  s.lastSeq = Math.max(s.lastSeq, m.seq);
+  if (!s.last || s.last.seq < m.seq) s.last = m;
+  s.typing.delete(m.sender.id);
+  const seen = openId === s.id && stickToBottom && document.visibilityState === "visible";
+  if (m.sender.id !== me.id && !seen && m.seq > (s.info.read_seq || 0)) s.unread += 1;
+  if (m.sender.id === me.id) s.info.read_seq = Math.max(s.info.read_seq || 0, m.seq);
+  refreshListItem(s);
+  bumpToTop(s);
+  if (openId === s.id) {
+    incoming.push(m);
+    render();
+  }
+});
+
+client.addEventListener("ack", (e) => {
+  const { id, conversation, seq } = e.detail;
+  const s = store(conversation);
+  const entry = s && s.pending.get(id);
+  if (!entry) return;
+  entry.state = "sent";
+  entry.seq = seq;
+  if (openId === s.id) renderPending();
+});
+
+client.addEventListener("send-failed", (e) => {
+  const { id, conversation, code, message } = e.detail;
+  const s = store(conversation);
+  const entry = s && s.pending.get(id);
+  if (!entry) return;
+  entry.state = "failed";
+  entry.error = message || code;
+  if (openId === s.id) {
+    renderPending();
+    composerError.textContent = `Not sent: ${entry.error}`;
+  }
+});
+
+client.addEventListener("receipt", (e) => {
+  const { conversation, user, seq } = e.detail;
+  const s = store(conversation);
+  if (!s || user.id === me.id) return;
+  s.readBy.set(user.id, { username: user.username, seq });
+  if (openId !== s.id) return;
+  for (const node of ackedEl.querySelectorAll(".msg.mine")) {
+    markRead(node, readers(s, Number(node.dataset.seq)));
+  }
+});
+
+client.addEventListener("typing", (e) => {
+  const { conversation, user } = e.detail;
+  const s = store(conversation);
+  if (!s || user.id === me.id) return;
+  s.typing.set(user.id, { username: user.username, until: Date.now() + TYPING_SHOW_MS });
+  if (openId === s.id) renderTyping();
+});
+
+client.addEventListener("presence", (e) => setPresence(e.detail.user.id, e.detail.status));
+
+client.addEventListener("synced", () => {
+  // Presence changes while we were away were not sent to us: ask again.
+  const ids = new Set();
+  for (const s of conversations.values()) for (const m of others(s.info)) ids.add(m.id);
+  queuePresence(ids);
+  const s = openId && store(openId);
+  if (s && !s.loaded && !s.loading) loadLatest(s);
+  if (!openId) {
+    const wanted = decodeURIComponent(location.hash.slice(1));
+    if (wanted && store(wanted)) openConversation(wanted);
+  }
+});
+
+new Banner(client, {
+  root: document.getElementById("banner"),
+  text: document.getElementById("banner-text"),
+  retry: document.getElementById("banner-retry"),
+});
+
+// --- composer and new conversations ----------------------------------------------
+
+let lastTypingSent = 0;
+composer.addEventListener("input", () => {
+  const now = Date.now();
+  if (openId && composer.value && now - lastTypingSent > TYPING_SEND_EVERY_MS) {
+    lastTypingSent = now;
+    client.typing(openId);
+  }
+});
+composer.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    submit();
+  }
+});
+document.getElementById("composer-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  submit();
+});
+
+function submit() {
+  const s = openId && store(openId);
+  const body = composer.value;
+  if (!s || !body.trim()) return;
+  const max = client.conn.welcome ? client.conn.welcome.limits.max_body_chars : 4000;
+  if ([...body].length > max) {
+    composerError.textContent = `Too long: at most ${max} characters.`;
+    return;
+  }
+  composerError.textContent = "";
+  const id = client.send(s.id, body);
+  s.pending.set(id, { id, body, state: "pending", seq: null });
+  composer.value = "";
+  lastTypingSent = 0;
+  stickToBottom = true;
+  if (!s.atTail) resetWindow(s);
+  renderPending();
+  scrollToBottom();
+}
+
+const newForm = document.getElementById("new-conversation-form");
+const newError = document.getElementById("new-conversation-error");
+newForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  newError.textContent = "";
+  const names = newForm.usernames.value.split(",").map((n) => n.trim()).filter(Boolean);
+  const groupTitle = newForm.title.value.trim();
+  if (!names.length) return;
+  try {
+    const found = await api(`/api/users/?username=${encodeURIComponent(names.join(","))}`);
+    const byName = new Map(found.users.map((u) => [u.username.toLowerCase(), u]));
+    const missing = names.filter((n) => !byName.has(n.toLowerCase()));
+    if (missing.length) {
+      newError.textContent = `No such user: ${missing.join(", ")}`;
+      return;
+    }
+    const ids = [...new Set(found.users.map((u) => u.id))].filter((id) => id !== me.id);
+    const direct = ids.length === 1 && !groupTitle;
+    const body = direct
+      ? { kind: "direct", members: ids }
+      : { kind: "group", title: groupTitle || [me.username, ...names].join(", ").slice(0, 200), members: ids };
+    const c = await api("/api/conversations/", { method: "POST", body });
+    upsertConversation(c);
+    client.follow(c.id, c.last_seq);
+    newForm.reset();
+    openConversation(c.id);
+  } catch (error) {
+    newError.textContent = error.message;
+  }
+});
+
+client.connect();
