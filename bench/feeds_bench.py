@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -81,6 +82,32 @@ def redis_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def bench_tokens(env: dict[str, str], users: int) -> list[str]:
+    """`users` users, each with an API token (the first through `manage.py issue_token`)."""
+    from tests.live import manage
+
+    names = [BENCH_USER] + [f"{BENCH_USER}-{i}" for i in range(1, users)]
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from accounts.models import User\n"
+        f"User.objects.bulk_create([User(username=n, password='!') for n in {names!r}])",
+    )
+    tokens = [manage(env, "issue_token", BENCH_USER, "--name", "feeds-bench").stdout.strip()]
+    if users > 1:
+        script = (
+            "import json\n"
+            "from accounts import credentials\n"
+            "from accounts.models import User\n"
+            f"users = User.objects.filter(username__in={names[1:]!r}).order_by('id')\n"
+            "print(json.dumps([credentials.issue_token(u, name='feeds-bench')[1] for u in users]))"
+        )
+        tokens += json.loads(manage(env, "shell", "-c", script).stdout.strip().splitlines()[-1])
+    assert len(tokens) == users and all(tokens), "could not issue the benchmark tokens"
+    return tokens
+
+
 # --------------------------------------------------------------------- the node
 
 
@@ -122,7 +149,7 @@ class BenchNode:
             cmd += ["--websocket_timeout", "-1", "project.asgi:application"]
         else:
             cmd = [sys.executable, "-m", "uvicorn", "project.asgi:application"]
-            cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets"]
+            cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
             cmd += ["--lifespan", "off", "--no-access-log", "--log-level", "warning"]
         self.log_path = self.logs / f"{name}.log"
         with open(self.log_path, "ab") as out:
@@ -182,10 +209,15 @@ class Workers:
         for pipe, message in zip(self.pipes, messages, strict=True):
             pipe.send(message)
         answers = []
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        next_note = started + 15
         for pipe in self.pipes:
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise RuntimeError(f"load generator did not answer {messages[0][0]!r} in time")
+            while not pipe.poll(max(0.0, min(deadline, next_note) - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"load generator did not answer {messages[0][0]!r} in time")
+                log(f"  … still waiting for {messages[0][0]} ({time.monotonic() - started:.0f} s)")
+                next_note += 15
             answers.append(pipe.recv()[1])
         return answers
 
@@ -195,11 +227,13 @@ class Workers:
     def connect(self, params: dict[str, Any], total: int, sample: int, inflight: int) -> dict:
         k = len(self.pipes)
         messages = []
+        first = 0
         for i in range(k):
             count = total // k + (1 if i < total % k else 0)
             share = sample // k + (1 if i < sample % k else 0)
-            p = dict(params, count=count, sample=share, inflight=max(1, inflight // k))
+            p = dict(params, count=count, sample=share, inflight=max(1, inflight // k), first=first)
             messages.append(("connect", p))
+            first += count
         answers = self.ask(messages, 600)
         return {
             "ok": sum(a["ok"] for a in answers),
@@ -381,6 +415,7 @@ def fanout(
         "server_cpu_pct": round(100 * server_cpu / wall, 1),
         "redis_cpu_s": round(r_cpu, 2),
         "loadgen_cpu_pct": [round(100 * r["cpu"] / r["wall"], 1) for r in results],
+        "loadgen_cpu_s": [round(r["cpu"], 2) for r in results],
         "publisher_cpu_pct": round(100 * done["cpu"] / pub_span, 1) if pub_span else None,
         "publish_call_p50_ms": done["call_p50_ms"] and round(done["call_p50_ms"], 2),
         "publisher_errors": done["errors"],
@@ -388,12 +423,12 @@ def fanout(
 
 
 def idle(
-    target: str, node: BenchNode, workers: Workers, token: str, args: argparse.Namespace
+    target: str, node: BenchNode, workers: Workers, tokens: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
     params = {
         "host": "127.0.0.1",
         "port": node.port,
-        "token": token,
+        "tokens": tokens,
         "path": PLAIN_PATH if target == "plain" else STREAM_PATH,
         "kind": target,
         "subscribe": False,
@@ -416,6 +451,7 @@ def idle(
         "scenario": "idle",
         "server": args.server,
         "connections": ok,
+        "users": args.users,
         "failed": opened["failed"],
         "seconds_to_all_ready": round(opened["seconds"], 2),
         "accepted_per_s": round(ok / opened["seconds"]) if opened["seconds"] else None,
@@ -505,6 +541,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip)")
     parser.add_argument("--inflight", type=int, default=200, help="handshakes in flight")
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--users", type=int, default=1, help="users (one token each) the sockets are spread over"
+    )
     parser.add_argument("--sample", type=int, default=50, help="subscribers that decode JSON")
     parser.add_argument("--quiet", type=float, default=3, help="drain: s without progress")
     parser.add_argument(
@@ -531,11 +570,13 @@ def main() -> None:
     need = max(args.subscribers, args.idle) + 200
     if nofile < need:
         sys.exit(f"open-files limit {nofile} < {need}: raise the hard limit (ulimit -Hn)")
+    if args.server == "uvicorn" and importlib.util.find_spec("uvicorn") is None:
+        sys.exit("--server uvicorn: uvicorn is not installed (pip install 'uvicorn[standard]')")
     targets = ["plain", "tether"] if args.target == "both" else [args.target]
     scenarios = set(args.scenarios.split(","))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from tests.live import Stack, manage
+    from tests.live import Stack
 
     logs = Path(tempfile.mkdtemp(prefix="tether-feeds-bench-"))
     log(f"logs in {logs}; fresh database {args.db}, flushing {args.redis}")
@@ -544,13 +585,8 @@ def main() -> None:
     stack = Stack("production", database_url, args.redis)
     stack.migrate()
     env = stack.env(LOG_LEVEL="WARNING")
-    manage(
-        env,
-        "shell",
-        "-c",
-        f"from accounts.models import User; User.objects.create_user({BENCH_USER!r})",
-    )
-    token = manage(env, "issue_token", BENCH_USER, "--name", "feeds-bench").stdout.strip()
+    tokens = bench_tokens(env, args.users)
+    token = tokens[0]
     settings = {
         "TETHER_BENCH_PLAIN": "1",
         "LOG_LEVEL": "WARNING",
@@ -599,7 +635,7 @@ def main() -> None:
                 params = {
                     "host": "127.0.0.1",
                     "port": current.port,
-                    "token": token,
+                    "tokens": tokens,
                     "path": PLAIN_PATH if target == "plain" else STREAM_PATH,
                     "kind": target,
                     "subscribe": target == "tether",
@@ -624,7 +660,7 @@ def main() -> None:
                 workers.all(("close", None), 120)
             if "idle" in scenarios and args.idle:
                 current = fresh_node(f"{target}-idle")
-                row = idle(target, current, workers, token, args)
+                row = idle(target, current, workers, tokens, args)
                 emit(row)
                 log(
                     f"{target} idle: {row['connections']} in {row['seconds_to_all_ready']} s, "

@@ -72,9 +72,10 @@ def percentile(values: list[float], q: float) -> float:
 class Subscriber(asyncio.Protocol):
     """One socket. `ready` resolves when it is open (and subscribed, for Tether)."""
 
-    def __init__(self, gen: SubscriberPool, sampled: bool) -> None:
+    def __init__(self, gen: SubscriberPool, sampled: bool, token: str) -> None:
         self.gen = gen
         self.sampled = sampled
+        self.token = token
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.handshaken = False
@@ -104,7 +105,7 @@ class Subscriber(asyncio.Protocol):
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {self.key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {gen.token}\r\n"
+            f"Authorization: Bearer {self.token}\r\n"
             "\r\n"
         ).encode()
         transport.write(request)  # type: ignore[attr-defined]
@@ -269,7 +270,7 @@ class SubscriberPool:
         self.loop = loop
         self.subs: list[Subscriber] = []
         self.closing = False
-        self.host, self.port, self.path, self.token = "127.0.0.1", 0, "/", ""
+        self.host, self.port, self.path = "127.0.0.1", 0, "/"
         self.kind, self.topic, self.subscribe = "plain", "", False
         self.feedback: asyncio.Task | None = None
         self.reset()
@@ -289,15 +290,16 @@ class SubscriberPool:
 
     async def connect(self, p: dict[str, Any]) -> dict[str, Any]:
         self.closing = False
-        self.host, self.port, self.path, self.token = p["host"], p["port"], p["path"], p["token"]
+        self.host, self.port, self.path = p["host"], p["port"], p["path"]
+        tokens = p["tokens"]
         self.kind, self.topic, self.subscribe = p["kind"], p.get("topic", ""), p["subscribe"]
         gate = asyncio.Semaphore(p["inflight"])
         failures: Counter[str] = Counter()
         cpu0, t0 = time.process_time(), time.time()
 
-        async def one(sampled: bool) -> None:
+        async def one(i: int, sampled: bool) -> None:
             async with gate:
-                sub = Subscriber(self, sampled)
+                sub = Subscriber(self, sampled, tokens[(p["first"] + i) % len(tokens)])
                 try:
                     await self.loop.create_connection(lambda: sub, self.host, self.port)
                     await asyncio.wait_for(sub.ready, p.get("timeout", 60))
@@ -309,7 +311,7 @@ class SubscriberPool:
                 self.subs.append(sub)
 
         count, sample = p["count"], p.get("sample", 0)
-        await asyncio.gather(*(one(i < sample) for i in range(count)))
+        await asyncio.gather(*(one(i, i < sample) for i in range(count)))
         return {
             "ok": len(self.subs),
             "failed": dict(failures),
@@ -319,7 +321,7 @@ class SubscriberPool:
         }
 
     async def report_slowest(self, port: int) -> None:
-        """Closed loop: tell the publisher the slowest subscriber's count every 5 ms."""
+        """Closed loop: tell the publisher the slowest subscriber's count every 2 ms."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         wid = os.getpid()
@@ -328,7 +330,7 @@ class SubscriberPool:
                 slowest = min((s.count for s in self.subs), default=0)
                 with contextlib.suppress(OSError):
                     sock.sendto(f"{wid} {slowest}".encode(), ("127.0.0.1", port))
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.002)
         finally:
             sock.close()
 
