@@ -1,7 +1,9 @@
 # Tether: `make run` serves the demo, `make test` runs the whole suite.
 HOST ?= 127.0.0.1
 PORT ?= 8000
-export HOST PORT
+# The demo's topic feed: a price tick every second on the feeds page.
+DEMO_FEED ?= prices:DEMO
+export HOST PORT DEMO_FEED
 PY := .venv/bin/python
 
 .PHONY: run test lint format venv migrate seed config-table clean

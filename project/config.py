@@ -114,6 +114,56 @@ def parse_log_format(raw: str) -> str:
     return value
 
 
+TOPIC_ACCESS = ("open", "own", "staff")
+NAMESPACE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+DEFAULT_TOPIC_NAMESPACES: dict[str, dict[str, Any]] = {
+    "prices": {"history_size": 1000, "history_ttl": 3600, "access": "open"},
+    "user": {"history_size": 100, "history_ttl": 86400, "access": "own"},
+    "ops": {"history_size": 1000, "history_ttl": 3600, "access": "staff"},
+}
+
+
+def parse_topic_namespaces(raw: str) -> dict[str, dict[str, Any]]:
+    """`{"name": {"history_size": N, "history_ttl": seconds, "access": open|own|staff}}`."""
+    import json
+
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"expected a JSON object ({exc})") from None
+    if not isinstance(value, dict) or not value:
+        raise ValueError('expected a non-empty JSON object like {"prices": {"access": "open"}}')
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in value.items():
+        if not NAMESPACE_RE.match(name):
+            raise ValueError(f"namespace {name!r} must match [a-z0-9_-]{{1,32}}")
+        if not isinstance(spec, dict):
+            raise ValueError(f"namespace {name!r}: expected an object")
+        unknown = set(spec) - {"history_size", "history_ttl", "access"}
+        if unknown:
+            raise ValueError(f"namespace {name!r}: unknown keys {sorted(unknown)}")
+        size = spec.get("history_size", 100)
+        ttl = spec.get("history_ttl", 3600)
+        access = spec.get("access", "open")
+        for key, number, low in (("history_size", size, 0), ("history_ttl", ttl, 1)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < low:
+                raise ValueError(f"namespace {name!r}: {key} must be an integer >= {low}")
+        if access not in TOPIC_ACCESS:
+            raise ValueError(f"namespace {name!r}: access must be one of {', '.join(TOPIC_ACCESS)}")
+        out[name] = {"history_size": size, "history_ttl": ttl, "access": access}
+    return out
+
+
+TOPIC_RE = re.compile(r"^[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}$")
+
+
+def parse_topic(raw: str) -> str:
+    value = raw.strip()
+    if value and not TOPIC_RE.match(value):
+        raise ValueError(f"{value!r} is not a topic name like prices:DEMO")
+    return value
+
+
 def normalize_origin(origin: str) -> str:
     """`scheme://host:port` with the default port made explicit, lower-cased."""
     parts = urlsplit(origin.strip())
@@ -244,6 +294,22 @@ DECLARATIONS: tuple[Setting, ...] = (
         20,
         "sockets per user, cluster-wide (4503 beyond)",
         minimum=1,
+    ),
+    Setting(
+        "TOPIC_NAMESPACES",
+        parse_topic_namespaces,
+        DEFAULT_TOPIC_NAMESPACES,
+        "topic namespaces as JSON: `{name: {history_size, history_ttl (s), access}}`, access "
+        "`open` (any user), `own` (`user:<id>` for that user) or `staff`",
+        default_doc="`prices` open, `user` own (100, 1 day), `ops` staff; `prices`/`ops` keep "
+        "1000 for 1 h",
+    ),
+    Setting(
+        "DEMO_FEED",
+        parse_topic,
+        "",
+        "a topic this node publishes a demo price tick to every second (`make run` sets "
+        "`prices:DEMO`); empty: off",
     ),
     Setting("MAX_SUBSCRIPTIONS_PER_CLIENT", parse_int, 100, "topics per connection", minimum=1),
     Setting(

@@ -7,6 +7,7 @@ from monitoring import admin_api
 from monitoring import views as monitoring_views
 from project import pages
 from realtime import api as chat_api
+from realtime import topic_api
 
 handler400 = "project.api_errors.bad_request_view"
 handler403 = "project.api_errors.permission_denied"
@@ -27,6 +28,8 @@ api_patterns = [
         chat_api.MemberDetailView.as_view(),
     ),
     path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
+    path("topics/<str:topic>/publish/", topic_api.PublishView.as_view()),
+    path("topics/<str:topic>/history/", topic_api.HistoryView.as_view()),
     path("admin/config/", admin_api.ConfigView.as_view()),
     path("admin/connections/", admin_api.ConnectionsView.as_view()),
     path("admin/connections/cleanup/", admin_api.CleanupView.as_view()),

@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime import chat_handlers, conversations, delivery, fanout, registry
+from realtime import chat_handlers, conversations, delivery, fanout, registry, stream_handlers
 from realtime.connection import Connection
 from realtime.origin import header
 from realtime.protocol import (
@@ -432,7 +432,10 @@ class ChatConsumer(TetherConsumer):
 
 
 class StreamConsumer(TetherConsumer):
-    """`/ws/stream/`: topic subscriptions (topics arrive with the feeds issue)."""
+    """`/ws/stream/`: topic subscriptions (PROTOCOL 7)."""
 
     endpoint = "stream"
-    handlers = dict(BASE_HANDLERS)
+    handlers = {**BASE_HANDLERS, **stream_handlers.STREAM_HANDLERS}
+
+    async def on_leave(self) -> None:
+        await stream_handlers.unsubscribe_all(self)

@@ -31,7 +31,8 @@ class StreamState:
     filler: asyncio.Task[None] | None = None
 
 
-def _state(conn: Connection, key: str) -> StreamState:
+def stream_state(conn: Connection, key: str) -> StreamState:
+    """The socket's per-stream lock and pending arrivals (created on first use)."""
     state = conn.streams.get(key)
     if state is None:
         state = conn.streams[key] = StreamState()
@@ -70,16 +71,30 @@ def forget(conn: Connection, key: str) -> None:
     conn.streams.pop(key, None)
 
 
-async def _send_next(conn: Connection, key: str, items: list[tuple[int, str]]) -> None:
-    """Send, in order, each item that is exactly the next position."""
+async def _send_next(
+    conn: Connection, key: str, items: list[tuple[int, str]], lossy: bool = False
+) -> None:
+    """Send, in order, each item that is exactly the next position.
+
+    A `lossy` stream (topic history is capped and expires) sends what it has in
+    order and skips what the store no longer holds, instead of waiting for it.
+    """
     for position, text in items:
-        if position == conn.cursors.get(key, position) + 1:
+        cursor = conn.cursors.get(key)
+        if cursor is None:
+            return
+        if position == cursor + 1 or (lossy and position > cursor):
             conn.cursors[key] = position
             await conn.send_text(text)
 
 
 async def deliver(
-    conn: Connection, key: str, position: int, text: str, read_range: RangeReader
+    conn: Connection,
+    key: str,
+    position: int,
+    text: str,
+    read_range: RangeReader,
+    lossy: bool = False,
 ) -> None:
     """Deliver one live frame at `position` of stream `key` to `conn`, in order, once.
 
@@ -89,7 +104,7 @@ async def deliver(
     cursor = conn.cursors.get(key)
     if cursor is None or conn.closing or position <= cursor:
         return
-    state = _state(conn, key)
+    state = stream_state(conn, key)
     busy = state.lock.locked() or (state.filler is not None and not state.filler.done())
     if position == cursor + 1 and not busy and not state.pending and not conn.holding:
         conn.cursors[key] = position
@@ -97,14 +112,18 @@ async def deliver(
         return
     state.pending.append((position, text))
     if not busy and not conn.holding:
-        state.filler = asyncio.ensure_future(catch_up(conn, key, read_range))
+        state.filler = asyncio.ensure_future(catch_up(conn, key, read_range, lossy=lossy))
 
 
 async def catch_up(
-    conn: Connection, key: str, read_range: RangeReader, head: int | None = None
+    conn: Connection,
+    key: str,
+    read_range: RangeReader,
+    head: int | None = None,
+    lossy: bool = False,
 ) -> None:
     """Fill the gap up to the pending arrivals (or `head`) from the store, then send them."""
-    state = _state(conn, key)
+    state = stream_state(conn, key)
     if state.lock.locked():
         return  # the running fill picks everything up
     async with state.lock:
@@ -120,7 +139,7 @@ async def catch_up(
                 # The store has every committed message: read the whole gap (what
                 # arrived is in it too, and may itself have holes).
                 stored = dict(await read_range(key, cursor, target))
-                await _send_next(conn, key, sorted({**arrived, **stored}.items()))
+                await _send_next(conn, key, sorted({**arrived, **stored}.items()), lossy)
                 now_at = conn.cursors.get(key)
                 if now_at is None:
                     break  # left the conversation meanwhile
@@ -149,7 +168,7 @@ async def replay(
     cursor moves to `head` so live frames continue, and the client pages the
     rest with `history` (PROTOCOL 6, `complete: false`).
     """
-    state = _state(conn, key)
+    state = stream_state(conn, key)
     async with state.lock:
         # Live frames may have moved the cursor past the head read before the lock.
         head = max(head, conn.cursors.get(key, head))

@@ -92,6 +92,11 @@ async def remove_connection(connection_id: str) -> bool:
     return deleted > 0
 
 
+async def set_subscriptions(connection_id: str, topics: list[str]) -> None:
+    """Record the topics a socket receives (admin views, stats)."""
+    await LiveConnection.objects.filter(id=connection_id).aupdate(subscriptions=topics)
+
+
 async def count_user_connections(user_id: int) -> int:
     """Open sockets of a user across the cluster."""
     return await LiveConnection.objects.filter(user_id=user_id).acount()

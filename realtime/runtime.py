@@ -17,8 +17,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from accounts import credentials
-from realtime import fanout, registry
+from realtime import fanout, registry, topic_fanout
 from realtime.connection import Connection
+from realtime.demo_feed import run_demo_feed
 from realtime.hub import Hub
 from realtime.protocol import Close, now_ms
 
@@ -66,6 +67,7 @@ class NodeRuntime:
             self.hub = Hub()
             await self.hub.start()
             fanout.install(self.hub, lambda: list(self.connections.values()))
+            topic_fanout.install(self.hub)
             self.node_id = node.id
             for user_id in stale_users:  # their sockets died with our previous run
                 await fanout.announce_presence(user_id)
@@ -73,6 +75,10 @@ class NodeRuntime:
                 loop.create_task(self._sweep_forever(), name="tether-sweeper"),
                 loop.create_task(self._maintain_forever(), name="tether-maintenance"),
             ]
+            if settings.DEMO_FEED:
+                self._tasks.append(
+                    loop.create_task(run_demo_feed(settings.DEMO_FEED), name="tether-demo-feed")
+                )
             self._hook_daphne_shutdown()
             log.info("node %s started", self.name)
 
@@ -208,6 +214,7 @@ class NodeRuntime:
         for user_id in reaped.user_ids:
             await fanout.announce_presence(user_id)
         await fanout.check_heads(self.hub)
+        await topic_fanout.check_heads(self.hub)
         # Used and expired tickets are worthless; keep the table small.
         await sync_to_async(credentials.purge_tickets)()
         cutoff = time.monotonic() - 5

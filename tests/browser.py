@@ -6,9 +6,10 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from tests.live import DaphneNode, http
+from tests.live import DaphneNode, http, manage
 from tests.services import require_or_skip
 
 CHROMIUM = os.environ.get("TETHER_CHROMIUM", "/usr/bin/chromium")
@@ -167,3 +168,130 @@ class Tab:
             arg=expected,
             timeout=timeout,
         )
+
+
+SEED_CODE = """
+import secrets, time
+from django.db import transaction
+from realtime.models import Conversation, Message
+cid, senders, count = {cid!r}, {senders!r}, {count}
+with transaction.atomic():
+    conversation = Conversation.objects.select_for_update().get(id=cid)
+    start, now = conversation.last_seq, int(time.time() * 1000)
+    Message.objects.bulk_create(
+        [
+            Message(
+                id="m_" + secrets.token_hex(10),
+                conversation_id=cid,
+                seq=start + i,
+                sender_id=senders[i % len(senders)],
+                client_id="seed-" + secrets.token_hex(12),
+                body=f"message {{start + i}}",
+                ts=now + i,
+            )
+            for i in range(1, count + 1)
+        ],
+        batch_size=1000,
+    )
+    Conversation.objects.filter(id=cid).update(last_seq=start + count)
+"""
+
+
+def seed_messages(node: DaphneNode, cid: str, senders: list[int], count: int) -> None:
+    """Store `count` messages ("message <seq>") straight into the database, as a long history.
+
+    Sending 10,000 messages through the socket would take minutes under the rate
+    limit; the pages only need them to exist. Conversations followed by a live
+    socket get them through the node's periodic head check, as after a lost fan-out.
+    """
+    code = SEED_CODE.format(cid=cid, senders=senders, count=count)
+    manage(node.stack.env(), "shell", "-c", code)
+
+
+def create_conversation(node: DaphneNode, owner: User, other: User) -> str:
+    status, body, _ = http(
+        "POST",
+        node.url + "/api/conversations/",
+        {"kind": "direct", "members": [other.id]},
+        {"Authorization": f"Bearer {owner.token}"},
+    )
+    assert status in (200, 201), body
+    return body["id"]
+
+
+def take_screenshots(out_dir: Path) -> list[Path]:
+    """Start a throwaway node, stage a short chat and a feed, and save PNGs of both pages."""
+    import tempfile
+
+    from tests.live import STAFF_PASSWORD, Stack
+
+    work = Path(tempfile.mkdtemp(prefix="tether-shots-"))
+    node = DaphneNode(
+        stack=Stack("embedded", f"sqlite:///{work}/tether.sqlite3"), name="demo", log_dir=work
+    ).start()
+    shots: list[Path] = []
+    try:
+        alice, bob = make_user(node, "alice"), make_user(node, "bob")
+        make_user(node, "carol")
+        gen = launch_chromium()
+        browser = next(gen)
+        try:
+            a, b = Tab(browser, node), Tab(browser, node)
+            a.login(alice)
+            b.login(bob)
+            cid = a.start_conversation("bob")
+            a.send("Hi Bob! The deploy is done.")
+            b.conversation(cid).wait_for()
+            b.open(cid)
+            b.send("Great, thanks.\nI'll check the dashboards.")
+            a.send("<b>tags</b> show as text, always")
+            a.wait_bodies(
+                [
+                    "Hi Bob! The deploy is done.",
+                    "Great, thanks.\nI'll check the dashboards.",
+                    "<b>tags</b> show as text, always",
+                ]
+            )
+            a.start_conversation("bob, carol")
+            a.open(cid)
+            b.by_id("composer").press_sequentially("on it, checking now", delay=250)
+            a.page.wait_for_function(
+                "() => document.querySelector('[data-testid=typing]').textContent"
+            )
+            shots.append(out_dir / "screenshot-chat.png")
+            a.page.screenshot(path=str(shots[-1]))
+
+            staff = "ops"
+            node.create_superuser(staff)
+            token = staff_token(node, staff, STAFF_PASSWORD)
+            f = Tab(browser, node)
+            f.login(alice, "/feeds/")
+            for topic in ("prices:ETH-USD", "prices:BTC-USD"):
+                f.by_id("topic-input").fill(topic)
+                f.by_id("topic-input").press("Enter")
+                f.page.wait_for_selector(f'[data-topic="{topic}"] [data-testid="recovered"]')
+                for i in range(4):
+                    http(
+                        "POST",
+                        f"{node.url}/api/topics/{topic}/publish/",
+                        {"data": {"bid": 100 + i * 0.5, "ask": 100.25 + i * 0.5}},
+                        {"Authorization": f"Bearer {token}"},
+                    )
+                f.page.wait_for_selector(
+                    f'[data-topic="{topic}"] [data-testid="publication"][data-offset="4"]'
+                )
+            shots.append(out_dir / "screenshot-feeds.png")
+            f.page.screenshot(path=str(shots[-1]))
+        finally:
+            browser.close()
+    finally:
+        node.stop()
+    return shots
+
+
+if __name__ == "__main__":
+    # .venv/bin/python -m tests.browser docs/  (refreshes the README's screenshots)
+    import sys
+
+    for path in take_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs")):
+        print(path)

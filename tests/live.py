@@ -38,12 +38,15 @@ def node_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def manage(
+    env: dict[str, str], *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     """Run `manage.py ARGS` against a node's database."""
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -227,6 +230,17 @@ class DaphneNode:
             "createsuperuser",
             "--noinput",
         )
+
+    def staff_token(self, username: str) -> str:
+        """A new superuser's API token."""
+        self.create_superuser(username)
+        status, body, _ = http(
+            "POST",
+            self.url + "/api/auth/token/",
+            {"username": username, "password": STAFF_PASSWORD},
+        )
+        assert status == 200, body
+        return body["token"]
 
     def ticket(self, token: str) -> str:
         status, body, _ = http(

@@ -5,18 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import unique
-from tests.live import STAFF_PASSWORD, DaphneNode, http
+from tests.live import DaphneNode, http
 from tests.wsclient import WsClient
 
 
 def staff_token(node: DaphneNode) -> str:
-    name = unique("ops")
-    node.create_superuser(name)
-    status, body, _ = http(
-        "POST", node.url + "/api/auth/token/", {"username": name, "password": STAFF_PASSWORD}
-    )
-    assert status == 200, body
-    return body["token"]
+    return node.staff_token(unique("ops"))
 
 
 def api(node: DaphneNode, token: str, method: str, path: str) -> tuple[int, object]:

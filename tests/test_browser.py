@@ -13,10 +13,21 @@ from typing import Any
 
 import pytest
 
-from tests.browser import RECONNECT_MS, Tab, User, launch_chromium, make_user, staff_token
+from tests.browser import (
+    RECONNECT_MS,
+    Tab,
+    User,
+    create_conversation,
+    launch_chromium,
+    make_user,
+    seed_messages,
+    staff_token,
+)
 from tests.live import STAFF_PASSWORD, DaphneNode, Stack, http
 
 pytestmark = pytest.mark.timeout(150)
+# static/tether/chat.js keeps at most this many messages in the DOM.
+MAX_DOM_MESSAGES = 240
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +297,80 @@ def test_feeds_page_shows_publications_with_offsets_and_recovery(
         )
     ]
     assert sorted(shown) == sorted(offsets + missed) and len(set(shown)) == len(shown), shown
+
+
+def test_long_conversation_scrolls_with_a_bounded_dom(
+    web: DaphneNode, tab: Callable[[], Tab]
+) -> None:
+    alice, bob = make_user(web, name("alice")), make_user(web, name("bob"))
+    cid = create_conversation(web, alice, bob)
+    seed_messages(web, cid, [alice.id, bob.id], 10_000)
+    b = tab()
+    b.login(bob)
+    b.conversation(cid).wait_for()
+    b.open(cid)
+    b.page.wait_for_selector('[data-testid="message"][data-seq="10000"]')
+
+    def shown() -> tuple[int, int, int]:
+        return tuple(
+            b.page.eval_on_selector_all(
+                '[data-testid="message-list"] [data-testid="message"]',
+                "els => [els.length, Number(els[0].dataset.seq), "
+                "Number(els[els.length - 1].dataset.seq)]",
+            )
+        )
+
+    count, first, _ = shown()
+    assert count <= MAX_DOM_MESSAGES
+    # Scroll up in steps of a wheel notch per frame for a while, measuring frame
+    # times; older pages come from memory or the server and the DOM stays bounded.
+    frames = b.page.evaluate(
+        """async () => {
+            const list = document.querySelector('[data-testid="message-list"]');
+            const gaps = [];
+            let last = performance.now();
+            for (let i = 0; i < 240; i++) {
+                list.scrollTop -= 150;
+                await new Promise(requestAnimationFrame);
+                const now = performance.now();
+                gaps.push(now - last);
+                last = now;
+            }
+            return gaps;
+        }"""
+    )
+    count, first_after, last_after = shown()
+    assert count <= MAX_DOM_MESSAGES, count
+    assert first_after < first - 200, (first, first_after)
+    assert last_after - first_after + 1 == count  # contiguous, no holes or repeats
+    frames.sort()
+    # Generous bounds for a small shared machine: they catch a page that lays out
+    # thousands of nodes per frame, not a slow one.
+    assert frames[len(frames) // 2] < 50, frames
+    assert frames[int(len(frames) * 0.95)] < 250, frames
+
+    # Back to the newest, then a burst of 300 that arrives while the page is open.
+    b.page.evaluate(
+        """async () => {
+            const list = document.querySelector('[data-testid="message-list"]');
+            for (let i = 0; i < 400; i++) {
+                list.scrollTop = list.scrollHeight;
+                await new Promise(requestAnimationFrame);
+                if (document.querySelector('[data-testid="message"][data-seq="10000"]')) return;
+            }
+        }"""
+    )
+    b.page.wait_for_selector('[data-testid="message"][data-seq="10000"]')
+    # At the very bottom the view follows new messages; scrolled up, it would stay put.
+    b.page.evaluate(
+        """async () => {
+            const list = document.querySelector('[data-testid="message-list"]');
+            list.scrollTop = list.scrollHeight;
+            await new Promise(requestAnimationFrame);
+            await new Promise(requestAnimationFrame);
+        }"""
+    )
+    seed_messages(web, cid, [alice.id], 300)
+    b.page.wait_for_selector('[data-testid="message"][data-seq="10300"]')
+    count, first, last = shown()
+    assert count <= MAX_DOM_MESSAGES and last == 10300 and last - first + 1 == count

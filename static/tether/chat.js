@@ -460,12 +460,16 @@ function flushIncoming() {
   if (s && fresh.length) {
     if (s.atTail) {
       const from = s.winLast === null ? 0 : indexOfSeq(s.msgs, s.winLast + 1);
-      const slice = s.msgs.slice(from);
+      // A reader scrolled up keeps their place: fill the DOM only up to its bound
+      // and leave the rest for scrolling down (or the jump button).
+      const room = stickToBottom ? s.msgs.length : MAX_DOM_MESSAGES - ackedEl.childElementCount;
+      const slice = s.msgs.slice(from, from + Math.max(0, room));
       ackedEl.append(...slice.map((m) => messageEl(s, m)));
       if (slice.length) {
         s.winLast = slice[slice.length - 1].seq;
         if (s.winFirst === null) s.winFirst = slice[0].seq;
       }
+      s.atTail = from + slice.length >= s.msgs.length;
       if (stickToBottom) {
         trimTop(s);
         scrollToBottom();
@@ -612,6 +616,9 @@ client.addEventListener("typing", (e) => {
 });
 
 client.addEventListener("presence", (e) => setPresence(e.detail.user.id, e.detail.status));
+// The server tells others about us, not us: our own dot follows our socket.
+client.addEventListener("welcome", () => setPresence(me.id, "online"));
+client.addEventListener("disconnect", () => setPresence(me.id, "offline"));
 
 client.addEventListener("synced", () => {
   // Presence changes while we were away were not sent to us: ask again.
@@ -666,7 +673,6 @@ function submit() {
   const id = client.send(s.id, body);
   s.pending.set(id, { id, body, state: "pending", seq: null });
   composer.value = "";
-  lastTypingSent = 0;
   stickToBottom = true;
   if (!s.atTail) resetWindow(s);
   renderPending();

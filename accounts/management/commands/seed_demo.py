@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from accounts.models import User
@@ -53,6 +54,9 @@ class Command(BaseCommand):
             self.stdout.write(f"  {name:6} password: {passwords[name]}")
         conversation = _demo_conversation()
         self.stdout.write(f"  conversation between alice and bob: {conversation}")
+        feed = settings.DEMO_FEED
+        if feed:
+            self.stdout.write(f"  topic feed: {feed} (a price tick every second, on /feeds/)")
 
 
 def _demo_conversation() -> str:

@@ -1,0 +1,58 @@
+"""REST for topics (PROTOCOL 9): publish, and read history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import ApiToken
+from realtime import topics
+from realtime.api import _body, _int_param
+from realtime.protocol import Code, TetherError, bad_request
+from realtime.topic_store import get_store
+
+
+def may_publish(request: Request) -> bool:
+    """Staff, or an API token issued with the publish right (`issue_token --publish`)."""
+    if isinstance(request.auth, ApiToken) and request.auth.can_publish:
+        return True
+    return bool(request.user.is_staff)
+
+
+class PublishView(APIView):
+    def post(self, request: Request, topic: str) -> Response:
+        if not may_publish(request):
+            raise TetherError(
+                Code.FORBIDDEN, "publishing needs a staff account or an API token with publish"
+            )
+        data = _body(request)
+        if "data" not in data:
+            raise bad_request("data", "is required")
+        return Response(topics.publish(topic, data["data"]), status=status.HTTP_201_CREATED)
+
+
+@async_to_sync
+async def _history(topic: str, ns: Any, since: int | None) -> dict[str, Any]:
+    store = get_store()
+    snap = await store.snapshot(topic, ns, None, None)
+    after = since if since is not None else max(0, snap.offset - ns.history_size)
+    epoch, entries = await store.read_range(topic, ns, after, snap.offset)
+    return {
+        "topic": topic,
+        "epoch": epoch or snap.epoch,
+        "offset": snap.offset,
+        "publications": [topics.publication(e) for e in entries],
+        # Addition to PROTOCOL 9: whether every publication after `since` is here.
+        "complete": len(entries) == max(0, snap.offset - after),
+    }
+
+
+class HistoryView(APIView):
+    def get(self, request: Request, topic: str) -> Response:
+        ns = topics.readable_namespace(request.user, topic)
+        return Response(_history(topic, ns, _int_param(request, "since")))
