@@ -309,7 +309,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         parse_topic,
         "",
         "a topic this node publishes a demo price tick to every second (`make run` sets "
-        "`prices:DEMO`); empty: off",
+        "`prices:DEMO`)",
+        default_doc="empty: off",
     ),
     Setting("MAX_SUBSCRIPTIONS_PER_CLIENT", parse_int, 100, "topics per connection", minimum=1),
     Setting(

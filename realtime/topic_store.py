@@ -143,18 +143,20 @@ class MemoryStore(TopicStore):
         self.topics.clear()
 
 
-# KEYS: meta hash {e: epoch, o: offset}, history stream (entry id = offset).
+# KEYS: meta hash {e: epoch, o: offset, r: offset when history last restarted},
+#       history stream (entry id = offset).
 # ARGV: mode, candidate epoch, meta ttl, then per mode:
 #   pub:  data, ts, history size, history ttl          → {offset, epoch}
 #   read: since (-1: none), since epoch ("": any), max → {offset, epoch, entries}
-# The history key gone while the offset says something was published means
-# history was lost: a new epoch, so no client trusts a recovery across it.
+# The history key gone while publications since the last restart should be in
+# it means history was lost: a new epoch, so no client trusts a recovery across it.
 _SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-if (not epoch) or (offset > 0 and redis.call('EXISTS', KEYS[2]) == 0) then
+local restarted = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+if (not epoch) or (offset > restarted and redis.call('EXISTS', KEYS[2]) == 0) then
   epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', offset)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', offset, 'r', offset)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 if ARGV[1] == 'pub' then
@@ -162,6 +164,8 @@ if ARGV[1] == 'pub' then
   if tonumber(ARGV[6]) > 0 then
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-0', 'd', ARGV[4], 't', ARGV[5])
     redis.call('EXPIRE', KEYS[2], ARGV[7])
+  else
+    redis.call('HSET', KEYS[1], 'r', offset)
   end
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   return {offset, epoch}

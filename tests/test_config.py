@@ -61,6 +61,12 @@ def test_environment_overrides_and_origins_follow_port() -> None:
         ({"DEBUG": "maybe"}, "DEBUG", "on/off"),
         ({"ALLOWED_ORIGINS": "*.example.com"}, "ALLOWED_ORIGINS", "origin"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "json"),
+        ({"TOPIC_NAMESPACES": "{nope"}, "TOPIC_NAMESPACES", "JSON object"),
+        ({"TOPIC_NAMESPACES": '{"A b": {}}'}, "TOPIC_NAMESPACES", "must match"),
+        ({"TOPIC_NAMESPACES": '{"p": {"access": "all"}}'}, "TOPIC_NAMESPACES", "open, own, staff"),
+        ({"TOPIC_NAMESPACES": '{"p": {"history_size": -1}}'}, "TOPIC_NAMESPACES", "history_size"),
+        ({"TOPIC_NAMESPACES": '{"p": {"ttl": 5}}'}, "TOPIC_NAMESPACES", "unknown keys"),
+        ({"DEMO_FEED": "no topic"}, "DEMO_FEED", "topic name"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict, name: str, fragment: str) -> None:
@@ -109,3 +115,11 @@ def test_redacted_hides_secrets_but_shows_sources() -> None:
         "default": "25",
         "meaning": config.BY_NAME["HEARTBEAT_INTERVAL"].meaning,
     }
+
+
+def test_topic_namespaces_fill_in_defaults() -> None:
+    loaded = config.load({"SECRET_KEY": "k", "TOPIC_NAMESPACES": '{"news": {"access": "staff"}}'})
+    assert loaded["TOPIC_NAMESPACES"] == {
+        "news": {"history_size": 100, "history_ttl": 3600, "access": "staff"}
+    }
+    assert config.load({"SECRET_KEY": "k"})["TOPIC_NAMESPACES"]["user"]["access"] == "own"

@@ -1,0 +1,73 @@
+"""Both topic stores behind one interface: offsets, capped history, lifetime, epochs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from realtime.topic_store import MemoryStore, Namespace, RedisStore, TopicStore
+
+NS = Namespace("prices", history_size=3, history_ttl=3600, access="open")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TopicStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    service = request.getfixturevalue("redis_service")
+    redis_store = RedisStore(service.url)
+    await redis_store.reset()
+    yield redis_store
+    await redis_store.reset()
+
+
+def now() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_offsets_history_and_recovery(store: TopicStore) -> None:
+    empty = await store.snapshot("prices:A", NS, None, None)
+    assert empty.offset == 0 and empty.entries is None
+    results = [await store.publish("prices:A", NS, f'{{"i":{i}}}', now()) for i in range(5)]
+    assert [r[0] for r in results] == [1, 2, 3, 4, 5]
+    assert {r[1] for r in results} == {empty.epoch}  # a subscriber before the first publication
+    snap = await store.snapshot("prices:A", NS, 3, empty.epoch)
+    assert snap.offset == 5 and [e[0] for e in snap.entries or []] == [4, 5]
+    assert snap.entries is not None and snap.entries[0][2] == '{"i":3}'
+    assert (await store.snapshot("prices:A", NS, 1, empty.epoch)).entries is None  # trimmed
+    assert (await store.snapshot("prices:A", NS, 4, "e-other")).entries is None
+    assert (await store.snapshot("prices:A", NS, 9, empty.epoch)).entries is None
+    assert (await store.snapshot("prices:A", NS, 5, empty.epoch)).entries == []
+    epoch, entries = await store.read_range("prices:A", NS, 2, 5)
+    assert epoch == empty.epoch and [e[0] for e in entries] == [3, 4, 5]
+    heads = await store.heads(["prices:A", "prices:never"])
+    assert heads == {"prices:A": (5, empty.epoch)}
+
+
+async def test_history_lifetime_counts_as_missing(store: TopicStore) -> None:
+    short = Namespace("prices", history_size=10, history_ttl=60, access="open")
+    first_offset, epoch = await store.publish("prices:T", short, "1", now() - 120_000)
+    await store.publish("prices:T", short, "2", now())
+    assert (await store.snapshot("prices:T", short, 0, epoch)).entries is None
+    assert [e[2] for e in (await store.snapshot("prices:T", short, 1, epoch)).entries or []] == [
+        "2"
+    ]
+    assert first_offset == 1
+
+
+async def test_redis_history_gone_means_a_new_epoch(redis_service) -> None:
+    store = RedisStore(redis_service.url)
+    await store.reset()
+    _, epoch = await store.publish("prices:X", NS, "1", now())
+    client = redis_service.client()
+    client.delete("tether:topic:{prices:X}:history")  # expired or evicted: history lost
+    snap = await store.snapshot("prices:X", NS, 1, epoch)
+    assert snap.epoch != epoch and snap.entries is None and snap.offset == 1
+    offset, after = await store.publish("prices:X", NS, "2", now())
+    assert (offset, after) == (2, snap.epoch)
+    redis_service.flushall()
+    offset, flushed = await store.publish("prices:X", NS, "3", now())
+    assert offset == 1 and flushed not in (epoch, snap.epoch)
