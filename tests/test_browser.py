@@ -231,7 +231,9 @@ def test_xss_body_renders_as_text_under_a_strict_csp(
         assert not re.search(r"\son[a-z]+\s*=", html), path
 
 
-def test_signup_logout_and_login_redirects(web: DaphneNode, tab: Callable[[], Tab]) -> None:
+def test_signup_logout_and_login_redirects_and_4401_stops(
+    web: DaphneNode, tab: Callable[[], Tab]
+) -> None:
     t = tab()
     username = name("carol")
     t.page.goto(web.url + "/feeds/")
@@ -244,8 +246,16 @@ def test_signup_logout_and_login_redirects(web: DaphneNode, tab: Callable[[], Ta
     t.wait_state("connected")
     t.page.goto(web.url + "/chat/")
     t.wait_state("connected")
+    # A second tab of the same session: logging out closes its socket with 4401,
+    # the one new ticket it tries is refused, and it stops and says so.
+    other = t.context.new_page()
+    other.goto(web.url + "/feeds/")
+    status = other.get_by_test_id("connection-status")
+    other.wait_for_selector('[data-testid="connection-status"][data-state="connected"]')
     t.by_id("logout").click()
     t.page.wait_for_url(re.compile(r"/accounts/login/"))
+    other.wait_for_selector('[data-testid="connection-status"][data-state="offline"]')
+    assert "log in" in status.inner_text().lower()
     t.page.goto(web.url + "/chat/")
     assert "/accounts/login/?next=/chat/" in t.page.url
 
