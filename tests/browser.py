@@ -295,3 +295,97 @@ if __name__ == "__main__":
 
     for path in take_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs")):
         print(path)
+
+
+class SilentProxy:
+    """A loopback TCP proxy (threads, for sync Playwright tests) that can go silent.
+
+    `mute()` swallows bytes both ways while every TCP connection stays open, as a
+    dead NAT entry does: no FIN, no RST, nothing. `unmute()` resets the
+    connections that went through the silence (their bytes are lost anyway) and
+    forwards again.
+    """
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target_port = 0
+        self.muted = threading.Event()
+        self.lock = threading.Lock()
+        self.pairs: list[tuple[Any, Any, bool]] = []
+        self.closed = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, target_port: int) -> SilentProxy:
+        import threading
+
+        self.target_port = target_port
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.pairs.append((client, upstream, self.muted.is_set()))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                if not self.muted.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def mute(self) -> None:
+        with self.lock:
+            self.muted.set()
+            self.pairs = [(c, u, True) for c, u, _ in self.pairs]
+
+    def unmute(self) -> None:
+        import socket
+        import struct
+
+        with self.lock:
+            stale = [(c, u) for c, u, hit in self.pairs if hit]
+            self.pairs = [(c, u, hit) for c, u, hit in self.pairs if not hit]
+            self.muted.clear()
+        for client, upstream in stale:
+            # SO_LINGER 0: reset, as a router that forgot the flow does. shutdown()
+            # first: close() alone would wait for the pump thread blocked in recv().
+            for s in (client, upstream):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        self.unmute()

@@ -15,6 +15,7 @@ import pytest
 
 from tests.browser import (
     RECONNECT_MS,
+    SilentProxy,
     Tab,
     User,
     create_conversation,
@@ -384,3 +385,51 @@ def test_long_conversation_scrolls_with_a_bounded_dom(
     b.page.wait_for_selector('[data-testid="message"][data-seq="10300"]')
     count, first, last = shown()
     assert count <= MAX_DOM_MESSAGES and last == 10300 and last - first + 1 == count
+
+
+def test_client_heartbeat_timeout_detects_a_silent_connection(
+    browser: Any, web: DaphneNode, make_node: Callable[..., DaphneNode]
+) -> None:
+    # The page goes through a proxy that can go silent; short heartbeats keep it quick.
+    proxy = SilentProxy()
+    node = make_node(
+        web.stack,
+        HEARTBEAT_INTERVAL="2",
+        PING_TIMEOUT="4",
+        ALLOWED_ORIGINS=proxy.url,
+    )
+    proxy.start(node.port)
+    try:
+        alice, bob = make_user(node, name("alice")), make_user(node, name("bob"))
+        cid = create_conversation(node, alice, bob)
+        t = Tab(browser, node)
+        t.node = _Via(proxy.url)
+        try:
+            t.login(bob)
+            t.open(cid)
+            proxy.mute()
+            # Nothing reaches the page, not even the server's 4408: only the
+            # client's own timeout (4 s of silence) can notice.
+            t.wait_state("reconnecting", timeout=12_000)
+            status, body, _ = http(
+                "POST",
+                f"{node.url}/api/conversations/{cid}/messages/",
+                {"id": "while-silent", "body": "sent during the silence"},
+                {"Authorization": f"Bearer {alice.token}"},
+            )
+            assert status == 201, body
+            proxy.unmute()
+            t.wait_state("connected", timeout=RECONNECT_MS)
+            t.wait_bodies(["sent during the silence"])
+            assert t.bodies() == ["sent during the silence"]
+        finally:
+            t.close()
+    finally:
+        proxy.close()
+
+
+class _Via:
+    """Stands in for a node in Tab: the same pages, reached through the proxy."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
