@@ -19,19 +19,24 @@ from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
 from accounts.ws_auth import WebSocketAuthMiddleware  # noqa: E402
 from project.daphne_compat import patch_daphne_close_codes  # noqa: E402
+from realtime.backpressure import RawSendMiddleware  # noqa: E402
 from realtime.origin import OriginCheckMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.runtime import NodeStartMiddleware  # noqa: E402
 
 patch_daphne_close_codes()
 
-application = NodeStartMiddleware(
-    ProtocolTypeRouter(
-        {
-            "http": django_asgi_app,
-            "websocket": OriginCheckMiddleware(
-                SessionMiddlewareStack(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
-            ),
-        }
+application = RawSendMiddleware(
+    NodeStartMiddleware(
+        ProtocolTypeRouter(
+            {
+                "http": django_asgi_app,
+                "websocket": OriginCheckMiddleware(
+                    SessionMiddlewareStack(
+                        WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))
+                    )
+                ),
+            }
+        )
     )
 )

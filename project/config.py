@@ -321,6 +321,20 @@ DECLARATIONS: tuple[Setting, ...] = (
         minimum=256,
         maximum=1048576,
     ),
+    Setting(
+        "OUTBOUND_MAX_FRAMES",
+        parse_int,
+        1000,
+        "frames a socket may have waiting while its client does not read (close 4509 beyond)",
+        minimum=1,
+    ),
+    Setting(
+        "OUTBOUND_MAX_BYTES",
+        parse_int,
+        1048576,
+        "bytes a socket may have waiting while its client does not read (close 4509 beyond)",
+        minimum=1024,
+    ),
     Setting("MAX_BODY_CHARS", parse_int, 4000, "longest message body", minimum=1),
     Setting(
         "RATE_LIMIT_PER_SECOND",

@@ -45,6 +45,7 @@ class Connection:
     # Delivery cursors: stream key → last position delivered on this socket.
     cursors: dict[str, int] = field(default_factory=dict, repr=False)
     streams: dict[str, Any] = field(default_factory=dict, repr=False)  # delivery.StreamState
+    outbound: Any = field(default=None, repr=False)  # backpressure.Outbound, under daphne
     # Topics: topic → epoch of what this socket was sent (None while subscribing).
     epochs: dict[str, str | None] = field(default_factory=dict, repr=False)
 

@@ -17,7 +17,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime import chat_handlers, conversations, delivery, fanout, registry, stream_handlers
+from realtime import (
+    backpressure,
+    chat_handlers,
+    conversations,
+    delivery,
+    fanout,
+    registry,
+    stream_handlers,
+)
 from realtime.connection import Connection
 from realtime.origin import header
 from realtime.protocol import (
@@ -131,6 +139,9 @@ class TetherConsumer(AsyncWebsocketConsumer):
             send_frame=self.send_frame,
             send_text=self.send_text,
             close=self.close_with,
+        )
+        self.conn.outbound = backpressure.attach(
+            self.scope, settings.OUTBOUND_MAX_FRAMES, settings.OUTBOUND_MAX_BYTES, self._send_raw
         )
         assert runtime.node_id is not None
         await registry.add_connection(info, runtime.node_id)
@@ -295,10 +306,30 @@ class TetherConsumer(AsyncWebsocketConsumer):
 
     async def send_text(self, text: str) -> None:
         """Send one encoded frame, stamping the outbound clock for the sweeper."""
-        if self.conn is not None:
-            if self.conn.closing:
+        conn = self.conn
+        if conn is not None:
+            if conn.closing:
                 return
-            self.conn.last_out = time.monotonic()
+            conn.last_out = time.monotonic()
+            outbound = conn.outbound
+            if outbound is not None and outbound.blocked:
+                if not outbound.hold(text):
+                    self._close_slow(outbound)
+                return
+        await self._send_raw(text)
+
+    def _close_slow(self, outbound: backpressure.Outbound) -> None:
+        assert self.conn is not None
+        log.warning(
+            "connection %s does not read: %d frames / %d bytes waiting; closing 4509",
+            self.conn.id,
+            len(outbound.queue),
+            outbound.queued_bytes,
+        )
+        outbound.stopProducing()
+        get_runtime().spawn(self.close_with(Close.SLOW_CONSUMER))
+
+    async def _send_raw(self, text: str) -> None:
         try:
             await self.send(text_data=text)
         except Exception:

@@ -171,11 +171,11 @@ class NodeRuntime:
                 log.info(
                     "connection %s silent for %.1fs: closing 4408", conn.id, now - conn.last_in
                 )
-                self._spawn(conn.close(Close.HEARTBEAT_TIMEOUT))
+                self.spawn(conn.close(Close.HEARTBEAT_TIMEOUT))
             elif now - conn.last_out >= interval:
-                self._spawn(conn.send_frame({"type": "ping", "server_time": now_ms()}))
+                self.spawn(conn.send_frame({"type": "ping", "server_time": now_ms()}))
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         """Run a per-connection action without letting one slow socket hold the sweep."""
         task = asyncio.ensure_future(coro)
         self._pending.add(task)

@@ -63,10 +63,8 @@ def _temporary_token() -> tuple[Any, str]:
     from accounts import credentials
     from accounts.models import User
 
-    user, created = User.objects.get_or_create(username=CLI_USER)
-    if created:
-        user.set_unusable_password()
-        user.save()
+    # No password: the account exists only to carry these short-lived tokens.
+    user = User.objects.filter(username=CLI_USER).first() or User.objects.create_user(CLI_USER)
     return credentials.issue_token(user, name="manage.py publish", can_publish=True)
 
 

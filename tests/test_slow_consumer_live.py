@@ -1,0 +1,85 @@
+"""Slow consumers (issue 7, point 7): a client that stops reading is closed with 4509,
+while the other subscribers of the same feed get every publication."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+
+from tests.conftest import unique
+from tests.live import DaphneNode
+from tests.rawws import RawSocketClient
+from tests.waiting import eventually
+from tests.wsclient import WsClient
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        line = next(line for line in fh if line.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def publish_many(node: DaphneNode, token: str, topic: str, count: int, size: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
+    filler = "x" * size
+    for i in range(count):
+        body = json.dumps({"data": {"i": i, "t": time.time(), "pad": filler}})
+        conn.request(
+            "POST",
+            f"/api/topics/{topic}/publish/",
+            body,
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        assert response.status == 201, response.read()
+        response.read()
+
+
+def live_ids(node: DaphneNode) -> set[str]:
+    return {row[0] for row in node.stack.sql("SELECT id FROM realtime_liveconnection")}
+
+
+async def test_a_client_that_stops_reading_is_closed_4509_and_others_keep_up(
+    embedded_stack, make_node
+) -> None:
+    node = make_node(embedded_stack, OUTBOUND_MAX_FRAMES="200", OUTBOUND_MAX_BYTES="262144")
+    staff = node.staff_token(unique("ops"))
+    topic = f"prices:{unique('S')}"
+    token = node.register(unique())
+    fast = await WsClient.open(f"{node.ws_url}/ws/stream/", token=token)
+    await fast.welcome()
+    await fast.send({"type": "subscribe", "id": "f", "topic": topic})
+    await fast.expect("subscribed")
+    before = live_ids(node)
+    slow = RawSocketClient(node.port, "/ws/stream/", token)
+    slow.send({"type": "subscribe", "id": "s", "topic": topic})
+    await eventually(lambda: len(live_ids(node) - before) == 1)
+    (slow_id,) = live_ids(node) - before
+    rss_before = rss_kib(node.proc.pid)
+
+    count, size = 3000, 16_000  # 48 MB through one topic
+    publisher = asyncio.get_running_loop().run_in_executor(
+        None, publish_many, node, staff, topic, count, size
+    )
+    offsets, lags = [], []
+    while len(offsets) < count:
+        frame = await fast.expect("pub", 30)
+        offsets.append(frame["offset"])
+        lags.append(time.time() - frame["data"]["t"])
+    await publisher
+    assert offsets == list(range(1, count + 1))
+    await eventually(lambda: slow_id not in live_ids(node), timeout=20)
+    assert "code=4509 reason=slow_consumer" in node.log_text()
+    growth_mib = (rss_kib(node.proc.pid) - rss_before) / 1024
+    lags.sort()
+    print(
+        f"fast subscriber: p50 {lags[len(lags) // 2] * 1000:.0f} ms, "
+        f"max {lags[-1] * 1000:.0f} ms; server RSS growth {growth_mib:.1f} MiB"
+    )
+    # Unbounded, the server would still hold the slow socket's 48 MB; bounded, it
+    # held the kernel buffers plus OUTBOUND_MAX_BYTES until the close.
+    assert growth_mib < count * size / 2**20 / 2, growth_mib
+    slow.close()
+    await fast.close()
