@@ -68,14 +68,14 @@ class TetherConsumer(AsyncWebsocketConsumer):
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
             # daphne cancels every consumer when the server stops: tell the
-            # client we are going away, then clean up like any other exit.
+            # client to resume elsewhere, then clean up like any other exit.
             if self.conn is not None and not self.conn.closing:
                 self.conn.closing = True
                 try:
-                    await self.close(Close.GOING_AWAY)
+                    await self.close(Close.RESTART)
                 except Exception:
                     pass
-            await self.cleanup(Close.GOING_AWAY, "server shutdown")
+            await self.cleanup(Close.RESTART, "server shutdown")
             raise
         except Exception:
             # The consumer itself failed (e.g. the channel layer went away):
@@ -112,6 +112,9 @@ class TetherConsumer(AsyncWebsocketConsumer):
             return
         runtime = get_runtime()
         await runtime.ensure_started()
+        if runtime.draining:
+            await self.close(Close.RESTART)
+            return
         if len(runtime.connections) >= settings.MAX_CONNECTIONS:
             log.warning("node at MAX_CONNECTIONS=%d: refusing with 4503", settings.MAX_CONNECTIONS)
             await self.close(Close.OVER_CAPACITY)

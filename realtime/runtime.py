@@ -25,12 +25,16 @@ from realtime.protocol import Close, now_ms
 
 log = logging.getLogger("tether.runtime")
 
+# Upper bound on closing every socket at SIGTERM before the node's records go.
+DRAIN_SECONDS = 10.0
+
 
 class NodeRuntime:
     """Local connections and the background tasks of this node."""
 
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
+        self.draining = False
         self.node_id: int | None = None
         self.name: str = ""
         self.loop_lag: float = 0.0
@@ -57,6 +61,7 @@ class NodeRuntime:
             self._start_lock = asyncio.Lock()
             self._loop = loop
             self.node_id = None
+            self.draining = False
             self.connections.clear()
             self._tasks = []
         async with self._start_lock:
@@ -95,11 +100,22 @@ class NodeRuntime:
         self.connections.clear()
 
     async def shutdown(self) -> None:
-        """Server stopping: every local socket closes with 1001 and is cleaned up."""
-        closing = [conn.close(Close.GOING_AWAY) for conn in list(self.connections.values())]
-        if closing:
-            log.info("node %s: closing %d sockets with 1001", self.name, len(closing))
-            await asyncio.gather(*closing, return_exceptions=True)
+        """Drain (SIGTERM): refuse new sockets, close every local one with 1012 so
+        clients resume on another node, remove the records; bounded by DRAIN_SECONDS."""
+        self.draining = True
+        conns = list(self.connections.values())
+        if conns:
+            log.info("node %s draining: closing %d sockets with 1012", self.name, len(conns))
+            closing = asyncio.gather(
+                *(conn.close(Close.RESTART) for conn in conns), return_exceptions=True
+            )
+            try:
+                await asyncio.wait_for(closing, DRAIN_SECONDS)
+            except TimeoutError:
+                # Whatever is left goes with the node row (its records cascade).
+                log.warning(
+                    "node %s: drain took over %.0fs; removing the rest", self.name, DRAIN_SECONDS
+                )
         await self.stop()
 
     async def _stop_logged(self) -> None:

@@ -169,3 +169,45 @@ async def test_a_node_restarted_under_its_name_announces_its_dead_users_offline(
     offline = await expect_skipping(watcher, "presence", timeout=5)
     assert offline["user"]["id"] == alice.id and offline["status"] == "offline"
     await watcher.close()
+
+
+async def test_sigterm_drains_with_1012_and_clients_resume_on_the_other_node(
+    production_stack, make_node
+) -> None:
+    """Issue 7 point 8: a draining node closes with 1012, removes its records and
+    exits; its clients resume on the other node with nothing lost."""
+    a = make_node(production_stack, "drain-a")
+    b = make_node(production_stack, "drain-b")
+    alice, bob = person(a), person(a)
+    cid = group(a, alice, bob)
+    on_a = await alice.socket(a)
+    bob_ws = await bob.socket(b)
+    first = await send(bob_ws, cid, "before the drain")
+    assert (await expect_message_from(on_a, bob.id))["seq"] == first["seq"]
+
+    async def bob_keeps_sending() -> list[int]:
+        seqs = []
+        for n in range(30):
+            seqs.append((await send(bob_ws, cid, f"during {n}"))["seq"])
+            await asyncio.sleep(0.02)
+        return seqs
+
+    sender = asyncio.create_task(bob_keeps_sending())
+    started = time.monotonic()
+    exit_code = await asyncio.to_thread(a.stop, signal.SIGTERM)
+    drained_in = time.monotonic() - started
+    assert exit_code == 0 and drained_in < 15, drained_in
+    assert await on_a.close_code() == 1012
+    assert production_stack.sql("SELECT count(*) FROM realtime_node WHERE name = 'drain-a'") == [
+        (0,)
+    ]
+    # Resume on the node that is left, from the last seq this socket saw.
+    again = await alice.socket(b)
+    await again.send({"type": "sync", "id": "s", "positions": {cid: first["seq"]}})
+    seqs = await sender
+    await expect_skipping(again, "synced", 10, keep=True)
+    got = [m["seq"] for m in await collect(again, "message", seqs[-1] - first["seq"], 20)]
+    assert got == list(range(first["seq"] + 1, seqs[-1] + 1)), got
+    assert await quiet(again, "message", 0.3) == []
+    await again.close()
+    await bob_ws.close()

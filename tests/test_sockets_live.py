@@ -222,14 +222,14 @@ async def test_last_seen_is_updated_in_batches(stack, make_node) -> None:
     await client.close()
 
 
-async def test_server_shutdown_says_going_away_and_removes_records(stack, make_node) -> None:
+async def test_server_shutdown_drains_with_1012_and_removes_records(stack, make_node) -> None:
     node = make_node(stack)
     client = await WsClient.open(f"{node.ws_url}/ws/chat/", token=node.register(unique()))
     await client.welcome()
     assert connection_ids(node)
     exit_code = await asyncio.to_thread(node.stop, signal.SIGTERM)
     assert exit_code == 0
-    assert await client.close_code() == 1001
+    assert await client.close_code() == 1012
     assert stack.sql("SELECT count(*) FROM realtime_node WHERE name = %s", node.name)[0][0] == 0
     assert not connection_ids(node)
 
