@@ -652,6 +652,7 @@ def main() -> None:
                         row = fanout(
                             target, mode, current, workers, pub_env, logs, args, opened["ok"]
                         )
+                        row["connect_failed"] = opened["failed"]
                         emit(row)
                         log(
                             f"{target} {mode}: {row['deliveries_per_s']} deliveries/s, "
