@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,7 +53,12 @@ class Outbound:
         max_frames: int,
         max_bytes: int,
         flush: Callable[[str], Awaitable[None]],
+        protocol: Any = None,
     ) -> None:
+        self.protocol = protocol
+        # Frames may be written to the transport as ready-made bytes (see
+        # `write_frame`) when nothing transforms them on the way (no compression).
+        self.direct = protocol is not None and getattr(protocol, "_perMessageCompress", 1) is None
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.flush = flush
@@ -61,6 +67,17 @@ class Outbound:
         self.queued_bytes = 0
         self.peak_frames = 0
         self._drainer: asyncio.Future[None] | None = None
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write a ready-made WebSocket frame (see `text_frame`) straight to the transport.
+
+        The fan-out frames a publication once per node and hands every socket the
+        same bytes, instead of each socket going through channels, daphne and
+        autobahn to frame the same text again.
+        """
+        protocol = self.protocol
+        if protocol.state == protocol.STATE_OPEN:
+            protocol.transport.write(frame)
 
     @property
     def blocked(self) -> bool:
@@ -107,13 +124,24 @@ class Outbound:
                 return
 
 
+def text_frame(text: str) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as servers send."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
 def attach(scope: dict[str, Any], max_frames: int, max_bytes: int, flush: Any) -> Outbound | None:
     """An `Outbound` registered on the socket's transport, or None where the server
     offers no such signal (then sends go straight through)."""
     protocol = server_protocol(scope.get(RAW_SEND_KEY))
     if protocol is None:
         return None
-    outbound = Outbound(max_frames, max_bytes, flush)
+    outbound = Outbound(max_frames, max_bytes, flush, protocol)
     try:
         # Twisted's HTTP channel registered itself on the TCP transport before the
         # upgrade and never unregistered: it no longer serves this connection.

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from realtime.backpressure import text_frame
 from realtime.connection import Connection
 
 log = logging.getLogger("tether.delivery")
@@ -88,6 +90,23 @@ async def _send_next(
             await conn.send_text(text)
 
 
+def ready_for(conn: Connection, key: str, position: int) -> bool:
+    """Whether `position` of `key` may go out on `conn` right now, in order; if so the
+    cursor moves to it (the caller must send it)."""
+    cursor = conn.cursors.get(key)
+    if cursor is None or position != cursor + 1 or conn.holding or conn.closing:
+        return False
+    state = conn.streams.get(key)
+    if state is not None and (
+        state.pending
+        or state.lock.locked()
+        or (state.filler is not None and not state.filler.done())
+    ):
+        return False
+    conn.cursors[key] = position
+    return True
+
+
 async def deliver(
     conn: Connection,
     key: str,
@@ -101,18 +120,49 @@ async def deliver(
     Never waits for the store: a gap is filled by a task of this socket's own,
     so the hub goes on serving every other socket meanwhile.
     """
+    if ready_for(conn, key, position):
+        await conn.send_text(text)
+        return
     cursor = conn.cursors.get(key)
     if cursor is None or conn.closing or position <= cursor:
         return
     state = stream_state(conn, key)
     busy = state.lock.locked() or (state.filler is not None and not state.filler.done())
-    if position == cursor + 1 and not busy and not state.pending and not conn.holding:
-        conn.cursors[key] = position
-        await conn.send_text(text)
-        return
     state.pending.append((position, text))
     if not busy and not conn.holding:
         state.filler = asyncio.ensure_future(catch_up(conn, key, read_range, lossy=lossy))
+
+
+async def deliver_all(
+    conns: Iterable[Connection],
+    key: str,
+    position: int,
+    text: str,
+    read_range: RangeReader,
+    lossy: bool = False,
+) -> None:
+    """`deliver` to every local socket of a stream, framing the text once for all.
+
+    A socket whose transport takes ready-made frames and that is exactly at the
+    previous position gets the shared bytes written at once; any other goes
+    through `deliver` (gaps, holds, a full transport).
+    """
+    frame: bytes | None = None
+    now = time.monotonic()
+    for conn in conns:
+        outbound = conn.outbound
+        if (
+            outbound is not None
+            and outbound.direct
+            and not outbound.blocked
+            and ready_for(conn, key, position)
+        ):
+            if frame is None:
+                frame = text_frame(text)
+            conn.last_out = now
+            outbound.write_frame(frame)
+        else:
+            await deliver(conn, key, position, text, read_range, lossy)
 
 
 async def catch_up(

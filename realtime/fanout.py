@@ -78,8 +78,13 @@ def install(hub: Hub, local_connections: Any) -> None:
 
     async def on_message(message: dict[str, Any]) -> None:
         key = message["key"]
-        for conn in hub.members(conversation_group(key)):
-            await delivery.deliver(conn, key, message["seq"], message["text"], read_messages)
+        await delivery.deliver_all(
+            hub.members(conversation_group(key)),
+            key,
+            message["seq"],
+            message["text"],
+            read_messages,
+        )
 
     async def on_event(message: dict[str, Any]) -> None:
         exclude = message.get("exclude_user")

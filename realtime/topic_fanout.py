@@ -38,12 +38,6 @@ def follow_epoch(conn: Connection, topic: str, epoch: str) -> None:
             conn.cursors[topic] = 0
 
 
-async def deliver(conn: Connection, topic: str, offset: int, epoch: str, text: str) -> None:
-    if conn.epochs.get(topic) != epoch:
-        follow_epoch(conn, topic, epoch)
-    await delivery.deliver(conn, topic, offset, text, read_pubs, lossy=True)
-
-
 def install(hub: Hub) -> None:
     """Register the topic handler on this node's hub."""
 
@@ -53,8 +47,11 @@ def install(hub: Hub) -> None:
         if not members:
             return
         offset, epoch, text = message["offset"], message["epoch"], message["text"]
-        for conn in list(members):
-            await deliver(conn, topic, offset, epoch, text)
+        conns = list(members)
+        for conn in conns:
+            if conn.epochs.get(topic) != epoch:
+                follow_epoch(conn, topic, epoch)
+        await delivery.deliver_all(conns, topic, offset, text, read_pubs, lossy=True)
 
     hub.on(HUB_MESSAGE, on_pub)
 

@@ -181,6 +181,8 @@ return {offset, epoch, entries}
 # The offset and epoch outlive the history by a day, so an idle topic keeps
 # counting instead of restarting at 1.
 META_EXTRA_TTL = 86400
+# Redis connections per node for topic history (commands are short; more only queue).
+REDIS_POOL_SIZE = 50
 
 
 def _keys(topic: str) -> list[str]:
@@ -214,7 +216,12 @@ class RedisStore(TopicStore):
         if pair is None:
             import redis.asyncio as aioredis
 
-            client = aioredis.Redis.from_url(self.url, socket_timeout=10)
+            # A blocking pool: a burst of subscribes waits for a free connection
+            # instead of failing (redis-py's default pool raises at its cap).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=REDIS_POOL_SIZE, timeout=10, socket_timeout=10
+            )
+            client = aioredis.Redis(connection_pool=pool)
             pair = self._clients[loop] = (client, client.register_script(_SCRIPT))
         return pair
 

@@ -100,3 +100,72 @@ async def test_head_check_finds_a_lost_tail() -> None:
     # 2 and 3 were lost by the layer and nothing followed them
     await delivery.catch_up(conn, "k", read_range, head=3)
     assert sent == [1, 2, 3]
+
+
+async def test_lossy_streams_skip_what_the_store_no_longer_holds() -> None:
+    sent: list[int] = []
+    conn = make_conn(sent)
+    delivery.start(conn, "t", 0)
+
+    async def trimmed(key: str, after: int, upto: int) -> list[tuple[int, str]]:
+        return [(n, STORE[n]) for n in range(max(after + 1, 6), upto + 1)]  # 1-5 trimmed
+
+    await delivery.deliver(conn, "t", 8, STORE[8], trimmed, lossy=True)
+    await settle(conn)
+    assert sent == [6, 7, 8]
+    await delivery.deliver(conn, "t", 9, STORE[9], trimmed, lossy=True)
+    assert sent == [6, 7, 8, 9]
+
+
+class FakeProtocol:
+    STATE_OPEN = 3
+
+    def __init__(self) -> None:
+        self.state = 3
+        self._perMessageCompress = None
+        self.written: list[bytes] = []
+        self.transport = self
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+async def test_deliver_all_frames_once_and_writes_the_same_bytes_to_each_ready_socket() -> None:
+    from realtime.backpressure import Outbound, text_frame
+
+    conns, protocols, sent = [], [], []
+    for _ in range(3):
+        conn = make_conn(sent)
+        protocol = FakeProtocol()
+        conn.outbound = Outbound(10, 10_000, conn.send_text, protocol)
+        delivery.start(conn, "k", 4)
+        conns.append(conn)
+        protocols.append(protocol)
+    delivery.start(conns[2], "k", 2)  # behind: must be filled from the store first
+    await delivery.deliver_all(conns, "k", 5, STORE[5], read_range)
+    await settle(conns[2])
+    assert protocols[0].written == protocols[1].written == [text_frame(STORE[5])]
+    assert protocols[0].written[0] is protocols[1].written[0]  # framed once
+    assert protocols[2].written == [] and sent == [3, 4, 5]  # the slow path, in order
+    # Transport full: not written past it, but handed to the socket's own send (which
+    # queues it in the bounded outbound queue, see the consumer's send_text).
+    conns[0].outbound.pauseProducing()
+    await delivery.deliver_all(conns[:1], "k", 6, STORE[6], read_range)
+    assert protocols[0].written == [text_frame(STORE[5])] and sent[-1] == 6
+
+
+def test_text_frames_carry_the_length_in_rfc_6455_form() -> None:
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from realtime.backpressure import text_frame
+
+    for text in ("x", "é" * 100, "y" * 70_000):
+        reader = StreamReader()
+        reader.feed_data(text_frame(text))
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frame = done.value
+        assert frame.opcode == Opcode.TEXT and frame.fin and frame.data.decode() == text

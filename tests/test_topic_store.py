@@ -71,3 +71,15 @@ async def test_redis_history_gone_means_a_new_epoch(redis_service) -> None:
     redis_service.flushall()
     offset, flushed = await store.publish("prices:X", NS, "3", now())
     assert offset == 1 and flushed not in (epoch, snap.epoch)
+
+
+async def test_redis_store_survives_a_burst_beyond_its_pool(redis_service) -> None:
+    """Hundreds of subscribes at once wait for a pooled connection instead of failing."""
+    import asyncio
+
+    store = RedisStore(redis_service.url)
+    await store.reset()
+    snaps = await asyncio.gather(
+        *(store.snapshot(f"prices:B{i % 7}", NS, None, None) for i in range(400))
+    )
+    assert len(snaps) == 400 and all(s.offset == 0 for s in snaps)
