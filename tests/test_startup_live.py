@@ -11,6 +11,7 @@ import psycopg
 
 from tests.conftest import unique
 from tests.live import DaphneNode, Stack, http
+from tests.waiting import eventually
 from tests.wsclient import WsClient
 
 
@@ -25,6 +26,11 @@ async def test_fresh_sqlite_is_migrated_at_start_and_json_logs(tmp_path, make_no
     client = await WsClient.open(f"{node.ws_url}/ws/chat/", token=token)
     cid = (await client.welcome())["connection_id"]
     await client.close()
+    # The server has handled the close once the record is gone; stopping earlier
+    # would drain the socket with 1012 instead.
+    await eventually(
+        lambda: not stack.sql("SELECT id FROM realtime_liveconnection WHERE id = %s", cid)
+    )
     http("GET", node.url + "/health/?ticket=tk_secret-value")
     await asyncio.to_thread(node.stop)
     lines = [line for line in node.log_text().splitlines() if line.strip()]
