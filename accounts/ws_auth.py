@@ -12,10 +12,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
 from accounts import credentials
+from realtime.db import in_pool
 from realtime.origin import header
 
 log = logging.getLogger("tether.auth")
@@ -50,7 +50,7 @@ def _ticket(scope: dict[str, Any]) -> str | None:
     return values[0] if values else None
 
 
-@database_sync_to_async
+@in_pool
 def _user_for_token(raw: str) -> tuple[Any, SocketAuth] | None:
     token = credentials.verify_token(raw)
     if token is None:
@@ -60,7 +60,7 @@ def _user_for_token(raw: str) -> tuple[Any, SocketAuth] | None:
     )
 
 
-@database_sync_to_async
+@in_pool
 def _user_for_ticket(raw: str) -> tuple[Any, SocketAuth] | None:
     ticket = credentials.consume_ticket(raw)
     if ticket is None:

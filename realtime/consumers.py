@@ -119,9 +119,6 @@ class TetherConsumer(AsyncWebsocketConsumer):
             log.warning("node at MAX_CONNECTIONS=%d: refusing with 4503", settings.MAX_CONNECTIONS)
             await self.close(Close.OVER_CAPACITY)
             return
-        if await registry.count_user_connections(user.pk) >= settings.MAX_CONNECTIONS_PER_USER:
-            await self.close(Close.OVER_CAPACITY)
-            return
         client = self.scope.get("client") or ("", 0)
         info = registry.ConnectionInfo(
             id=new_connection_id(),
@@ -147,7 +144,10 @@ class TetherConsumer(AsyncWebsocketConsumer):
             self.scope, settings.OUTBOUND_MAX_FRAMES, settings.OUTBOUND_MAX_BYTES, self._send_raw
         )
         assert runtime.node_id is not None
-        await registry.add_connection(info, runtime.node_id)
+        if not await registry.admit(info, runtime.node_id, settings.MAX_CONNECTIONS_PER_USER):
+            self.conn = None
+            await self.close(Close.OVER_CAPACITY)
+            return
         runtime.add(self.conn)
         log.info(
             "connect %s user=%s node=%s endpoint=%s auth=%s addr=%s",

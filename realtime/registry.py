@@ -12,9 +12,10 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
+from realtime.db import in_pool
 from realtime.models import LiveConnection, Node
 
 log = logging.getLogger("tether.registry")
@@ -68,22 +69,44 @@ async def unregister_node(name: str) -> None:
     await Node.objects.filter(name=name).adelete()
 
 
-async def add_connection(info: ConnectionInfo, node_id: int) -> None:
-    """Record a socket right after it is accepted."""
+def admit_connection(info: ConnectionInfo, node_id: int, per_user_limit: int) -> bool:
+    """Record a socket right after it is accepted, unless its user already has
+    `per_user_limit` sockets across the cluster. Raw SQL on a pooled thread: this
+    runs on every handshake."""
+    table = connection.ops.quote_name(LiveConnection._meta.db_table)
     now = timezone.now()
-    await LiveConnection.objects.acreate(
-        id=info.id,
-        node_id=node_id,
-        user_id=info.user_id,
-        endpoint=info.endpoint,
-        channel_name=info.channel_name,
-        remote_addr=info.remote_addr[:64],
-        user_agent=info.user_agent[:300],
-        auth_method=info.auth_method,
-        auth_ref=info.auth_ref,
-        connected_at=now,
-        last_seen=now,
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s", [info.user_id])
+        if cursor.fetchone()[0] >= per_user_limit:
+            return False
+        cursor.execute(
+            f"INSERT INTO {table} (id, node_id, user_id, endpoint, channel_name, remote_addr, "
+            "user_agent, auth_method, auth_ref, connected_at, last_seen, subscriptions) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                info.id,
+                node_id,
+                info.user_id,
+                info.endpoint,
+                info.channel_name,
+                info.remote_addr[:64],
+                info.user_agent[:300],
+                info.auth_method,
+                info.auth_ref,
+                now,
+                now,
+                "[]",
+            ],
+        )
+    return True
+
+
+async def add_connection(info: ConnectionInfo, node_id: int) -> None:
+    """Record a socket again (a node re-registering after it was reaped)."""
+    await admit(info, node_id, 2**31)
+
+
+admit = in_pool(admit_connection)
 
 
 async def remove_connection(connection_id: str) -> bool:
