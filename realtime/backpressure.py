@@ -1,12 +1,17 @@
-"""Slow consumers: a bounded outbound queue per socket, fed by the transport's own signal.
+"""Slow consumers and direct writes: one `Outbound` per socket, fed by the server's own signal.
 
-daphne's `send` never blocks: a frame goes straight into Twisted's write
-buffer, which grows without bound when a client stops reading. Twisted does say
-when that buffer is full: it pauses a registered push producer and resumes it
-once the buffer drained. Each socket registers one (`Outbound`); while paused,
-frames wait in a queue bounded by `OUTBOUND_MAX_FRAMES` / `OUTBOUND_MAX_BYTES`,
-and a socket that overflows it is closed with 4509. Nobody else waits for it:
-the fan-out loop only appends.
+daphne's `send` never blocks: a frame goes straight into Twisted's write buffer,
+which grows without bound when a client stops reading. Twisted does say when
+that buffer is full: it pauses a registered push producer and resumes it once
+the buffer drained. uvicorn's `send` does the opposite and waits while the
+transport is paused, which would stall a fan-out loop behind one slow client.
+
+So each socket gets an `Outbound` that knows whether its transport is paused;
+while it is, frames wait in a queue bounded by `OUTBOUND_MAX_FRAMES` /
+`OUTBOUND_MAX_BYTES`, and a socket that overflows it is closed with 4509.
+Nobody else waits for it: the fan-out only appends. The same object writes
+ready-made frames straight to the transport (`write_frame`), so a publication
+is framed once per node rather than once per socket.
 """
 
 from __future__ import annotations
@@ -36,50 +41,106 @@ class RawSendMiddleware:
         return await self.app(scope, receive, send)
 
 
-def server_protocol(raw_send: Any) -> Any | None:
-    """daphne's WebSocket protocol object behind its `send` (a partial of handle_reply)."""
-    if isinstance(raw_send, functools.partial) and raw_send.args:
-        protocol = raw_send.args[0]
-        if hasattr(protocol, "registerProducer") and getattr(protocol, "transport", None):
-            return protocol
-    return None
+def text_frame(text: str) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as servers send.
+
+    Never compressed: with permessage-deflate negotiated, a frame without RSV1 is
+    an uncompressed message, which RFC 7692 allows."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 class Outbound:
-    """A push producer for one socket's transport, and the frames held while it is paused."""
+    """One socket's bounded queue of frames held while its transport is paused."""
 
     def __init__(
-        self,
-        max_frames: int,
-        max_bytes: int,
-        flush: Callable[[str], Awaitable[None]],
-        protocol: Any = None,
+        self, max_frames: int, max_bytes: int, flush: Callable[[str], Awaitable[None]]
     ) -> None:
-        self.protocol = protocol
-        # Frames may be written to the transport as ready-made bytes (see
-        # `write_frame`) when nothing transforms them on the way (no compression).
-        self.direct = protocol is not None and getattr(protocol, "_perMessageCompress", 1) is None
-        # The plain TCP socket under the transport (None under TLS or anything else).
-        self._socket = _plain_tcp_socket(protocol) if self.direct else None
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.flush = flush
-        self.paused = False
+        self.direct = False  # whether `write_frame` may be used
+        self._paused = False
         self.queue: deque[tuple[str, int]] = deque()
         self.queued_bytes = 0
         self.peak_frames = 0
         self._drainer: asyncio.Future[None] | None = None
 
-    def write_frame(self, frame: bytes) -> None:
-        """Write a ready-made WebSocket frame (see `text_frame`) straight to the transport.
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
-        The fan-out frames a publication once per node and hands every socket the
-        same bytes, instead of each socket going through channels, daphne and
-        autobahn to frame the same text again.
-        """
+    @property
+    def blocked(self) -> bool:
+        """Frames must queue: the transport is full, or older frames still wait."""
+        return self.paused or bool(self.queue)
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a ready-made frame (see `text_frame`) straight to the transport;
+        False when the socket is not (or no longer) open."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake."""
+        raise NotImplementedError
+
+    def hold(self, text: str) -> bool:
+        """Queue a frame; False when the queue would overflow (close with 4509)."""
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes:
+            return False
+        self.queue.append((text, size))
+        self.queued_bytes += size
+        self.peak_frames = max(self.peak_frames, len(self.queue))
+        self._start_drain()
+        return True
+
+    def discard(self) -> None:
+        self._paused = True
+        self.queue.clear()
+        self.queued_bytes = 0
+
+    def _start_drain(self) -> None:
+        if self.queue and (self._drainer is None or self._drainer.done()):
+            self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _writable(self) -> bool:
+        """Wait until the transport takes data again; False to leave it to a later call."""
+        return not self.paused
+
+    async def _drain(self) -> None:
+        while self.queue:
+            if not await self._writable():
+                return
+            text, size = self.queue.popleft()
+            self.queued_bytes -= size
+            try:
+                if not (self.direct and self.write_frame(text_frame(text))):
+                    await self.flush(text)
+            except Exception:
+                log.debug("flush on a closed socket dropped")
+                return
+
+
+class DaphneOutbound(Outbound):
+    """daphne (Twisted): a push producer on the socket's TCP transport."""
+
+    def __init__(self, protocol: Any, *args: Any) -> None:
+        super().__init__(*args)
+        self.protocol = protocol
+        self.direct = getattr(protocol, "_perMessageCompress", 1) is None
+        # The plain TCP socket under the transport (None under TLS or anything else).
+        self._socket = _plain_tcp_socket(protocol)
+
+    def write_frame(self, frame: bytes) -> bool:
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
-            return
+            return False
         transport = protocol.transport
         sock = self._socket
         if (
@@ -98,55 +159,58 @@ class Outbound:
             except BlockingIOError:
                 sent = 0
             except OSError:
-                return  # connection lost; the reactor reports it on its own
+                return True  # connection lost; the reactor reports it on its own
             if sent == len(frame):
-                return
+                return True
             frame = frame[sent:]
         transport.write(frame)
-
-    @property
-    def blocked(self) -> bool:
-        """Frames must queue: the transport is full, or older frames still wait."""
-        return self.paused or bool(self.queue)
-
-    def hold(self, text: str) -> bool:
-        """Queue a frame; False when the queue would overflow (close with 4509)."""
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes:
-            return False
-        self.queue.append((text, size))
-        self.queued_bytes += size
-        self.peak_frames = max(self.peak_frames, len(self.queue))
-        if not self.paused:
-            self._start_drain()
         return True
+
+    def abort(self) -> None:
+        self.protocol.transport.abortConnection()
 
     # IPushProducer, called by Twisted from the event loop.
     def pauseProducing(self) -> None:
-        self.paused = True
+        self._paused = True
 
     def resumeProducing(self) -> None:
-        self.paused = False
+        self._paused = False
         self._start_drain()
 
     def stopProducing(self) -> None:
-        self.paused = True
-        self.queue.clear()
-        self.queued_bytes = 0
+        self.discard()
 
-    def _start_drain(self) -> None:
-        if self.queue and (self._drainer is None or self._drainer.done()):
-            self._drainer = asyncio.ensure_future(self._drain())
 
-    async def _drain(self) -> None:
-        while self.queue and not self.paused:
-            text, size = self.queue.popleft()
-            self.queued_bytes -= size
-            try:
-                await self.flush(text)
-            except Exception:
-                log.debug("flush on a closed socket dropped")
-                return
+class UvicornOutbound(Outbound):
+    """uvicorn (websockets sans-I/O): its protocol's `writable` event is the signal."""
+
+    def __init__(self, protocol: Any, *args: Any) -> None:
+        super().__init__(*args)
+        from websockets.protocol import State
+
+        self.protocol = protocol
+        self._open = State.OPEN
+        self.direct = True
+
+    @property
+    def paused(self) -> bool:
+        return self._paused or not self.protocol.writable.is_set()
+
+    def write_frame(self, frame: bytes) -> bool:
+        protocol = self.protocol
+        if protocol.conn.state is not self._open or protocol.transport.is_closing():
+            return False
+        protocol.transport.write(frame)  # asyncio writes at once, buffers the rest
+        return True
+
+    def abort(self) -> None:
+        self.protocol.transport.abort()
+
+    async def _writable(self) -> bool:
+        if self._paused:
+            return False
+        await self.protocol.writable.wait()
+        return not self._paused
 
 
 def _plain_tcp_socket(protocol: Any) -> Any | None:
@@ -158,31 +222,30 @@ def _plain_tcp_socket(protocol: Any) -> Any | None:
     return None
 
 
-def text_frame(text: str) -> bytes:
-    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as servers send."""
-    payload = text.encode("utf-8")
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
-
-
 def attach(scope: dict[str, Any], max_frames: int, max_bytes: int, flush: Any) -> Outbound | None:
-    """An `Outbound` registered on the socket's transport, or None where the server
-    offers no such signal (then sends go straight through)."""
-    protocol = server_protocol(scope.get(RAW_SEND_KEY))
-    if protocol is None:
-        return None
-    outbound = Outbound(max_frames, max_bytes, flush, protocol)
-    try:
-        # Twisted's HTTP channel registered itself on the TCP transport before the
-        # upgrade and never unregistered: it no longer serves this connection.
-        if getattr(protocol.transport, "producer", None) is not None:
-            protocol.transport.unregisterProducer()
-        protocol.registerProducer(outbound, True)
-    except Exception:  # a producer already registered, or the transport just went
-        log.debug("could not register a producer", exc_info=True)
-        return None
-    return outbound
+    """An `Outbound` for the socket of `scope`, or None where the server offers no
+    signal (then sends go through the ASGI `send` as usual)."""
+    raw_send = scope.get(RAW_SEND_KEY)
+    args = (max_frames, max_bytes, flush)
+    # daphne: `send` is functools.partial(server.handle_reply, protocol).
+    if isinstance(raw_send, functools.partial) and raw_send.args:
+        protocol = raw_send.args[0]
+        if hasattr(protocol, "registerProducer") and getattr(protocol, "transport", None):
+            outbound = DaphneOutbound(protocol, *args)
+            try:
+                # Twisted's HTTP channel registered itself on the TCP transport before
+                # the upgrade and never unregistered: it no longer serves this socket.
+                if getattr(protocol.transport, "producer", None) is not None:
+                    protocol.transport.unregisterProducer()
+                protocol.registerProducer(outbound, True)
+            except Exception:  # the transport just went
+                log.debug("could not register a producer", exc_info=True)
+                return None
+            return outbound
+    # uvicorn's websockets sans-I/O protocol: `send` is its bound method.
+    protocol = getattr(raw_send, "__self__", None)
+    if protocol is not None and all(
+        hasattr(protocol, name) for name in ("writable", "conn", "transport")
+    ):
+        return UvicornOutbound(protocol, *args)
+    return None

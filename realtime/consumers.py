@@ -48,6 +48,8 @@ log = logging.getLogger("tether.consumers")
 Handler = Callable[["TetherConsumer", Frame], Awaitable[dict[str, Any] | None]]
 # Frames that prove liveness and are never rate limited (PROTOCOL 8).
 HEARTBEAT_TYPES = frozenset({"ping", "pong"})
+# How long a close may wait for the transport before the connection is dropped.
+CLOSE_SECONDS = 5.0
 
 
 def new_connection_id() -> str:
@@ -315,10 +317,13 @@ class TetherConsumer(AsyncWebsocketConsumer):
                 return
             conn.last_out = time.monotonic()
             outbound = conn.outbound
-            if outbound is not None and outbound.blocked:
-                if not outbound.hold(text):
-                    self._close_slow(outbound)
-                return
+            if outbound is not None:
+                if outbound.blocked:
+                    if not outbound.hold(text):
+                        self._close_slow(outbound)
+                    return
+                if outbound.direct and outbound.write_frame(backpressure.text_frame(text)):
+                    return
         await self._send_raw(text)
 
     def _close_slow(self, outbound: backpressure.Outbound) -> None:
@@ -329,7 +334,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             len(outbound.queue),
             outbound.queued_bytes,
         )
-        outbound.stopProducing()
+        outbound.discard()
         get_runtime().spawn(self.close_with(Close.SLOW_CONSUMER))
 
     async def _send_raw(self, text: str) -> None:
@@ -348,7 +353,12 @@ class TetherConsumer(AsyncWebsocketConsumer):
             return
         self.conn.closing = True
         try:
-            await self.close(code)
+            await asyncio.wait_for(self.close(code), CLOSE_SECONDS)
+        except TimeoutError:
+            # The transport does not even take the close frame (uvicorn waits while
+            # a client that stopped reading has a full buffer): drop the connection.
+            if self.conn.outbound is not None:
+                self.conn.outbound.abort()
         finally:  # a transport already gone must not skip the cleanup
             await self.cleanup(code, "closed by the server")
 

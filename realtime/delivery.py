@@ -160,7 +160,8 @@ async def deliver_all(
             if frame is None:
                 frame = text_frame(text)
             conn.last_out = now
-            outbound.write_frame(frame)
+            if not outbound.write_frame(frame):
+                await conn.send_text(text)  # not open (yet): the server's own path
         else:
             await deliver(conn, key, position, text, read_range, lossy)
 

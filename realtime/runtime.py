@@ -254,12 +254,15 @@ def get_runtime() -> NodeRuntime:
 
 
 class NodeStartMiddleware:
-    """Start the node runtime on the first ASGI call (daphne has no lifespan)."""
+    """Start the node runtime on the first ASGI call (daphne has no lifespan); under
+    servers with lifespan events (uvicorn) also at startup, and drain at shutdown."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
         if scope["type"] in ("http", "websocket") and not _runtime.started:
             try:
                 await _runtime.ensure_started()
@@ -268,3 +271,18 @@ class NodeStartMiddleware:
                 # what failed); sockets are refused with 1011 and retry later.
                 log.exception("node runtime could not start; will retry")
         return await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await _runtime.ensure_started()
+                except Exception:
+                    log.exception("node runtime could not start; will retry on first request")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if _runtime.started:
+                    await _runtime._stop_logged()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -38,12 +38,15 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., DaphneNode]]:
     """Start daphne nodes on a stack; all are stopped after the test."""
     nodes: list[DaphneNode] = []
 
-    def start(stack: Stack, name: str | None = None, **settings: str) -> DaphneNode:
+    def start(
+        stack: Stack, name: str | None = None, server: str = "daphne", **settings: str
+    ) -> DaphneNode:
         node = DaphneNode(
             stack=stack,
             name=name or f"node-{uuid.uuid4().hex[:6]}",
             log_dir=tmp_path,
             settings={k: str(v) for k, v in settings.items()},
+            server=server,
         )
         nodes.append(node)
         return node.start()

@@ -125,6 +125,7 @@ class DaphneNode:
     settings: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen | None = None
+    server: str = "daphne"  # or "uvicorn", the optional server
 
     @property
     def url(self) -> str:
@@ -143,21 +144,14 @@ class DaphneNode:
         self.port = self.port or free_port()
         env = self.stack.env(NODE_NAME=self.name, **self.settings)
         log = open(self.log_path, "ab")
+        if self.server == "uvicorn":
+            command = ["uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
+            command += ["--port", str(self.port), "--ws", "websockets-sansio"]
+        else:
+            command = ["daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+            command += ["--websocket_timeout", "-1", "project.asgi:application"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-X",
-                "faulthandler",
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "--websocket_timeout",
-                "-1",
-                "project.asgi:application",
-            ],
+            [sys.executable, "-X", "faulthandler", "-m", *command],
             cwd=ROOT,
             env=env,
             stdout=log,

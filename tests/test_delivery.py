@@ -131,13 +131,13 @@ class FakeProtocol:
 
 
 async def test_deliver_all_frames_once_and_writes_the_same_bytes_to_each_ready_socket() -> None:
-    from realtime.backpressure import Outbound, text_frame
+    from realtime.backpressure import DaphneOutbound, text_frame
 
     conns, protocols, sent = [], [], []
     for _ in range(3):
         conn = make_conn(sent)
         protocol = FakeProtocol()
-        conn.outbound = Outbound(10, 10_000, conn.send_text, protocol)
+        conn.outbound = DaphneOutbound(protocol, 10, 10_000, conn.send_text)
         delivery.start(conn, "k", 4)
         conns.append(conn)
         protocols.append(protocol)
