@@ -15,10 +15,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from project.config import redacted
-from realtime import fanout, registry
-from realtime.control import close_channels
+from realtime import control, fanout, registry
 from realtime.models import LiveConnection
-from realtime.protocol import Close, Code, TetherError, bad_request
+from realtime.protocol import Code, TetherError, bad_request
 
 MAX_PAGE = 500
 
@@ -96,11 +95,9 @@ class ConnectionsView(StaffView):
 
 class ConnectionDetailView(StaffView):
     def delete(self, request: Request, connection_id: str) -> Response:
-        record = LiveConnection.objects.filter(id=connection_id).first()
-        if record is None:
-            raise TetherError(Code.NOT_FOUND, f"no live connection {connection_id}")
         # Closed by whichever node holds it; that node's cleanup removes the record.
-        async_to_sync(close_channels)([record.channel_name], Close.FORBIDDEN)
+        if not control.disconnect([connection_id]):
+            raise TetherError(Code.NOT_FOUND, f"no live connection {connection_id}")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

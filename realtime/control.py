@@ -9,6 +9,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from realtime.models import LiveConnection
+from realtime.protocol import Close
 
 log = logging.getLogger("tether.control")
 
@@ -32,6 +33,17 @@ def close_connections_where(code: int, **filters: Any) -> int:
     if names:
         async_to_sync(close_channels)(names, code)
     return len(names)
+
+
+def disconnect(connection_ids: list[str]) -> int:
+    """An operator's kick: close these sockets with 4403 on whichever node holds them.
+
+    Shared by the staff API and the admin action. Returns how many records were found;
+    each holding node closes its socket and removes the record itself.
+    """
+    if not connection_ids:
+        return 0
+    return close_connections_where(Close.FORBIDDEN, id__in=list(connection_ids))
 
 
 def _send_to_user_sockets(user_ids: list[int], message: dict[str, Any]) -> None:
