@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from project.config import redacted
 from realtime import control, fanout, registry
-from realtime.models import LiveConnection
+from realtime.models import LiveConnection, Node
 from realtime.protocol import Code, TetherError, bad_request
 
 MAX_PAGE = 500
@@ -123,3 +123,58 @@ class CleanupView(StaffView):
                 "nodes_removed": reaped.nodes,
             }
         )
+
+
+def _sum(rows: list[dict[str, Any]], name: str) -> float:
+    return round(sum(row.get(name) or 0 for row in rows), 2)
+
+
+def _worst(rows: list[dict[str, Any]], name: str) -> float | None:
+    values = [row["latency_ms"].get(name) for row in rows if row.get("latency_ms")]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+class StatsView(StaffView):
+    """Every live node with its figures and process diagnostics, and cluster totals.
+
+    Each node refreshes its figures with its heartbeat (every 1 to 5 s); a node
+    silent longer than `PING_TIMEOUT` + 10 s is listed as not alive and left out
+    of the totals (the reaper removes it soon after)."""
+
+    def get(self, request: Request) -> Response:
+        now = timezone.now()
+        silent_after = timedelta(seconds=settings.PING_TIMEOUT + 10)
+        nodes = []
+        for node in Node.objects.order_by("name"):
+            alive = now - node.last_heartbeat <= silent_after
+            nodes.append(
+                {
+                    "name": node.name,
+                    "host": node.host,
+                    "alive": alive,
+                    "started_at": _ms(node.started_at),
+                    "last_heartbeat": _ms(node.last_heartbeat),
+                    **(node.stats or {"connections": node.connection_count}),
+                }
+            )
+        live = [n for n in nodes if n["alive"]]
+        totals = {
+            "nodes": len(live),
+            "connections": _sum(live, "connections"),
+            "subscriptions": _sum(live, "subscriptions"),
+            "messages_per_s": _sum(live, "messages_per_s"),
+            "publications_per_s": _sum(live, "publications_per_s"),
+            "deliveries_per_s": _sum(live, "deliveries_per_s"),
+            # Percentiles do not add up across nodes: the worst node's is shown.
+            "latency_ms": {
+                name: _worst(live, name)
+                for name in (
+                    "send_ack_p50",
+                    "send_ack_p99",
+                    "publish_deliver_p50",
+                    "publish_deliver_p99",
+                )
+            },
+        }
+        return Response({"totals": totals, "nodes": nodes})

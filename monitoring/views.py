@@ -10,9 +10,10 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
+from django_prometheus.exports import ExportToDjangoView
 
 READY_TIMEOUT = 2.0
 
@@ -81,3 +82,20 @@ async def ready(request: HttpRequest) -> JsonResponse:
     if failed:
         body["failed"] = failed
     return JsonResponse(body, status=503 if failed else 200)
+
+
+@csrf_exempt
+@require_safe
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format; with `METRICS_TOKEN` set, only for its bearer."""
+    token = settings.METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), token):
+            response = JsonResponse(
+                {"error": "not_authenticated", "detail": "Authorization: Bearer <METRICS_TOKEN>"},
+                status=401,
+            )
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    return ExportToDjangoView(request)

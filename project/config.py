@@ -353,6 +353,14 @@ DECLARATIONS: tuple[Setting, ...] = (
         "apply pending database migrations when a node starts (one node at a time, under a "
         "PostgreSQL advisory lock)",
     ),
+    Setting(
+        "METRICS_TOKEN",
+        parse_str,
+        "",
+        "when set, `GET /metrics` needs `Authorization: Bearer <METRICS_TOKEN>`",
+        default_doc="empty: /metrics open to all (restrict it at the proxy)",
+        secret=True,
+    ),
     Setting("LOG_LEVEL", parse_log_level, "INFO", "logging level"),
     Setting(
         "LOG_FORMAT", parse_log_format, "text", "`text`, or `json` for one JSON object per line"

@@ -30,6 +30,7 @@ api_patterns = [
     path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
     path("topics/<str:topic>/publish/", topic_api.PublishView.as_view()),
     path("topics/<str:topic>/history/", topic_api.HistoryView.as_view()),
+    path("stats/", admin_api.StatsView.as_view()),
     path("admin/config/", admin_api.ConfigView.as_view()),
     path("admin/connections/", admin_api.ConnectionsView.as_view()),
     path("admin/connections/cleanup/", admin_api.CleanupView.as_view()),
@@ -52,5 +53,5 @@ urlpatterns = [
     path("health/", monitoring_views.health, name="health"),
     path("ready/", monitoring_views.ready, name="ready"),
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),
+    path("metrics", monitoring_views.metrics, name="metrics"),
 ]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from monitoring import metrics
 from realtime import conversations, delivery, fanout, messages, presence
 from realtime.db import in_pool
 from realtime.protocol import Frame, bad_request
@@ -45,6 +46,7 @@ async def unsubscribe_all(consumer: TetherConsumer) -> None:
 
 
 async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    started = time.monotonic()
     sent = await store_message(
         consumer.user, frame.get("conversation"), frame.id, frame.get("body"), publish=False
     )
@@ -53,6 +55,7 @@ async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
         await fanout.publish_conversation_message(
             m.conversation_id, m.seq, messages.encoded_frame(m)
         )
+    metrics.SEND_ACK.observe(time.monotonic() - started)
     return sent.ack(None)
 
 
@@ -85,6 +88,7 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
             conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages
         )
         result[cid] = {"seq": max(head, cursor), "replayed": replayed, "complete": complete}
+        metrics.SYNC_REPLAYED.inc(replayed)
     unlisted = [cid for cid in heads if cid not in positions]
     if unlisted:
         reprs = await database_sync_to_async(conversations.conversation_reprs)(
@@ -93,6 +97,7 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
         for conversation in reprs:
             await consumer.send_frame({"type": "joined", "conversation": conversation})
     delivery.release(conn, fanout.read_messages)
+    metrics.SYNCS.inc()
     return {"type": "synced", "conversations": result}
 
 

@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from monitoring import metrics
 from realtime import (
     backpressure,
     chat_handlers,
@@ -169,6 +170,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             },
         )
         await self.send_frame(self.welcome())
+        metrics.CONNECTS.labels(self.endpoint).inc()
         await self.on_open()
 
     @property
@@ -251,6 +253,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             await self.send_frame(error.frame())
             return
         conn.good_frame()
+        metrics.FRAMES_IN.labels(frame.type if frame.type in self.handlers else "unknown").inc()
         if frame.type not in HEARTBEAT_TYPES and await self._over_rate(now, frame.id):
             return
         await self.dispatch_frame(frame)
@@ -263,6 +266,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             await self.close_with(Close.FLOODING)
             return True
         if retry_after:
+            metrics.RATE_LIMITED.inc()
             await self.send_frame(self._rate_limited(retry_after, request_id))
             return True
         return False
@@ -307,6 +311,10 @@ class TetherConsumer(AsyncWebsocketConsumer):
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Encode and send one frame."""
+        kind = frame["type"]
+        metrics.FRAMES_OUT.labels(kind).inc()
+        if kind == "error":
+            metrics.ERRORS.labels(frame["code"]).inc()
         await self.send_text(encode(frame))
 
     async def send_text(self, text: str) -> None:
@@ -335,6 +343,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             outbound.queued_bytes,
         )
         outbound.discard()
+        metrics.SLOW_CONSUMER_CLOSES.inc()
         get_runtime().spawn(self.close_with(Close.SLOW_CONSUMER))
 
     async def _send_raw(self, text: str) -> None:
@@ -389,6 +398,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             # The reaper removes it with the node if this fails (e.g. database down).
             log.exception("could not remove connection record %s", conn.id)
         duration = time.monotonic() - conn.connected_at
+        metrics.DISCONNECTS.labels(conn.info.endpoint, str(code)).inc()
         reason = CLOSE_REASONS.get(code, "abnormal" if code == 1006 else "other")
         # One line per disconnect (issue 7): who, where, how long, how it ended.
         log.info(

@@ -12,6 +12,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 
+from monitoring import metrics
 from realtime import conversations, delivery, messages, presence
 from realtime.db import in_pool
 from realtime.hub import PRESENCE_GROUP, Hub, hub_layer
@@ -78,8 +79,10 @@ def install(hub: Hub, local_connections: Any) -> None:
 
     async def on_message(message: dict[str, Any]) -> None:
         key = message["key"]
+        members = hub.members(conversation_group(key))
+        metrics.FRAMES_OUT_MESSAGE.inc(len(members))
         await delivery.deliver_all(
-            hub.members(conversation_group(key)),
+            members,
             key,
             message["seq"],
             message["text"],

@@ -94,6 +94,16 @@ class Hub:
             except Exception:
                 log.warning("could not leave group %s", group)
 
+    def queue_depth(self) -> int:
+        """Layer messages waiting for this node's channel (metrics; 0 when unknown)."""
+        layer = self._layer
+        if layer is None or not self.channel:
+            return 0
+        # RedisPubSubChannelLayer keeps one loop-bound layer per event loop.
+        loop_layer = layer._get_layer() if hasattr(layer, "_get_layer") else layer
+        queue = getattr(loop_layer, "channels", {}).get(self.channel)
+        return queue.qsize() if hasattr(queue, "qsize") else 0
+
     def members(self, group: str) -> list[Connection]:
         return list(self.groups.get(group, ()))
 

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from monitoring import metrics
 from realtime.conversations import access_conversation, forbidden, is_member
 from realtime.models import Conversation, Membership, Message
 from realtime.protocol import Code, TetherError, bad_request, encode, now_ms
@@ -140,6 +141,7 @@ def do_send(
         if existing is None:
             raise
         return Sent(existing, True)
+    metrics.MESSAGES_STORED.inc()
     return Sent(message, False)
 
 

@@ -16,6 +16,8 @@ class Node(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     last_heartbeat = models.DateTimeField(default=timezone.now, db_index=True)
     connection_count = models.IntegerField(default=0)
+    # The node's own figures, refreshed with every heartbeat (GET /api/stats/).
+    stats = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return self.name

@@ -125,12 +125,16 @@ async def count_user_connections(user_id: int) -> int:
     return await LiveConnection.objects.filter(user_id=user_id).acount()
 
 
-async def node_heartbeat(node_id: int, seen_ids: list[str], connection_count: int) -> int:
-    """Refresh the node's heartbeat and, in one batch, `last_seen` of active sockets."""
+async def node_heartbeat(
+    node_id: int, seen_ids: list[str], connection_count: int, stats: dict | None = None
+) -> int:
+    """Refresh the node's heartbeat (and figures) and, in one batch, `last_seen` of
+    active sockets."""
     now = timezone.now()
-    updated = await Node.objects.filter(id=node_id).aupdate(
-        last_heartbeat=now, connection_count=connection_count
-    )
+    fields: dict = {"last_heartbeat": now, "connection_count": connection_count}
+    if stats is not None:
+        fields["stats"] = stats
+    updated = await Node.objects.filter(id=node_id).aupdate(**fields)
     if seen_ids:
         await LiveConnection.objects.filter(id__in=seen_ids).aupdate(last_seen=now)
     return updated

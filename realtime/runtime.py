@@ -17,11 +17,13 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from accounts import credentials
+from monitoring import metrics
+from monitoring.stats import OPS_TOPIC, NodeStats
 from realtime import fanout, registry, topic_fanout
 from realtime.connection import Connection
 from realtime.demo_feed import run_demo_feed
 from realtime.hub import Hub
-from realtime.protocol import Close, now_ms
+from realtime.protocol import Close, TetherError, now_ms
 
 log = logging.getLogger("tether.runtime")
 
@@ -38,6 +40,8 @@ class NodeRuntime:
         self.node_id: int | None = None
         self.name: str = ""
         self.loop_lag: float = 0.0
+        self.stats = NodeStats()
+        self.hub_depth = 0  # read by metrics from another thread: kept current by the sweeper
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._start_lock: asyncio.Lock | None = None
@@ -68,6 +72,7 @@ class NodeRuntime:
             if self.node_id is not None:
                 return
             self.name = settings.NODE_NAME
+            self.stats = NodeStats()
             node, stale_users = await registry.register_node(self.name)
             self.hub = Hub()
             await self.hub.start()
@@ -170,6 +175,7 @@ class NodeRuntime:
             await asyncio.sleep(max(0.0, expected - time.monotonic()))
             now = time.monotonic()
             self.loop_lag = max(0.0, now - expected)
+            self.hub_depth = self.hub.queue_depth()
             expected = now + period
             try:
                 await self.sweep(now)
@@ -187,6 +193,7 @@ class NodeRuntime:
                 log.info(
                     "connection %s silent for %.1fs: closing 4408", conn.id, now - conn.last_in
                 )
+                metrics.HEARTBEAT_TIMEOUTS.inc()
                 self.spawn(conn.close(Close.HEARTBEAT_TIMEOUT))
             elif now - conn.last_out >= interval:
                 self.spawn(conn.send_frame({"type": "ping", "server_time": now_ms()}))
@@ -211,9 +218,11 @@ class NodeRuntime:
         if self.node_id is None:
             return
         seen = [c for c in self.connections.values() if c.last_in > c.last_flushed_in]
+        stats = self.stats.snapshot(list(self.connections.values()), self.loop_lag)
         updated = await registry.node_heartbeat(
-            self.node_id, [c.id for c in seen], len(self.connections)
+            self.node_id, [c.id for c in seen], len(self.connections), stats
         )
+        await self._publish_stats(stats)
         for conn in seen:
             conn.last_flushed_in = conn.last_in
         if not updated:
@@ -235,6 +244,17 @@ class NodeRuntime:
         await sync_to_async(credentials.purge_tickets)()
         cutoff = time.monotonic() - 5
         self.typing_seen = {k: t for k, t in self.typing_seen.items() if t > cutoff}
+
+    async def _publish_stats(self, stats: dict[str, Any]) -> None:
+        """Feed the staff topic behind `/ops/` (skipped if `ops` is not a namespace)."""
+        from realtime.topics import apublish
+
+        try:
+            await apublish(OPS_TOPIC, {"node": self.name, **stats})
+        except TetherError:
+            pass  # the operator configured no `ops` namespace
+        except Exception:
+            log.warning("could not publish node stats", exc_info=True)
 
     async def _reregister(self) -> None:
         node, _ = await registry.register_node(self.name)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from monitoring import metrics
 from realtime import delivery, registry, topic_fanout
 from realtime.protocol import Code, Frame, TetherError, bad_request
 from realtime.topic_store import get_store
@@ -61,6 +62,8 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
         conn.cursors[topic] = snap.offset
         conn.epochs[topic] = snap.epoch
         recovered = snap.entries is not None
+        if since is not None:
+            metrics.RECOVERIES.labels("true" if recovered else "false").inc()
         reply = {
             "type": "subscribed",
             "id": frame.id,

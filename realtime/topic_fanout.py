@@ -8,8 +8,10 @@ cursor, so a lost, repeated or reordered layer message changes nothing.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+from monitoring import metrics
 from realtime import delivery
 from realtime.connection import Connection
 from realtime.hub import Hub
@@ -47,7 +49,11 @@ def install(hub: Hub) -> None:
         if not members:
             return
         offset, epoch, text = message["offset"], message["epoch"], message["text"]
+        metrics.PUBLICATIONS.inc()
+        if "ts" in message:
+            metrics.PUBLISH_DELIVER.observe(max(0.0, time.time() - message["ts"] / 1000))
         conns = list(members)
+        metrics.FRAMES_OUT_PUB.inc(len(conns))
         for conn in conns:
             if conn.epochs.get(topic) != epoch:
                 follow_epoch(conn, topic, epoch)

@@ -128,6 +128,7 @@ async def apublish(topic: str, data: Any) -> dict[str, Any]:
                 "topic": topic,
                 "offset": offset,
                 "epoch": epoch,
+                "ts": ts,
                 "text": pub_text(topic, offset, epoch, text, ts),
             },
         )
