@@ -1,7 +1,20 @@
+"""Users with their live sockets and API tokens.
+
+Deleting a token here (from the user's page, its own page or the bulk action)
+revokes it: `accounts.signals` closes that token's sockets with 4401, since
+every one of those paths deletes through the ORM and sends `post_delete`.
+"""
+
+from __future__ import annotations
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
+from django.http import HttpRequest
+from django.utils import timezone
 
 from accounts.models import ApiToken, User
+from realtime.admin import ago
+from realtime.models import LiveConnection
 
 
 class ApiTokenInline(admin.TabularInline):
@@ -10,10 +23,37 @@ class ApiTokenInline(admin.TabularInline):
     fields = ("prefix", "name", "can_publish", "created_at", "last_used_at")
     readonly_fields = ("prefix", "created_at", "last_used_at")
 
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Raw tokens are shown once at creation: issue them with `manage.py issue_token`.
+        return False
+
+
+class LiveConnectionInline(admin.TabularInline):
+    """The user's open sockets on every node; closing them is the live list's action."""
+
+    model = LiveConnection
+    extra = 0
+    # The connection id is the row's title (with a link to its page).
+    fields = ("node", "endpoint", "auth_method", "remote_addr", "connected_at", "idle")
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = True
+    verbose_name_plural = "live connections"
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.display(description="idle")
+    def idle(self, obj: LiveConnection) -> str:
+        return ago(timezone.now() - obj.last_seen)
+
 
 @admin.register(User)
 class TetherUserAdmin(UserAdmin):
-    inlines = [ApiTokenInline]
+    inlines = [LiveConnectionInline, ApiTokenInline]
 
 
 @admin.register(ApiToken)
@@ -21,8 +61,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("prefix", "user", "name", "can_publish", "created_at", "last_used_at")
     list_filter = ("can_publish",)
     search_fields = ("user__username", "name", "prefix")
-    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
+    list_select_related = ("user",)
+    # A token handed to another user would keep its sockets under the old one.
+    readonly_fields = ("user", "prefix", "key_hash", "created_at", "last_used_at")
 
-    def has_add_permission(self, request: object) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         # Raw tokens are shown once at creation: issue them with `manage.py issue_token`.
         return False
