@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -23,6 +22,7 @@ from django.utils.html import format_html
 
 from realtime import control
 from realtime.models import Conversation, LiveConnection, Membership, Message, Node
+from realtime.registry import silent_after
 from realtime.topics import namespaces
 
 # How many choices a "who" filter offers besides the selected one: the list of
@@ -45,11 +45,6 @@ def ago(delta: timedelta) -> str:
     if seconds < 7200:
         return f"{seconds // 60}m"
     return f"{seconds // 3600}h"
-
-
-def silent_after() -> timedelta:
-    """A node unheard for longer is silent: the reapers remove it (PING_TIMEOUT + 10 s)."""
-    return timedelta(seconds=settings.PING_TIMEOUT + 10)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -138,6 +139,12 @@ async def node_heartbeat(
     if seen_ids:
         await LiveConnection.objects.filter(id__in=seen_ids).aupdate(last_seen=now)
     return updated
+
+
+def silent_after() -> timedelta:
+    """A node unheard for longer missed three heartbeats: shown as silent (admin, stats)
+    until the reapers remove it at `PING_TIMEOUT` + 10 s."""
+    return timedelta(seconds=3 * settings.TETHER_MAINTENANCE_SECONDS)
 
 
 @dataclass(frozen=True)
