@@ -1,10 +1,12 @@
-"""The web pages served next to the API: home, sign-up, the chat app and the feeds page."""
+"""The web pages served next to the API: home, sign-up, the chat app, the feeds page and the
+staff ops dashboard."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -13,6 +15,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.models import User
 from accounts.serializers import RegisterSerializer
+from monitoring.stats import OPS_TOPIC
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -69,3 +72,16 @@ def chat(request: HttpRequest) -> HttpResponse:
 def feeds(request: HttpRequest) -> HttpResponse:
     """Live topic subscriptions on /ws/stream/."""
     return render(request, "feeds.html")
+
+
+@login_required
+@ensure_csrf_cookie
+def ops(request: HttpRequest) -> HttpResponse:
+    """Live per-node charts fed by the staff topic `ops:stats` (issue 7, point 4).
+
+    Anonymous visitors go to the login form (login_required); a signed-in user who
+    is not staff gets 403 rather than a login loop, since logging in again cannot help.
+    """
+    if not request.user.is_staff:
+        raise PermissionDenied("the ops dashboard is for staff")
+    return render(request, "ops.html", {"topic": OPS_TOPIC})
