@@ -322,3 +322,38 @@ def label_names(metric: str, seen: dict[str, set[str]]) -> set[str]:
         if isinstance(value, MetricWrapperBase) and value._name == family:
             return set(value._labelnames)
     return set()
+
+
+def test_ops_page_shows_every_node_and_marks_a_stopped_one_silent(
+    production_stack: Stack, make_node: Callable[..., DaphneNode], browser: Any
+) -> None:
+    """On PostgreSQL + Redis the topic is shared: one page sees every node's figures."""
+    a = make_node(production_stack, name("ops-a-"), **FAST)
+    b = make_node(production_stack, name("ops-b-"), **FAST)
+    staff_name = name("ops")
+    a.create_superuser(staff_name, PASSWORD)
+    t = Tab(browser, a)
+    try:
+        t.login(User(staff_name, "", 0), "/ops/")
+        for node in (a, b):
+            card = f'[data-testid="ops-node"][data-node="{node.name}"]'
+            t.page.wait_for_selector(f'{card}[data-alive="true"]')
+            t.page.wait_for_selector(series("connections", node.name), state="attached")
+        # The page's socket is on node a only.
+        t.page.wait_for_function(
+            """([sa, sb]) => {
+                const la = document.querySelector(sa), lb = document.querySelector(sb);
+                return la && lb && Number(la.dataset.last) >= 1 && lb.dataset.last === "0";
+            }""",
+            arg=[series("connections", a.name), series("connections", b.name)],
+        )
+        b.stop()
+        # No figures from b any more: after 15 s its card says so; a's stays live.
+        t.page.wait_for_selector(
+            f'[data-testid="ops-node"][data-node="{b.name}"][data-alive="false"]', timeout=30_000
+        )
+        alive_a = f'[data-testid="ops-node"][data-node="{a.name}"]'
+        assert t.page.get_attribute(alive_a, "data-alive") == "true"
+        assert not t.console_errors, t.console_errors
+    finally:
+        t.close()
