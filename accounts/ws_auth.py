@@ -100,5 +100,7 @@ class WebSocketAuthMiddleware:
         except Exception:
             log.exception("socket authentication failed")
             user, auth = AnonymousUser(), SocketAuth("", "", failed=True)
-        scope = dict(scope, user=user, tether_auth=auth)
+        # In place, not a copy: see OriginCheckMiddleware.
+        scope["user"] = user
+        scope["tether_auth"] = auth
         return await self.app(scope, receive, send)

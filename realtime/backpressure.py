@@ -37,7 +37,7 @@ class RawSendMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] == "websocket":
-            scope = {**scope, RAW_SEND_KEY: send}
+            scope[RAW_SEND_KEY] = send  # in place: see OriginCheckMiddleware
         return await self.app(scope, receive, send)
 
 
@@ -66,7 +66,8 @@ class Outbound:
         self.flush = flush
         self.direct = False  # whether `write_frame` may be used
         self._paused = False
-        self.queue: deque[tuple[str, int]] = deque()
+        # Created on first use: an empty deque is 600 bytes on every idle socket.
+        self.queue: deque[tuple[str, int]] | tuple[()] = ()
         self.queued_bytes = 0
         self.peak_frames = 0
         self._drainer: asyncio.Future[None] | None = None
@@ -94,6 +95,8 @@ class Outbound:
         size = len(text.encode("utf-8", "surrogatepass"))
         if len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes:
             return False
+        if not self.queue:
+            self.queue = deque()
         self.queue.append((text, size))
         self.queued_bytes += size
         self.peak_frames = max(self.peak_frames, len(self.queue))
@@ -102,7 +105,7 @@ class Outbound:
 
     def discard(self) -> None:
         self._paused = True
-        self.queue.clear()
+        self.queue = ()
         self.queued_bytes = 0
 
     def _start_drain(self) -> None:

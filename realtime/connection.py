@@ -22,7 +22,7 @@ BAD_JSON_IN_A_ROW_BEFORE_CLOSE = 10
 FLOOD_SECONDS = 10.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     """One accepted, authenticated socket on this node."""
 

@@ -362,7 +362,8 @@ class TetherConsumer(AsyncWebsocketConsumer):
             return
         self.conn.closing = True
         try:
-            await asyncio.wait_for(self.close(code), CLOSE_SECONDS)
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.close(code)
         except TimeoutError:
             # The transport does not even take the close frame (uvicorn waits while
             # a client that stopped reading has a full buffer): drop the connection.

@@ -58,5 +58,7 @@ class OriginCheckMiddleware:
             return await denier(scope, receive, send)
         # Cookies are only trusted with an allowed Origin: a page elsewhere
         # cannot ride the browser's session (cross-site WebSocket hijacking).
-        scope = dict(scope, tether_origin_ok=origin is not None)
+        # Set in place: every socket has its own scope, and a copy per middleware
+        # layer would live as long as the socket (memory per idle connection).
+        scope["tether_origin_ok"] = origin is not None
         return await self.app(scope, receive, send)

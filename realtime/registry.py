@@ -22,7 +22,7 @@ from realtime.models import LiveConnection, Node
 log = logging.getLogger("tether.registry")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     """What the registry stores about a socket at accept time."""
 
