@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.db.models import Q
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -16,6 +17,7 @@ from rest_framework.views import APIView
 from accounts import credentials
 from accounts.models import ApiToken, User
 from accounts.serializers import CredentialsSerializer, RegisterSerializer, UserSerializer
+from project import openapi as doc
 from project.api_errors import error_response
 
 
@@ -31,6 +33,19 @@ class RegisterView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
 
+    @extend_schema(
+        summary="Sign up",
+        tags=["auth"],
+        request=RegisterSerializer,
+        responses={
+            201: doc.UserBody,
+            400: doc.error(
+                "`bad_request`: a field missing or invalid, the username taken, "
+                "or the password refused by the validators"
+            ),
+            403: doc.error("`forbidden`: sign-up is disabled (`SIGNUP_ENABLED`)"),
+        },
+    )
     def post(self, request: Request) -> Response:
         if not settings.SIGNUP_ENABLED:
             return error_response("forbidden", "sign-up is disabled on this server", 403)
@@ -47,6 +62,18 @@ class TokenView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
 
+    @extend_schema(
+        summary="Get a new API token",
+        tags=["auth"],
+        request=CredentialsSerializer,
+        responses={
+            200: doc.TokenBody,
+            400: doc.error("`bad_request`: `username` or `password` missing or invalid"),
+            401: doc.error(
+                "`invalid_credentials`: wrong username or password, or a disabled account"
+            ),
+        },
+    )
     def post(self, request: Request) -> Response:
         serializer = CredentialsSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -62,6 +89,13 @@ class TokenView(APIView):
 
 
 class WsTicketView(APIView):
+    @extend_schema(
+        summary="Get a socket ticket",
+        description="Single use, valid for `expires_in` seconds; no request body.",
+        tags=["auth"],
+        request=None,
+        responses={201: doc.TicketBody},
+    )
     def post(self, request: Request) -> Response:
         raw = credentials.issue_ticket(request.user, auth_ref_of(request))
         return Response(
@@ -71,6 +105,7 @@ class WsTicketView(APIView):
 
 
 class MeView(APIView):
+    @extend_schema(summary="The caller", tags=["users"], responses={200: doc.UserBody})
     def get(self, request: Request) -> Response:
         return Response(UserSerializer(request.user).data)
 
@@ -84,6 +119,22 @@ class UserLookupView(APIView):
 
     MAX_NAMES = 50
 
+    @extend_schema(
+        summary="Look users up by exact name",
+        tags=["users"],
+        parameters=[
+            doc.query(
+                "username",
+                {"type": "string"},
+                "comma-separated names, 1 to 50, matched exactly regardless of case",
+                required=True,
+            )
+        ],
+        responses={
+            200: doc.UserList,
+            400: doc.error("`bad_request`: `username` missing or more than 50 names"),
+        },
+    )
     def get(self, request: Request) -> Response:
         raw = request.query_params.get("username", "")
         names = list(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))

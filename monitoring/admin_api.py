@@ -8,18 +8,22 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from project import openapi as doc
 from project.config import redacted
 from realtime import control, fanout, registry
+from realtime.conversations import MAX_ID
 from realtime.models import LiveConnection, Node
 from realtime.protocol import Code, TetherError, bad_request
 
 MAX_PAGE = 500
+MAX_NUMBER = 1e9  # seconds (31 years) or rows
 
 
 def _ms(moment: Any) -> int:
@@ -46,6 +50,12 @@ class StaffView(APIView):
 
 
 class ConfigView(StaffView):
+    @extend_schema(
+        summary="The effective configuration",
+        description="Every setting with its value and source; secrets redacted.",
+        tags=["admin"],
+        responses={200: doc.ConfigBody},
+    )
     def get(self, request: Request) -> Response:
         return Response({"settings": redacted(settings.TETHER_CONFIG)})
 
@@ -60,19 +70,52 @@ def _number(request: Request, name: str) -> float | None:
         raise bad_request(name, "must be a number") from None
     if value < 0 or value != value:
         raise bad_request(name, "must be >= 0")
+    # Also refuses "inf": past this, `idle_gt` overflows a timedelta and `offset` the
+    # database's integers (both were 500s); no real query needs more.
+    if value > MAX_NUMBER:
+        raise bad_request(name, f"must be at most {MAX_NUMBER:g}")
     return value
 
 
 class ConnectionsView(StaffView):
+    @extend_schema(
+        summary="Live connections",
+        description="Oldest first, on every node.",
+        tags=["admin"],
+        parameters=[
+            doc.query("user", {"type": "string"}, "a user id or a username"),
+            doc.query("node", {"type": "string"}, "a node name"),
+            doc.query(
+                "idle_gt",
+                {"type": "number", "minimum": 0, "maximum": MAX_NUMBER},
+                "seconds since the socket was last heard from (as recorded, in batches)",
+            ),
+            doc.query(
+                "limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 100"
+            ),
+            doc.query(
+                "offset",
+                {"type": "integer", "minimum": 0, "maximum": MAX_NUMBER},
+                "connections to skip",
+            ),
+        ],
+        responses={
+            200: doc.ConnectionList,
+            400: doc.error("`bad_request`: `user`, `idle_gt`, `limit` or `offset` invalid"),
+        },
+    )
     def get(self, request: Request) -> Response:
         rows = LiveConnection.objects.select_related("user", "node").order_by("connected_at", "id")
         user = request.query_params.get("user")
         if user:
-            rows = (
-                rows.filter(user_id=int(user))
-                if user.isdigit()
-                else rows.filter(user__username=user)
-            )
+            # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+            is_id = user.isascii() and user.isdigit()
+            if is_id and int(user) > MAX_ID:
+                rows = rows.none()  # no user has it; the database could not compare it
+            elif is_id:
+                rows = rows.filter(user_id=int(user))
+            else:
+                rows = rows.filter(user__username=user)
         node = request.query_params.get("node")
         if node:
             rows = rows.filter(node__name=node)
@@ -94,6 +137,16 @@ class ConnectionsView(StaffView):
 
 
 class ConnectionDetailView(StaffView):
+    @extend_schema(
+        summary="Close a connection",
+        description="Closed with 4403 by whichever node holds it; its record goes with it.",
+        tags=["admin"],
+        parameters=[doc.path("connection_id", {"type": "string"}, "the connection's id")],
+        responses={
+            204: OpenApiResponse(description="the close was sent"),
+            404: doc.error("`not_found`: no live connection with that id"),
+        },
+    )
     def delete(self, request: Request, connection_id: str) -> Response:
         # Closed by whichever node holds it; that node's cleanup removes the record.
         if not control.disconnect([connection_id]):
@@ -102,6 +155,12 @@ class ConnectionDetailView(StaffView):
 
 
 class CleanupView(StaffView):
+    @extend_schema(
+        summary="Remove records no node holds",
+        tags=["admin"],
+        request=None,
+        responses={200: doc.CleanupBody},
+    )
     def post(self, request: Request) -> Response:
         """Remove records no node holds: of silent nodes, and sockets silent too long.
 
@@ -135,6 +194,7 @@ def _worst(rows: list[dict[str, Any]], name: str) -> float | None:
     return max(values) if values else None
 
 
+@extend_schema(summary="Cluster and node figures", tags=["admin"], responses={200: doc.StatsBody})
 class StatsView(StaffView):
     """Every live node with its figures and process diagnostics, and cluster totals.
 

@@ -21,6 +21,23 @@ User = get_user_model()
 
 MAX_GROUP_MEMBERS = 1000
 MAX_TITLE_CHARS = 200
+# The largest id a database column holds (BIGINT). A larger one names no user,
+# and asking the database about it fails (SQLite: OverflowError) instead of
+# finding nothing, so such ids are answered without a query.
+MAX_ID = 2**63 - 1
+
+
+def storable_id(value: int) -> bool:
+    return -MAX_ID <= value <= MAX_ID
+
+
+def valid_id(conversation_id: Any) -> bool:
+    # No id holds NUL, and PostgreSQL refuses NUL in any query (a 500, not "no such").
+    return (
+        isinstance(conversation_id, str)
+        and 1 <= len(conversation_id) <= 64
+        and "\x00" not in conversation_id
+    )
 
 
 def new_conversation_id() -> str:
@@ -34,7 +51,7 @@ def forbidden() -> TetherError:
 
 def access_conversation(user_id: int, conversation_id: Any) -> tuple[Conversation, Membership]:
     """The conversation and the caller's membership, or `forbidden`."""
-    if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 64:
+    if not valid_id(conversation_id):
         raise bad_request("conversation", "must be a conversation id (a string)")
     membership = (
         Membership.objects.select_related("conversation", "conversation__created_by")
@@ -48,7 +65,7 @@ def access_conversation(user_id: int, conversation_id: Any) -> tuple[Conversatio
 
 def is_member(user_id: int, conversation_id: Any) -> bool:
     """Whether the user belongs to the conversation (one indexed lookup)."""
-    if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 64:
+    if not valid_id(conversation_id):
         raise bad_request("conversation", "must be a conversation id (a string)")
     with connection.cursor() as cursor:
         cursor.execute(
@@ -78,7 +95,7 @@ def _users(ids: Any, field: str) -> list[Any]:
     ):
         raise bad_request(field, "must be a list of user ids (integers)")
     unique = sorted(set(ids))
-    users = list(User.objects.filter(id__in=unique, is_active=True))
+    users = list(User.objects.filter(id__in=[i for i in unique if storable_id(i)], is_active=True))
     if len(users) != len(unique):
         missing = sorted(set(unique) - {u.id for u in users})
         raise TetherError(Code.NOT_FOUND, f"{field}: no such user(s): {missing}", field=field)
@@ -88,6 +105,8 @@ def _users(ids: Any, field: str) -> list[Any]:
 def check_create_group(creator: Any, title: Any, member_ids: Any) -> Conversation:
     if not isinstance(title, str) or not 1 <= len(title.strip()) <= MAX_TITLE_CHARS:
         raise bad_request("title", f"must be 1 to {MAX_TITLE_CHARS} characters")
+    if "\x00" in title:  # PostgreSQL cannot store it
+        raise bad_request("title", "must not contain NUL characters")
     users = _users(member_ids if member_ids is not None else [], "members")
     if len(users) + 1 > MAX_GROUP_MEMBERS:
         raise bad_request("members", f"at most {MAX_GROUP_MEMBERS} members")
@@ -135,7 +154,7 @@ def check_add_member(actor: Any, conversation_id: str, user_id: Any) -> tuple[An
         raise bad_request("user", "a direct conversation always has exactly two members")
     if isinstance(user_id, bool) or not isinstance(user_id, int):
         raise bad_request("user", "must be a user id (an integer)")
-    user = User.objects.filter(id=user_id, is_active=True).first()
+    user = User.objects.filter(id=user_id, is_active=True).first() if storable_id(user_id) else None
     if user is None:
         raise TetherError(Code.NOT_FOUND, f"user: no such user: {user_id}", field="user")
     if Membership.objects.filter(conversation=conversation, user=user).exists():
@@ -161,7 +180,10 @@ def check_remove_member(actor: Any, conversation_id: str, user_id: int) -> None:
         )
     if conversation.kind == Conversation.DIRECT:
         raise bad_request("user", "members cannot leave a direct conversation")
-    if not Membership.objects.filter(conversation=conversation, user_id=user_id).exists():
+    if (
+        not storable_id(user_id)
+        or not Membership.objects.filter(conversation=conversation, user_id=user_id).exists()
+    ):
         raise TetherError(Code.NOT_FOUND, f"user {user_id} is not a member")
     do_remove_member(conversation, user_id)
 

@@ -67,6 +67,11 @@ def check_send(
         raise bad_request("body", "is required: a string")
     if not body.strip():
         raise bad_request("body", "must not be empty")
+    # PostgreSQL cannot store NUL in text (a 500 otherwise); no key or message needs it.
+    if "\x00" in client_id:
+        raise bad_request("id", "must not contain NUL characters")
+    if "\x00" in body:
+        raise bad_request("body", "must not contain NUL characters")
     if len(body) > settings.MAX_BODY_CHARS:
         raise TetherError(
             Code.TOO_LARGE,

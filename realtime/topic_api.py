@@ -5,16 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiToken
+from project import openapi as doc
 from realtime import topics
 from realtime.api import _body, _int_param
 from realtime.protocol import Code, TetherError, bad_request
 from realtime.topic_store import get_store
+
+TOPIC = doc.path(
+    "topic",
+    {"type": "string", "pattern": "^[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}$"},
+    "`namespace:name`",
+)
+BAD_TOPIC = "`bad_request`: `topic` is not `namespace:name`"
 
 
 def may_publish(request: Request) -> bool:
@@ -25,6 +34,22 @@ def may_publish(request: Request) -> bool:
 
 
 class PublishView(APIView):
+    @extend_schema(
+        summary="Publish to a topic",
+        tags=["topics"],
+        parameters=[TOPIC],
+        request=doc.PublishBody,
+        responses={
+            201: doc.Published,
+            400: doc.error(
+                f"{BAD_TOPIC}; `data` missing; `too_large`: `data` over MAX_FRAME_BYTES"
+            ),
+            403: doc.error(
+                "`forbidden`: neither staff nor a token with the publish right; "
+                "an unknown namespace"
+            ),
+        },
+    )
     def post(self, request: Request, topic: str) -> Response:
         if not may_publish(request):
             raise TetherError(
@@ -53,6 +78,17 @@ async def _history(topic: str, ns: Any, since: int | None) -> dict[str, Any]:
 
 
 class HistoryView(APIView):
+    @extend_schema(
+        summary="A topic's history",
+        description="What history holds after `since` (by default all of it).",
+        tags=["topics"],
+        parameters=[TOPIC, doc.query("since", doc.INTEGER_GE0, "an offset")],
+        responses={
+            200: doc.TopicHistory,
+            400: doc.error(f"{BAD_TOPIC}; `since` not an integer >= 0"),
+            403: doc.error("`forbidden`: may not subscribe to it; an unknown namespace"),
+        },
+    )
     def get(self, request: Request, topic: str) -> Response:
         ns = topics.readable_namespace(request.user, topic)
         return Response(_history(topic, ns, _int_param(request, "since")))
