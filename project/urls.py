@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts import views as account_views
 from monitoring import admin_api
@@ -15,6 +16,13 @@ handler404 = "project.api_errors.not_found"
 handler500 = "project.api_errors.server_error"
 
 api_patterns = [
+    # Public, like the API it describes (project/openapi.py).
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        "docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="api/docs.html"),
+        name="api-docs",
+    ),
     path("auth/register/", account_views.RegisterView.as_view(), name="register"),
     path("auth/token/", account_views.TokenView.as_view(), name="token"),
     path("auth/ws-ticket/", account_views.WsTicketView.as_view(), name="ws-ticket"),
@@ -41,6 +49,7 @@ urlpatterns = [
     path("", pages.home, name="home"),
     path("chat/", pages.chat, name="chat"),
     path("feeds/", pages.feeds, name="feeds"),
+    path("ops/", pages.ops, name="ops"),
     path("accounts/signup/", pages.signup, name="signup"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
