@@ -174,6 +174,9 @@ def parse_frame(text: str) -> Frame:
         raise TetherError(Code.BAD_JSON, "the frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise TetherError(Code.BAD_JSON, "the frame must be a JSON object")
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(data):
+        # JSON allows "\ud800" alone, but it is not text: no database can store it.
+        raise TetherError(Code.BAD_JSON, "the frame contains an unpaired UTF-16 surrogate escape")
     request_id = data.get("id")
     if request_id is not None and (
         not isinstance(request_id, str) or not 1 <= len(request_id) <= MAX_ID_CHARS
@@ -186,6 +189,14 @@ def parse_frame(text: str) -> Frame:
         error.request_id = request_id
         raise error
     return Frame(type=frame_type, id=request_id, data=data)
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def encode(frame: dict[str, Any]) -> str:

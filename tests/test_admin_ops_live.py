@@ -254,7 +254,9 @@ async def delete_in_user_inline(browser: Browser, uid: int, tid: int) -> None:
         if re.fullmatch(r"api_tokens-\d+-id", name) and value == str(tid)
     )
     url, html = post(browser, path, [*fields, (f"api_tokens-{index}-DELETE", "on"), ("_save", "")])
-    errors = re.findall(r'class="errorlist[^"]*"[^>]*>.*?</ul>|class="errornote".*?</p>', html, re.S)
+    errors = re.findall(
+        r'class="errorlist[^"]*"[^>]*>.*?</ul>|class="errornote".*?</p>', html, re.S
+    )
     assert url.endswith("/admin/accounts/user/"), errors
 
 

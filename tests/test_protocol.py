@@ -72,3 +72,13 @@ def test_token_bucket_burst_then_rate() -> None:
     assert 90 <= retry <= 100
     assert bucket.take(0.1) == 0  # one token back after 1/rate seconds
     assert bucket.take(0.1) > 0
+
+
+def test_unpaired_surrogate_escapes_are_bad_json_and_pairs_are_fine() -> None:
+    with pytest.raises(TetherError) as info:
+        parse_frame('{"type":"send","body":"a\\ud800b"}')
+    assert info.value.code == Code.BAD_JSON
+    with pytest.raises(TetherError):
+        parse_frame('{"type":"send","nested":{"k":["\\uDFFF"]}}')
+    frame = parse_frame('{"type":"send","body":"\\ud83d\\ude00"}')
+    assert frame.get("body") == "\U0001f600"
