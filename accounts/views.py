@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from accounts import credentials
 from accounts.models import ApiToken, User
 from accounts.serializers import CredentialsSerializer, RegisterSerializer, UserSerializer
+from accounts.throttles import AUTH_THROTTLES, AuthAddressThrottle
 from project import openapi as doc
 from project.api_errors import error_response
 
@@ -32,6 +33,7 @@ def auth_ref_of(request: Request) -> str:
 class RegisterView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
+    throttle_classes = [AuthAddressThrottle]
 
     @extend_schema(
         summary="Sign up",
@@ -61,6 +63,7 @@ class RegisterView(APIView):
 class TokenView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
+    throttle_classes = AUTH_THROTTLES
 
     @extend_schema(
         summary="Get a new API token",

@@ -100,6 +100,13 @@ def parse_origins(raw: str) -> list[str]:
     return [o.rstrip("/") for o in origins]
 
 
+def parse_rate(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ValueError(f"expected a rate like 10/minute or 100/hour, got {raw!r}")
+    return value
+
+
 def parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -345,6 +352,13 @@ DECLARATIONS: tuple[Setting, ...] = (
     ),
     Setting("RATE_LIMIT_BURST", parse_int, 40, "per-connection token bucket: burst", minimum=1),
     Setting("REPLAY_LIMIT", parse_int, 500, "messages per conversation in one `sync`", minimum=1),
+    Setting(
+        "AUTH_RATE_LIMIT",
+        parse_rate,
+        "10/minute",
+        "password tries (token, register, login form) per client address and per user "
+        "name, e.g. `10/minute`, `100/hour` (429 beyond)",
+    ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(
         "AUTO_MIGRATE",

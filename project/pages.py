@@ -3,8 +3,12 @@ staff ops dashboard."""
 
 from __future__ import annotations
 
+from math import ceil
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -13,6 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
+from accounts import throttles
 from accounts.models import User
 from accounts.serializers import RegisterSerializer
 from monitoring.stats import OPS_TOPIC
@@ -39,8 +44,11 @@ def signup(request: HttpRequest) -> HttpResponse:
     next_url = _safe_next(request, "/chat/")
     errors: list[str] = []
     username = ""
+    wait = throttles.refused(request) if request.method == "POST" else None
     if not settings.SIGNUP_ENABLED:
         errors.append("Sign-up is disabled on this server.")
+    elif wait is not None:
+        errors.append(f"Too many attempts. Try again in {ceil(wait)} seconds.")
     elif request.method == "POST":
         username = request.POST.get("username", "")
         serializer = RegisterSerializer(
@@ -55,7 +63,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             return HttpResponseRedirect(next_url)
         for field, messages in serializer.errors.items():
             errors.extend(f"{field}: {message}" for message in messages)
-    status = 400 if errors and request.method == "POST" else 200
+    status = 429 if wait is not None else 400 if errors and request.method == "POST" else 200
     context = {"errors": errors, "username": username, "next": next_url}
     return render(request, "registration/signup.html", context, status=status)
 
@@ -85,3 +93,18 @@ def ops(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:
         raise PermissionDenied("the ops dashboard is for staff")
     return render(request, "ops.html", {"topic": OPS_TOPIC})
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login form, throttled like the token endpoint against password guessing."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        wait = throttles.refused(request)
+        if wait is None:
+            return super().post(request, *args, **kwargs)
+        # Refused before the password is even checked; the form comes back empty.
+        context = self.get_context_data(form=self.get_form_class()(request), throttled=ceil(wait))
+        response = self.render_to_response(context)
+        response.status_code = 429
+        response["Retry-After"] = str(ceil(wait))
+        return response

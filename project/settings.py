@@ -41,6 +41,7 @@ REPLAY_LIMIT: int = _c["REPLAY_LIMIT"]
 TOPIC_NAMESPACES: dict[str, dict] = _c["TOPIC_NAMESPACES"]
 DEMO_FEED: str = _c["DEMO_FEED"]
 METRICS_TOKEN: str = _c["METRICS_TOKEN"]
+AUTH_RATE_LIMIT: str = _c["AUTH_RATE_LIMIT"]
 SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
 REDIS_URL: str = _c["REDIS_URL"]
 AUTO_MIGRATE: bool = _c["AUTO_MIGRATE"]
@@ -160,6 +161,15 @@ else:
     }
 HUB_LAYER = "hub"
 
+# The cache holds the password-guessing throttles' counts: shared by every node
+# through Redis in production, per process when embedded.
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -177,6 +187,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["project.api_input.JSONParser"],
     "EXCEPTION_HANDLER": "project.api_errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Client address is REMOTE_ADDR (set from X-Forwarded-For by daphne's
+    # --proxy-headers behind nginx), never a header a client could forge.
+    "NUM_PROXIES": 0,
     "DEFAULT_SCHEMA_CLASS": "project.openapi.TetherAutoSchema",
 }
 

@@ -51,7 +51,7 @@ urlpatterns = [
     path("feeds/", pages.feeds, name="feeds"),
     path("ops/", pages.ops, name="ops"),
     path("accounts/signup/", pages.signup, name="signup"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", pages.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
         "accounts/password/",

@@ -82,3 +82,9 @@ async def runtime() -> AsyncIterator[object]:
     rt = get_runtime()
     yield rt
     await rt.stop()
+
+
+@pytest.fixture(autouse=True)
+def _generous_auth_throttle(settings) -> None:
+    """In-process tests log in often; tests of the throttle lower it themselves."""
+    settings.AUTH_RATE_LIMIT = "100000/minute"

@@ -31,6 +31,8 @@ def node_env(**overrides: str) -> dict[str, str]:
         {
             "SECRET_KEY": "tests-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
             "LOG_LEVEL": "INFO",
+            # Tests log in far more often than a person; the throttle has its own tests.
+            "AUTH_RATE_LIMIT": "100000/minute",
             "PYTHONUNBUFFERED": "1",
         }
     )

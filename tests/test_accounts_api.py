@@ -162,3 +162,54 @@ def test_seed_demo_is_idempotent(capsys, tmp_path) -> None:
 
     assert Conversation.objects.filter(kind="direct").count() == 1  # not duplicated
     assert Message.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_password_guessing_is_throttled_per_address_and_per_user_name(settings) -> None:
+    from django.core.cache import cache
+    from django.test import Client
+
+    settings.AUTH_RATE_LIMIT = "3/minute"
+    cache.clear()
+    User.objects.create_user("victim", password="a-Long-test-passw0rd")
+    api = APIClient()
+    for _ in range(3):
+        response = api.post(
+            "/api/auth/token/", {"username": "victim", "password": "guess"}, format="json"
+        )
+        assert response.status_code == 401
+    response = api.post(
+        "/api/auth/token/",
+        {"username": "victim", "password": "a-Long-test-passw0rd"},
+        format="json",
+    )
+    assert response.status_code == 429
+    body = response.json()
+    assert body["error"] == "rate_limited" and body["retry_after"] > 0
+    # Another address, the same account: still refused (per user name).
+    other = APIClient(REMOTE_ADDR="10.0.0.9")
+    response = other.post(
+        "/api/auth/token/", {"username": "VICTIM", "password": "guess"}, format="json"
+    )
+    assert response.status_code == 429
+    # A forged X-Forwarded-For does not make a new address.
+    response = api.post(
+        "/api/auth/register/",
+        {"username": "newcomer", "password": "a-Long-test-passw0rd"},
+        format="json",
+        HTTP_X_FORWARDED_FOR="203.0.113.7",
+    )
+    assert response.status_code == 429
+    # The login form too, before the password is checked.
+    cache.clear()
+    browser = Client()
+    for _ in range(3):
+        page = browser.post("/accounts/login/", {"username": "victim", "password": "guess"})
+        assert page.status_code == 200 and b"Wrong username or password" in page.content
+    page = browser.post(
+        "/accounts/login/", {"username": "victim", "password": "a-Long-test-passw0rd"}
+    )
+    assert page.status_code == 429 and b"Too many attempts" in page.content
+    assert int(page["Retry-After"]) > 0
+    assert "_auth_user_id" not in browser.session
+    cache.clear()
