@@ -69,7 +69,6 @@ class Outbound:
         # Created on first use: an empty deque is 600 bytes on every idle socket.
         self.queue: deque[tuple[str, int]] | tuple[()] = ()
         self.queued_bytes = 0
-        self.peak_frames = 0
         self._drainer: asyncio.Future[None] | None = None
 
     @property
@@ -99,7 +98,6 @@ class Outbound:
             self.queue = deque()
         self.queue.append((text, size))
         self.queued_bytes += size
-        self.peak_frames = max(self.peak_frames, len(self.queue))
         self._start_drain()
         return True
 

@@ -121,11 +121,6 @@ async def set_subscriptions(connection_id: str, topics: list[str]) -> None:
     await LiveConnection.objects.filter(id=connection_id).aupdate(subscriptions=topics)
 
 
-async def count_user_connections(user_id: int) -> int:
-    """Open sockets of a user across the cluster."""
-    return await LiveConnection.objects.filter(user_id=user_id).acount()
-
-
 async def node_heartbeat(
     node_id: int, seen_ids: list[str], connection_count: int, stats: dict | None = None
 ) -> int:

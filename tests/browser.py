@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,20 @@ with transaction.atomic():
     )
     Conversation.objects.filter(id=cid).update(last_seq=start + count)
 """
+
+
+def tab_factory(browser: Any, node: DaphneNode) -> Iterator[Callable[[], Tab]]:
+    """For a pytest fixture: make tabs on `node`; all are closed afterwards."""
+    tabs: list[Tab] = []
+
+    def make() -> Tab:
+        tab = Tab(browser, node)
+        tabs.append(tab)
+        return tab
+
+    yield make
+    for tab in tabs:
+        tab.close()
 
 
 def seed_messages(node: DaphneNode, cid: str, senders: list[int], count: int) -> None:

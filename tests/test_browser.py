@@ -7,7 +7,6 @@ the server's two-mode behaviour is covered by the socket-level tests.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +22,9 @@ from tests.browser import (
     make_user,
     seed_messages,
     staff_token,
+    tab_factory,
 )
+from tests.conftest import unique
 from tests.live import STAFF_PASSWORD, DaphneNode, Stack, http
 
 pytestmark = pytest.mark.timeout(150)
@@ -49,25 +50,12 @@ def web(embedded_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture
 def tab(browser: Any, web: DaphneNode) -> Iterator[Callable[[], Tab]]:
-    tabs: list[Tab] = []
-
-    def make() -> Tab:
-        t = Tab(browser, web)
-        tabs.append(t)
-        return t
-
-    yield make
-    for t in tabs:
-        t.close()
-
-
-def name(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
+    yield from tab_factory(browser, web)
 
 
 def pair(web: DaphneNode, tab: Callable[[], Tab]) -> tuple[User, Tab, User, Tab, str]:
     """Alice and Bob logged in on /chat/ in two contexts, with a direct conversation open."""
-    alice, bob = make_user(web, name("alice")), make_user(web, name("bob"))
+    alice, bob = make_user(web, unique("alice")), make_user(web, unique("bob"))
     a, b = tab(), tab()
     a.login(alice)
     b.login(bob)
@@ -236,7 +224,7 @@ def test_signup_logout_and_login_redirects_and_4401_stops(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
     t = tab()
-    username = name("carol")
+    username = unique("carol")
     t.page.goto(web.url + "/feeds/")
     assert "/accounts/login/" in t.page.url
     t.page.goto(web.url + "/accounts/signup/?next=/feeds/")
@@ -264,11 +252,11 @@ def test_signup_logout_and_login_redirects_and_4401_stops(
 def test_feeds_page_shows_publications_with_offsets_and_recovery(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    staff = name("ops")
+    staff = unique("ops")
     web.create_superuser(staff)
     token = staff_token(web, staff, STAFF_PASSWORD)
-    viewer = make_user(web, name("dora"))
-    topic = f"prices:{name('T')}"
+    viewer = make_user(web, unique("dora"))
+    topic = f"prices:{unique('T')}"
 
     def publish(data: Any) -> int:
         status, body, _ = http(
@@ -313,7 +301,7 @@ def test_feeds_page_shows_publications_with_offsets_and_recovery(
 def test_long_conversation_scrolls_with_a_bounded_dom(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    alice, bob = make_user(web, name("alice")), make_user(web, name("bob"))
+    alice, bob = make_user(web, unique("alice")), make_user(web, unique("bob"))
     cid = create_conversation(web, alice, bob)
     seed_messages(web, cid, [alice.id, bob.id], 10_000)
     b = tab()
@@ -400,7 +388,7 @@ def test_client_heartbeat_timeout_detects_a_silent_connection(
     )
     proxy.start(node.port)
     try:
-        alice, bob = make_user(node, name("alice")), make_user(node, name("bob"))
+        alice, bob = make_user(node, unique("alice")), make_user(node, unique("bob"))
         cid = create_conversation(node, alice, bob)
         t = Tab(browser, node)
         t.node = _Via(proxy.url)

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.browser import PASSWORD, Tab, User, create_conversation, launch_chromium, make_user
+from tests.browser import (
+    PASSWORD,
+    Tab,
+    User,
+    create_conversation,
+    launch_chromium,
+    make_user,
+    tab_factory,
+)
+from tests.conftest import unique
 from tests.live import ROOT, DaphneNode, Stack, http
 
 pytestmark = pytest.mark.timeout(150)
@@ -50,20 +58,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def tab(browser: Any, ops_node: DaphneNode) -> Iterator[Callable[[], Tab]]:
-    tabs: list[Tab] = []
-
-    def make() -> Tab:
-        t = Tab(browser, ops_node)
-        tabs.append(t)
-        return t
-
-    yield make
-    for t in tabs:
-        t.close()
-
-
-def name(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
+    yield from tab_factory(browser, ops_node)
 
 
 def series(metric: str, node: str = NODE_NAME) -> str:
@@ -103,11 +98,11 @@ def history_count(node: DaphneNode, token: str) -> int:
 def test_ops_page_is_staff_only_and_charts_each_node_live(
     ops_node: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    staff_name = name("ops")
+    staff_name = unique("ops")
     ops_node.create_superuser(staff_name, PASSWORD)
     staff = User(staff_name, "", 0)
-    alice, bob = make_user(ops_node, name("alice")), make_user(ops_node, name("bob"))
-    token = ops_node.staff_token(name("opsapi"))
+    alice, bob = make_user(ops_node, unique("alice")), make_user(ops_node, unique("bob"))
+    token = ops_node.staff_token(unique("opsapi"))
 
     # Anonymous: the login form, coming back to /ops/ (Tab.login asserts both),
     # then the staff member sees their node with its figures.
@@ -328,9 +323,9 @@ def test_ops_page_shows_every_node_and_marks_a_stopped_one_silent(
     production_stack: Stack, make_node: Callable[..., DaphneNode], browser: Any
 ) -> None:
     """On PostgreSQL + Redis the topic is shared: one page sees every node's figures."""
-    a = make_node(production_stack, name("ops-a-"), **FAST)
-    b = make_node(production_stack, name("ops-b-"), **FAST)
-    staff_name = name("ops")
+    a = make_node(production_stack, unique("ops-a-"), **FAST)
+    b = make_node(production_stack, unique("ops-b-"), **FAST)
+    staff_name = unique("ops")
     a.create_superuser(staff_name, PASSWORD)
     t = Tab(browser, a)
     try:

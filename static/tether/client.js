@@ -407,21 +407,15 @@ export class Connection extends EventTarget {
  * Events: those of Connection, plus `message`, `ack`, `send-failed`,
  * `joined`, `left`, `receipt`, `typing`, `presence`, `synced`.
  */
-export class ChatClient extends EventTarget {
-  constructor(options = {}) {
+/** What ChatClient and StreamClient share: one Connection, its events passed on. */
+class SocketClient extends EventTarget {
+  constructor(path, options) {
     super();
-    this.conn = new Connection("/ws/chat/", options);
-    this.positions = new Map(Object.entries(options.positions || {}));
-    this.held = new Map();
-    this.refilling = new Set();
-    this.outbox = new Map();
-    this.user = null;
+    this.conn = new Connection(path, options);
     for (const type of ["state", "welcome", "pong", "auth-required", "error", "disconnect"]) {
       this.conn.addEventListener(type, (event) => this.emit(type, event.detail));
     }
-    this.conn.addEventListener("welcome", () => this.resume());
     this.conn.addEventListener("frame", (event) => this.onFrame(event.detail));
-    this.conn.addEventListener("disconnect", () => this.onDisconnect());
   }
 
   emit(type, detail) {
@@ -439,6 +433,19 @@ export class ChatClient extends EventTarget {
 
   get state() {
     return this.conn.state;
+  }
+}
+
+export class ChatClient extends SocketClient {
+  constructor(options = {}) {
+    super("/ws/chat/", options);
+    this.positions = new Map(Object.entries(options.positions || {}));
+    this.held = new Map();
+    this.refilling = new Set();
+    this.outbox = new Map();
+    this.user = null;
+    this.conn.addEventListener("welcome", () => this.resume());
+    this.conn.addEventListener("disconnect", () => this.onDisconnect());
   }
 
   /** Start following a conversation from `seq` (the last message the app holds). */
@@ -703,33 +710,11 @@ export class ChatClient extends EventTarget {
  * Events: those of Connection, plus `subscribed` (with `recovered`), `pub`,
  * `unsubscribed`, `subscribe-failed`.
  */
-export class StreamClient extends EventTarget {
+export class StreamClient extends SocketClient {
   constructor(options = {}) {
-    super();
-    this.conn = new Connection("/ws/stream/", options);
+    super("/ws/stream/", options);
     this.topics = new Map();
-    for (const type of ["state", "welcome", "pong", "auth-required", "error", "disconnect"]) {
-      this.conn.addEventListener(type, (event) => this.emit(type, event.detail));
-    }
     this.conn.addEventListener("welcome", () => this.resubscribeAll());
-    this.conn.addEventListener("frame", (event) => this.onFrame(event.detail));
-  }
-
-  emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
-  }
-
-  connect() {
-    this.conn.connect();
-    return this;
-  }
-
-  close() {
-    this.conn.close();
-  }
-
-  get state() {
-    return this.conn.state;
   }
 
   /** Follow a topic; `since` resumes from a known {offset, epoch}. */
