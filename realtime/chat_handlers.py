@@ -10,8 +10,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from monitoring import metrics
-from realtime import conversations, delivery, fanout, messages, presence
-from realtime.db import in_pool
+from realtime import conversations, delivery, fanout, message_batch, messages, presence
 from realtime.protocol import Frame, bad_request
 
 if TYPE_CHECKING:
@@ -47,19 +46,13 @@ async def unsubscribe_all(consumer: TetherConsumer) -> None:
 
 async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
     started = time.monotonic()
-    sent = await store_message(
-        consumer.user, frame.get("conversation"), frame.id, frame.get("body"), publish=False
+    request = message_batch.request(
+        consumer.user, frame.get("conversation"), frame.id, frame.get("body")
     )
-    if not sent.duplicate:  # stored and committed: now tell the nodes
-        m = sent.message
-        await fanout.publish_conversation_message(
-            m.conversation_id, m.seq, messages.encoded_frame(m)
-        )
+    # Stored with whatever else arrived meanwhile, and published, before the ack.
+    sent = await consumer.runtime.sends.send(request)
     metrics.SEND_ACK.observe(time.monotonic() - started)
     return sent.ack(None)
-
-
-store_message = in_pool(messages.check_send)
 
 
 def _positions(value: Any) -> dict[str, int]:

@@ -28,11 +28,17 @@ def conversation_group(conversation_id: str) -> str:
 read_messages = in_pool(messages.read_range)
 
 
-async def publish_conversation_message(conversation_id: str, seq: int, text: str) -> None:
+async def publish_conversation_messages(conversation_id: str, items: list[tuple[int, str]]) -> None:
+    """Stored messages of one conversation, (seq, encoded frame) in increasing seq:
+    one layer message per node for all of them."""
     await hub_layer().group_send(
         conversation_group(conversation_id),
-        {"type": "hub.message", "key": conversation_id, "seq": seq, "text": text},
+        {"type": "hub.message", "key": conversation_id, "items": items},
     )
+
+
+async def publish_conversation_message(conversation_id: str, seq: int, text: str) -> None:
+    await publish_conversation_messages(conversation_id, [(seq, text)])
 
 
 async def publish_conversation_event(
@@ -80,14 +86,9 @@ def install(hub: Hub, local_connections: Any) -> None:
     async def on_message(message: dict[str, Any]) -> None:
         key = message["key"]
         members = hub.members(conversation_group(key))
-        metrics.FRAMES_OUT_MESSAGE.inc(len(members))
-        await delivery.deliver_all(
-            members,
-            key,
-            message["seq"],
-            message["text"],
-            read_messages,
-        )
+        for seq, text in message["items"]:
+            metrics.FRAMES_OUT_MESSAGE.inc(len(members))
+            await delivery.deliver_all(members, key, seq, text, read_messages)
 
     async def on_event(message: dict[str, Any]) -> None:
         exclude = message.get("exclude_user")

@@ -53,14 +53,8 @@ def _stored(sender_id: int, client_id: str) -> Message | None:
     )
 
 
-def check_send(
-    sender: Any, conversation_id: Any, client_id: Any, body: Any, *, publish: bool = True
-) -> Sent:
-    """Validate, authorize and store; the same `client_id` again returns the first message.
-
-    With `publish=False` the caller publishes (`encoded_frame`) itself once this
-    returns, which is after the commit.
-    """
+def validate_send(client_id: Any, body: Any) -> None:
+    """The checks of a `send` that need no database (PROTOCOL 6)."""
     if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
         raise bad_request("id", "is required on send: a string of 1 to 64 characters")
     if not isinstance(body, str):
@@ -78,6 +72,17 @@ def check_send(
             f"body: {len(body)} characters, at most {settings.MAX_BODY_CHARS}",
             max_body_chars=settings.MAX_BODY_CHARS,
         )
+
+
+def check_send(
+    sender: Any, conversation_id: Any, client_id: Any, body: Any, *, publish: bool = True
+) -> Sent:
+    """Validate, authorize and store; the same `client_id` again returns the first message.
+
+    With `publish=False` the caller publishes (`encoded_frame`) itself once this
+    returns, which is after the commit.
+    """
+    validate_send(client_id, body)
     if not is_member(sender.id, conversation_id):
         existing = _stored(sender.id, client_id)  # sent before leaving: still the same key
         if existing is not None:
@@ -86,7 +91,7 @@ def check_send(
     return do_send(sender, conversation_id, client_id, body, publish=publish)
 
 
-def _sql(template: str) -> str:
+def table_sql(template: str) -> str:
     """Fill in quoted table names: the send path is raw SQL, the hottest code here."""
     names = {
         "conversation": Conversation._meta.db_table,
@@ -116,7 +121,7 @@ def do_send(
             # The UPDATE locks the conversation row: concurrent senders take turns,
             # so seqs are 1, 2, 3… with no gap (a failed insert rolls the bump back).
             cursor.execute(
-                _sql(
+                table_sql(
                     "UPDATE {conversation} SET last_seq = last_seq + 1 WHERE id = %s "
                     "RETURNING last_seq"
                 ),
@@ -124,7 +129,7 @@ def do_send(
             )
             message.seq = cursor.fetchone()[0]
             cursor.execute(
-                _sql(
+                table_sql(
                     "INSERT INTO {message} (id, conversation_id, seq, sender_id, client_id, "
                     "body, ts) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 ),
@@ -132,7 +137,7 @@ def do_send(
             )
             # Sending implies having read up to here.
             cursor.execute(
-                _sql(
+                table_sql(
                     "UPDATE {membership} SET read_seq = %s WHERE conversation_id = %s "
                     "AND user_id = %s AND read_seq < %s"
                 ),

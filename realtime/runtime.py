@@ -24,6 +24,7 @@ from realtime.connection import Connection
 from realtime.demo_feed import run_demo_feed
 from realtime.hub import Hub
 from realtime.protocol import Close, TetherError, now_ms
+from realtime.send_queue import SendQueue
 
 log = logging.getLogger("tether.runtime")
 
@@ -48,6 +49,7 @@ class NodeRuntime:
         self._shutdown_hooked = False
         self._pending: set[asyncio.Task[Any]] = set()
         self.hub = Hub()
+        self.sends = SendQueue()
         # (user id, conversation) → when a `typing` was last passed on (PROTOCOL 6).
         self.typing_seen: dict[tuple[int, str], float] = {}
 
@@ -75,6 +77,7 @@ class NodeRuntime:
             self.stats = NodeStats()
             node, stale_users = await registry.register_node(self.name)
             self.hub = Hub()
+            self.sends = SendQueue()
             await self.hub.start()
             fanout.install(self.hub, lambda: list(self.connections.values()))
             topic_fanout.install(self.hub)

@@ -211,3 +211,46 @@ async def test_sigterm_drains_with_1012_and_clients_resume_on_the_other_node(
     assert await quiet(again, "message", 0.3) == []
     await again.close()
     await bob_ws.close()
+
+
+async def test_pipelined_sends_from_both_nodes_batch_without_gaps_or_doubles(
+    production_stack, make_node
+) -> None:
+    """Many sends in flight at once, so group commit stores them together: repeated
+    keys, two conversations per batch, senders on both nodes."""
+    limits = {"RATE_LIMIT_PER_SECOND": "1000", "RATE_LIMIT_BURST": "1000"}
+    a = make_node(production_stack, "node-a", **limits)
+    b = make_node(production_stack, "node-b", **limits)
+    people = [person(a) for _ in range(6)]
+    rooms = [group(a, people[0], *people[1:]), group(a, people[1], *people[2:4])]
+    member_of = {i: rooms if 1 <= i <= 3 else rooms[:1] for i in range(6)}
+    sockets = [await p.socket(a if i % 2 else b) for i, p in enumerate(people)]
+    per_socket = 40
+
+    async def fire(i: int) -> list[dict]:
+        frames = []
+        for n in range(per_socket):
+            # Every fifth send repeats the previous key: one message, two acks.
+            key = f"k{i}-{n - 1 if n % 5 == 4 else n}"
+            room = member_of[i][(n - 1 if n % 5 == 4 else n) % len(member_of[i])]
+            frames.append({"type": "send", "id": key, "conversation": room, "body": key})
+        await asyncio.gather(*(sockets[i].send(f) for f in frames))
+        return [await expect_skipping(sockets[i], "ack", timeout=30, keep=True) for _ in frames]
+
+    acks = [ack for batch in await asyncio.gather(*map(fire, range(6))) for ack in batch]
+    stored: dict[str, dict[str, int]] = {room: {} for room in rooms}
+    for ack in acks:
+        first = stored[ack["conversation"]].setdefault(ack["message_id"], ack["seq"])
+        assert first == ack["seq"]  # a repeated key gets the first message back
+    assert sum(ack["duplicate"] for ack in acks) == 6 * (per_socket // 5)
+    for room in rooms:
+        assert sorted(stored[room].values()) == list(range(1, len(stored[room]) + 1))
+    for i, ws in enumerate(sockets):
+        total = sum(len(stored[room]) for room in member_of[i])
+        got = await collect(ws, "message", total, timeout=30)
+        for room in member_of[i]:
+            seqs = [m["seq"] for m in got if m["conversation"] == room]
+            assert seqs == list(range(1, len(stored[room]) + 1))
+        assert await quiet(ws, "message", 0.3) == []
+    for ws in sockets:
+        await ws.close()

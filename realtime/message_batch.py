@@ -1,0 +1,227 @@
+"""Store many sends in one transaction (group commit), with the guarantees of one.
+
+A send costs a handful of round trips to the database (membership, the seq
+bump, the insert, the read position, the commit). Stored one by one, a node
+spends its time waiting on those; stored together, a batch of a few hundred
+sends costs about the same handful. Every rule of `messages.check_send` holds
+per send: the same key gives the first message back (`duplicate`), a
+non-member gets `forbidden`, seqs are gap-free because the bump and the insert
+commit together.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+
+from monitoring import metrics
+from realtime import messages
+from realtime.conversations import forbidden, valid_id
+from realtime.messages import Sent, table_sql
+from realtime.models import Message
+from realtime.protocol import TetherError, bad_request, now_ms
+
+Result = Sent | TetherError
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One validated `send`: who, where, the idempotency key and the body."""
+
+    sender: Any
+    conversation_id: str
+    client_id: str
+    body: str
+
+
+def _rows(count: int, width: int) -> str:
+    """Literal rows as a portable derived table (PostgreSQL and SQLite)."""
+    row = ", ".join(["%s"] * width)
+    return ", ".join([f"({row})"] * count)
+
+
+def _derived(count: int, names: list[str]) -> str:
+    """`SELECT %s AS a, %s AS b UNION ALL SELECT %s, %s …`: named columns everywhere."""
+    first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
+    rest = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
+    return first + rest * (count - 1)
+
+
+def _existing(cursor: Any, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Message]:
+    """Messages already stored under these (sender, key) pairs."""
+    if not keys:
+        return {}
+    cursor.execute(
+        table_sql(
+            "SELECT sender_id, client_id, id, conversation_id, seq, body, ts FROM {message} "
+            f"WHERE (sender_id, client_id) IN (VALUES {_rows(len(keys), 2)})"
+        ),
+        [v for key in keys for v in key],
+    )
+    return {
+        (sender_id, client_id): Message(
+            id=mid,
+            conversation_id=cid,
+            seq=seq,
+            sender_id=sender_id,
+            client_id=client_id,
+            body=body,
+            ts=ts,
+        )
+        for sender_id, client_id, mid, cid, seq, body, ts in cursor.fetchall()
+    }
+
+
+def _memberships(cursor: Any, pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Which (conversation, user) pairs are memberships."""
+    if not pairs:
+        return set()
+    ordered = sorted(pairs)
+    cursor.execute(
+        table_sql(
+            "SELECT conversation_id, user_id FROM {membership} "
+            f"WHERE (conversation_id, user_id) IN (VALUES {_rows(len(ordered), 2)})"
+        ),
+        [v for pair in ordered for v in pair],
+    )
+    return {(cid, uid) for cid, uid in cursor.fetchall()}
+
+
+def _bump(cursor: Any, counts: dict[str, int]) -> dict[str, int]:
+    """Add each conversation's count to `last_seq`; the first new seq of each."""
+    ids = sorted(counts)
+    if connection.features.has_select_for_update:
+        # Lock in one global order (by id): two nodes' batches sharing
+        # conversations then wait for each other instead of deadlocking.
+        cursor.execute(
+            table_sql(
+                f"SELECT id FROM {{conversation}} WHERE id IN ({', '.join(['%s'] * len(ids))}) "
+                "ORDER BY id FOR UPDATE"
+            ),
+            ids,
+        )
+    cursor.execute(
+        table_sql(
+            "UPDATE {conversation} SET last_seq = last_seq + v.n "
+            f"FROM ({_derived(len(ids), ['cid', 'n'])}) AS v "
+            "WHERE {conversation}.id = v.cid RETURNING {conversation}.id, last_seq"
+        ),
+        [v for cid in ids for v in (cid, counts[cid])],
+    )
+    return {cid: last - counts[cid] + 1 for cid, last in cursor.fetchall()}
+
+
+def _insert(cursor: Any, rows: list[Message]) -> None:
+    cursor.execute(
+        table_sql(
+            "INSERT INTO {message} (id, conversation_id, seq, sender_id, client_id, body, ts) "
+            f"VALUES {_rows(len(rows), 7)}"
+        ),
+        [
+            v
+            for m in rows
+            for v in (m.id, m.conversation_id, m.seq, m.sender_id, m.client_id, m.body, m.ts)
+        ],
+    )
+
+
+def _mark_read(cursor: Any, positions: dict[tuple[str, int], int]) -> None:
+    """Sending implies having read up to there; positions never move backwards."""
+    cursor.execute(
+        table_sql(
+            "UPDATE {membership} SET read_seq = v.seq "
+            f"FROM ({_derived(len(positions), ['cid', 'uid', 'seq'])}) AS v "
+            "WHERE {membership}.conversation_id = v.cid AND {membership}.user_id = v.uid "
+            "AND {membership}.read_seq < v.seq"
+        ),
+        [v for (cid, uid), seq in sorted(positions.items()) for v in (cid, uid, seq)],
+    )
+
+
+def _store(requests: list[SendRequest]) -> list[Result]:
+    results: list[Result | None] = [None] * len(requests)
+    keys = sorted({(r.sender.pk, r.client_id) for r in requests})
+    with transaction.atomic(), connection.cursor() as cursor:
+        stored = _existing(cursor, keys)
+        asked = {(r.conversation_id, r.sender.pk) for r in requests}
+        members = _memberships(cursor, asked)
+        first: dict[tuple[int, str], int] = {}  # key → index of the send that stores it
+        fresh: list[int] = []
+        for i, r in enumerate(requests):
+            key = (r.sender.pk, r.client_id)
+            if key in stored:
+                results[i] = Sent(stored[key], True)
+            elif key in first:
+                continue  # the same key twice in one batch: answered after the insert
+            elif (r.conversation_id, r.sender.pk) not in members:
+                results[i] = forbidden()
+            else:
+                first[key] = i
+                fresh.append(i)
+        if fresh:
+            counts: dict[str, int] = defaultdict(int)
+            for i in fresh:
+                counts[requests[i].conversation_id] += 1
+            next_seq = _bump(cursor, counts)
+            rows: list[Message] = []
+            ts = now_ms()
+            for i in fresh:
+                r = requests[i]
+                seq = next_seq[r.conversation_id]
+                next_seq[r.conversation_id] = seq + 1
+                rows.append(
+                    Message(
+                        id=messages.new_message_id(),
+                        conversation_id=r.conversation_id,
+                        seq=seq,
+                        sender=r.sender,
+                        client_id=r.client_id,
+                        body=r.body,
+                        ts=ts,
+                    )
+                )
+                results[i] = Sent(rows[-1], False)
+            _insert(cursor, rows)
+            read: dict[tuple[str, int], int] = {}
+            for m in rows:
+                read[(m.conversation_id, m.sender_id)] = m.seq
+            _mark_read(cursor, read)
+    for i, r in enumerate(requests):
+        if results[i] is None:
+            earlier = results[first[(r.sender.pk, r.client_id)]]
+            results[i] = Sent(earlier.message, True) if isinstance(earlier, Sent) else earlier
+    metrics.MESSAGES_STORED.inc(len(fresh))
+    return results  # type: ignore[return-value]
+
+
+def _one(request: SendRequest) -> Result:
+    try:
+        return messages.check_send(
+            request.sender, request.conversation_id, request.client_id, request.body, publish=False
+        )
+    except TetherError as error:
+        return error
+
+
+def store_sends(requests: list[SendRequest]) -> list[Result]:
+    """Store validated sends together; per send, its `Sent` or the error to answer.
+
+    A key that another node stores between this batch's look-up and its insert
+    fails the whole transaction: the batch is then stored one send at a time,
+    which answers that send as the duplicate it is.
+    """
+    try:
+        return _store(requests)
+    except IntegrityError:
+        return [_one(r) for r in requests]
+
+
+def request(sender: Any, conversation_id: Any, client_id: Any, body: Any) -> SendRequest:
+    """A `SendRequest` from a frame's fields, or the protocol error to answer."""
+    messages.validate_send(client_id, body)
+    if not valid_id(conversation_id):
+        raise bad_request("conversation", "must be a conversation id (a string)")
+    return SendRequest(sender, conversation_id, client_id, body)

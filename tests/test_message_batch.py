@@ -1,0 +1,160 @@
+"""Group commit: a batch of sends keeps every per-send rule of PROTOCOL 6."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from accounts.models import User
+from realtime import message_batch
+from realtime.conversations import new_conversation_id
+from realtime.message_batch import SendRequest, store_sends
+from realtime.messages import Sent, check_send
+from realtime.models import Conversation, Membership, Message
+from realtime.protocol import Code, TetherError
+from realtime.send_queue import SendQueue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def conversation(*members: User) -> str:
+    conv = Conversation.objects.create(
+        id=new_conversation_id(), kind="group", title="t", created_by=members[0]
+    )
+    Membership.objects.bulk_create([Membership(conversation=conv, user=u) for u in members])
+    return conv.id
+
+
+@pytest.fixture
+def people() -> list[User]:
+    return [User.objects.create(username=f"batch{i}") for i in range(3)]
+
+
+def test_one_batch_numbers_each_conversation_gap_free(people: list[User]) -> None:
+    a, b, c = people
+    one, two = conversation(a, b), conversation(b, c)
+    check_send(a, one, "before", "first", publish=False)  # seq 1 of `one`
+    requests = [
+        SendRequest(a, one, "a1", "x"),
+        SendRequest(b, two, "b1", "y"),
+        SendRequest(b, one, "b2", "z"),
+        SendRequest(c, two, "c1", "w"),
+        SendRequest(a, one, "a2", "<b>as written</b> ✓"),
+    ]
+    results = store_sends(requests)
+    assert all(isinstance(r, Sent) and not r.duplicate for r in results)
+    assert [r.message.seq for r in results] == [2, 1, 3, 2, 4]
+    assert [m.seq for m in Message.objects.filter(conversation_id=one).order_by("seq")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert Message.objects.get(sender=a, client_id="a2").body == "<b>as written</b> ✓"
+    assert Conversation.objects.get(pk=one).last_seq == 4
+    assert Conversation.objects.get(pk=two).last_seq == 2
+    # Sending implies having read up to one's own latest message.
+    assert Membership.objects.get(conversation_id=one, user=a).read_seq == 4
+    assert Membership.objects.get(conversation_id=one, user=b).read_seq == 3
+    assert Membership.objects.get(conversation_id=two, user=c).read_seq == 2
+
+
+def test_repeated_keys_in_and_before_the_batch_are_duplicates(people: list[User]) -> None:
+    a, b, _ = people
+    cid = conversation(a, b)
+    earlier = check_send(a, cid, "k0", "stored before", publish=False)
+    results = store_sends(
+        [
+            SendRequest(a, cid, "k1", "new"),
+            SendRequest(a, cid, "k0", "again"),
+            SendRequest(a, cid, "k1", "new, twice in one batch"),
+            SendRequest(b, cid, "k1", "another user's k1 is another key"),
+        ]
+    )
+    new, old, twice, other = results
+    assert isinstance(new, Sent) and not new.duplicate and new.message.seq == 2
+    assert isinstance(old, Sent) and old.duplicate
+    assert old.ack("r")["message_id"] == earlier.message.id and old.message.seq == 1
+    assert isinstance(twice, Sent) and twice.duplicate and twice.message.id == new.message.id
+    assert isinstance(other, Sent) and not other.duplicate and other.message.seq == 3
+    assert Message.objects.filter(conversation_id=cid).count() == 3
+
+
+def test_non_members_and_unknown_conversations_get_forbidden(people: list[User]) -> None:
+    a, b, c = people
+    cid = conversation(a, b)
+    results = store_sends(
+        [
+            SendRequest(c, cid, "x1", "not a member"),
+            SendRequest(a, "no-such-conversation", "x2", "nowhere"),
+            SendRequest(a, cid, "x3", "fine"),
+        ]
+    )
+    assert isinstance(results[0], TetherError) and results[0].code == Code.FORBIDDEN
+    assert isinstance(results[1], TetherError) and results[1].code == Code.FORBIDDEN
+    assert results[0].message == results[1].message  # the same answer for both
+    assert isinstance(results[2], Sent) and results[2].message.seq == 1
+
+
+def test_a_key_stored_elsewhere_meanwhile_falls_back_to_one_by_one(
+    people: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _ = people
+    cid = conversation(a, b)
+    raced = check_send(b, cid, "raced", "stored by another node", publish=False)
+    # As if the other node committed between this batch's look-up and its insert.
+    monkeypatch.setattr(message_batch, "_existing", lambda cursor, keys: {})
+    results = store_sends([SendRequest(a, cid, "mine", "m"), SendRequest(b, cid, "raced", "r")])
+    mine, again = results
+    assert isinstance(again, Sent) and again.duplicate and again.message.id == raced.message.id
+    assert isinstance(mine, Sent) and not mine.duplicate and mine.message.seq == 2
+    assert [m.seq for m in Message.objects.filter(conversation_id=cid).order_by("seq")] == [1, 2]
+
+
+def test_request_validates_before_any_database_work(people: list[User]) -> None:
+    with pytest.raises(TetherError) as bad:
+        message_batch.request(people[0], 42, "k", "body")
+    assert bad.value.code == Code.BAD_REQUEST
+    with pytest.raises(TetherError) as empty:
+        message_batch.request(people[0], "c", "k", "   ")
+    assert empty.value.code == Code.BAD_REQUEST
+
+
+async def test_sends_arriving_during_a_batch_go_together_in_the_next() -> None:
+    sizes: list[int] = []
+    release = asyncio.Event()
+
+    async def store(requests: list[SendRequest]) -> list[TetherError]:
+        sizes.append(len(requests))
+        await release.wait()
+        return [TetherError(Code.FORBIDDEN, r.client_id) for r in requests]
+
+    queue = SendQueue(store=store, max_batch=4)
+    sends = [
+        asyncio.ensure_future(queue.send(SendRequest(None, "c", f"k{i}", "b"))) for i in range(7)
+    ]
+    await asyncio.sleep(0)  # let them all queue behind the first batch
+    release.set()
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    assert sizes == [4, 3]
+    assert [str(r.message) for r in results] == [f"k{i}" for i in range(7)]
+
+
+async def test_a_failed_batch_fails_each_of_its_sends_and_the_next_batch_still_runs() -> None:
+    calls = 0
+
+    async def store(requests: list[SendRequest]) -> list[TetherError]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("database went away")
+        return [TetherError(Code.FORBIDDEN, "ok") for _ in requests]
+
+    queue = SendQueue(store=store)
+    first = await asyncio.gather(
+        queue.send(SendRequest(None, "c", "k", "b")), return_exceptions=True
+    )
+    assert isinstance(first[0], RuntimeError)
+    with pytest.raises(TetherError):
+        await queue.send(SendRequest(None, "c", "k", "b"))
