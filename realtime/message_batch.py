@@ -37,29 +37,34 @@ class SendRequest:
     body: str
 
 
-def _rows(count: int, width: int) -> str:
-    """Literal rows as a portable derived table (PostgreSQL and SQLite)."""
-    row = ", ".join(["%s"] * width)
-    return ", ".join([f"({row})"] * count)
+def _table(columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """Literal rows as a derived table with named columns: (SQL, parameters).
 
-
-def _derived(count: int, names: list[str]) -> str:
-    """`SELECT %s AS a, %s AS b UNION ALL SELECT %s, %s …`: named columns everywhere."""
-    first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
+    PostgreSQL gets one array per column through `unnest`, so the statement's
+    text is the same whatever the batch size (the driver caches its parsing;
+    hundreds of placeholders would be parsed again for every batch). Elsewhere
+    (SQLite) a `SELECT … UNION ALL SELECT …` with one placeholder per value.
+    """
+    names = [name for name, _ in columns]
+    if connection.vendor == "postgresql":
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+        return f"SELECT * FROM unnest({arrays}) AS t({', '.join(names)})", [
+            list(column) for column in zip(*rows, strict=True)
+        ]
+    first = "SELECT " + ", ".join(f"%s AS {name}" for name in names)
     rest = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
-    return first + rest * (count - 1)
+    return first + rest * (len(rows) - 1), [value for row in rows for value in row]
 
 
 def _existing(cursor: Any, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Message]:
     """Messages already stored under these (sender, key) pairs."""
-    if not keys:
-        return {}
+    table, params = _table([("sid", "bigint"), ("ckey", "text")], keys)
     cursor.execute(
         table_sql(
             "SELECT sender_id, client_id, id, conversation_id, seq, body, ts FROM {message} "
-            f"WHERE (sender_id, client_id) IN (VALUES {_rows(len(keys), 2)})"
+            f"WHERE (sender_id, client_id) IN (SELECT sid, ckey FROM ({table}) AS v)"
         ),
-        [v for key in keys for v in key],
+        params,
     )
     return {
         (sender_id, client_id): Message(
@@ -77,15 +82,13 @@ def _existing(cursor: Any, keys: list[tuple[int, str]]) -> dict[tuple[int, str],
 
 def _memberships(cursor: Any, pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
     """Which (conversation, user) pairs are memberships."""
-    if not pairs:
-        return set()
-    ordered = sorted(pairs)
+    table, params = _table([("cid", "text"), ("uid", "bigint")], sorted(pairs))
     cursor.execute(
         table_sql(
             "SELECT conversation_id, user_id FROM {membership} "
-            f"WHERE (conversation_id, user_id) IN (VALUES {_rows(len(ordered), 2)})"
+            f"WHERE (conversation_id, user_id) IN (SELECT cid, uid FROM ({table}) AS v)"
         ),
-        [v for pair in ordered for v in pair],
+        params,
     )
     return {(cid, uid) for cid, uid in cursor.fetchall()}
 
@@ -97,47 +100,55 @@ def _bump(cursor: Any, counts: dict[str, int]) -> dict[str, int]:
         # Lock in one global order (by id): two nodes' batches sharing
         # conversations then wait for each other instead of deadlocking.
         cursor.execute(
-            table_sql(
-                f"SELECT id FROM {{conversation}} WHERE id IN ({', '.join(['%s'] * len(ids))}) "
-                "ORDER BY id FOR UPDATE"
-            ),
-            ids,
+            table_sql("SELECT id FROM {conversation} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"),
+            [ids],
         )
+    table, params = _table([("cid", "text"), ("n", "bigint")], [(c, counts[c]) for c in ids])
     cursor.execute(
         table_sql(
-            "UPDATE {conversation} SET last_seq = last_seq + v.n "
-            f"FROM ({_derived(len(ids), ['cid', 'n'])}) AS v "
+            f"UPDATE {{conversation}} SET last_seq = last_seq + v.n FROM ({table}) AS v "
             "WHERE {conversation}.id = v.cid RETURNING {conversation}.id, last_seq"
         ),
-        [v for cid in ids for v in (cid, counts[cid])],
+        params,
     )
     return {cid: last - counts[cid] + 1 for cid, last in cursor.fetchall()}
 
 
 def _insert(cursor: Any, rows: list[Message]) -> None:
+    table, params = _table(
+        [
+            ("id", "text"),
+            ("conversation_id", "text"),
+            ("seq", "bigint"),
+            ("sender_id", "bigint"),
+            ("client_id", "text"),
+            ("body", "text"),
+            ("ts", "bigint"),
+        ],
+        [(m.id, m.conversation_id, m.seq, m.sender_id, m.client_id, m.body, m.ts) for m in rows],
+    )
     cursor.execute(
         table_sql(
             "INSERT INTO {message} (id, conversation_id, seq, sender_id, client_id, body, ts) "
-            f"VALUES {_rows(len(rows), 7)}"
+            f"SELECT id, conversation_id, seq, sender_id, client_id, body, ts FROM ({table}) AS v"
         ),
-        [
-            v
-            for m in rows
-            for v in (m.id, m.conversation_id, m.seq, m.sender_id, m.client_id, m.body, m.ts)
-        ],
+        params,
     )
 
 
 def _mark_read(cursor: Any, positions: dict[tuple[str, int], int]) -> None:
     """Sending implies having read up to there; positions never move backwards."""
+    table, params = _table(
+        [("cid", "text"), ("uid", "bigint"), ("seq", "bigint")],
+        [(cid, uid, seq) for (cid, uid), seq in sorted(positions.items())],
+    )
     cursor.execute(
         table_sql(
-            "UPDATE {membership} SET read_seq = v.seq "
-            f"FROM ({_derived(len(positions), ['cid', 'uid', 'seq'])}) AS v "
+            f"UPDATE {{membership}} SET read_seq = v.seq FROM ({table}) AS v "
             "WHERE {membership}.conversation_id = v.cid AND {membership}.user_id = v.uid "
             "AND {membership}.read_seq < v.seq"
         ),
-        [v for (cid, uid), seq in sorted(positions.items()) for v in (cid, uid, seq)],
+        params,
     )
 
 
