@@ -32,6 +32,8 @@ class Connection:
     send_frame: Callable[[dict[str, Any]], Awaitable[None]] = field(repr=False)
     send_text: Callable[[str], Awaitable[None]] = field(repr=False)
     close: Callable[[int], Awaitable[None]] = field(repr=False)
+    # Runs a control message from another node (kick, joined, left) on this socket.
+    control: Callable[[dict[str, Any]], None] = field(repr=False)
     connected_at: float = field(default_factory=time.monotonic)
     last_in: float = field(default_factory=time.monotonic)
     last_out: float = field(default_factory=time.monotonic)

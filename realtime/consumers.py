@@ -15,6 +15,7 @@ from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -66,10 +67,11 @@ class TetherConsumer(AsyncWebsocketConsumer):
 
     conn: Connection | None = None
     _cleaned = False
+    _control: asyncio.Future[None] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self._serve(scope, receive, send)
         except asyncio.CancelledError:
             # daphne cancels every consumer when the server stops: tell the
             # client to resume elsewhere, then clean up like any other exit.
@@ -87,6 +89,39 @@ class TetherConsumer(AsyncWebsocketConsumer):
             log.exception("consumer of %s failed", self.conn and self.conn.id)
             await self.cleanup(Close.INTERNAL, "consumer failed")
             raise
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """channels' `AsyncConsumer.__call__` without a channel-layer channel per socket.
+
+        A channel of its own costs every socket a receive task, a queue and a layer
+        subscription, and every frame a round of `asyncio.wait` over two tasks.
+        Messages for a socket from elsewhere (kick, joined, left) come through its
+        node's control channel instead (`on_control`); frames are read straight off the server.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A control message from the hub: handled in arrival order, off the hub's loop."""
+        self._control = asyncio.ensure_future(self._run_control(self._control, message))
+
+    async def _run_control(
+        self, previous: asyncio.Future[None] | None, message: dict[str, Any]
+    ) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        try:
+            await self.dispatch(message)
+        except Exception:
+            log.exception(
+                "control %s on %s failed", message.get("type"), self.conn and self.conn.id
+            )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # channels' own dispatch first hops to the shared database thread to close
@@ -139,7 +174,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             node=runtime.name,
             user_id=user.pk,
             endpoint=self.endpoint,
-            channel_name=self.channel_name,
+            channel_name=runtime.hub.control_channel,
             remote_addr=str(client[0] or ""),
             user_agent=header(self.scope, b"user-agent") or "",
             auth_method=auth.method,
@@ -153,6 +188,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             send_frame=self.send_frame,
             send_text=self.send_text,
             close=self.close_with,
+            control=self.on_control,
         )
         self.conn.outbound = backpressure.attach(
             self.scope, settings.OUTBOUND_MAX_FRAMES, settings.OUTBOUND_MAX_BYTES, self._send_raw

@@ -1,38 +1,54 @@
-"""Control messages to sockets on any node, through their own channel names."""
+"""Control messages to sockets on any node (kick, revoked credential, joined, left).
+
+A socket has no channel-layer channel of its own: its record names its node's
+control channel (`LiveConnection.channel_name`, read by the node hub), and one
+layer message per node carries the ids of that node's sockets to act on.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from realtime.connection import Connection
+from realtime.hub import Hub
 from realtime.models import LiveConnection
 from realtime.protocol import Close
 
 log = logging.getLogger("tether.control")
 
+CONTROL = "hub.control"
 
-async def close_channels(channel_names: list[str], code: int) -> None:
-    """Ask each socket, wherever it lives, to close with `code` and clean up."""
+
+async def send_control(targets: list[tuple[str, str]], message: dict[str, Any]) -> None:
+    """`message` to each (node channel, connection id) socket: one layer message per node."""
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for channel, connection_id in targets:
+        by_node[channel].append(connection_id)
     layer = get_channel_layer()
-    if layer is None:
-        return
-    for name in channel_names:
+    for channel, ids in by_node.items():
         try:
-            await layer.send(name, {"type": "tether.close", "code": code})
+            await layer.send(channel, {"type": CONTROL, "connections": ids, "control": message})
         except Exception:
-            # Its node is gone or the channel is full: the reaper removes the record.
-            log.warning("could not reach %s to close it with %d", name, code)
+            # Its node is gone or unreachable: the reaper removes the records.
+            log.warning("could not reach %d sockets on %s with %s", len(ids), channel, message)
+
+
+def _send_where(message: dict[str, Any], **filters: Any) -> int:
+    targets = list(LiveConnection.objects.filter(**filters).values_list("channel_name", "id"))
+    if targets:
+        async_to_sync(send_control)(targets, message)
+    return len(targets)
 
 
 def close_connections_where(code: int, **filters: Any) -> int:
     """Close every live socket matching the registry filters; how many were asked."""
-    names = list(LiveConnection.objects.filter(**filters).values_list("channel_name", flat=True))
-    if names:
-        async_to_sync(close_channels)(names, code)
-    return len(names)
+    return _send_where({"type": "tether.close", "code": code}, **filters)
 
 
 def disconnect(connection_ids: list[str]) -> int:
@@ -46,30 +62,26 @@ def disconnect(connection_ids: list[str]) -> int:
     return close_connections_where(Close.FORBIDDEN, id__in=list(connection_ids))
 
 
-def _send_to_user_sockets(user_ids: list[int], message: dict[str, Any]) -> None:
-    names = list(
-        LiveConnection.objects.filter(user_id__in=user_ids, endpoint="chat").values_list(
-            "channel_name", flat=True
-        )
-    )
-    if names:
-        async_to_sync(_send_all)(names, message)
-
-
-async def _send_all(channel_names: list[str], message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    for name in channel_names:
-        try:
-            await layer.send(name, dict(message))
-        except Exception:
-            log.warning("could not reach %s with %s", name, message.get("type"))
-
-
 def announce_joined(conversation_id: str, user_ids: list[int]) -> None:
     """Every open chat socket of these users subscribes and receives `joined`."""
-    _send_to_user_sockets(user_ids, {"type": "tether.joined", "conversation": conversation_id})
+    message = {"type": "tether.joined", "conversation": conversation_id}
+    _send_where(message, user_id__in=user_ids, endpoint="chat")
 
 
 def announce_left(conversation_id: str, user_id: int) -> None:
     """Every open chat socket of this user unsubscribes and receives `left`."""
-    _send_to_user_sockets([user_id], {"type": "tether.left", "conversation": conversation_id})
+    _send_where(
+        {"type": "tether.left", "conversation": conversation_id}, user_id=user_id, endpoint="chat"
+    )
+
+
+def install(hub: Hub, local: Callable[[str], Connection | None]) -> None:
+    """Hand control messages arriving at this node to the sockets they name."""
+
+    async def on_control(message: dict[str, Any]) -> None:
+        for connection_id in message["connections"]:
+            conn = local(connection_id)
+            if conn is not None and not conn.closing:
+                conn.control(dict(message["control"]))
+
+    hub.on(CONTROL, on_control)

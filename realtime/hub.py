@@ -39,10 +39,14 @@ class Hub:
 
     def __init__(self) -> None:
         self.channel: str = ""
+        # Where other nodes send control messages for this node's sockets.
+        self.control_channel: str = ""
         self.groups: dict[str, set[Connection]] = {}
         self.handlers: dict[str, Handler] = {}
         self._layer: Any = None
+        self._control_layer: Any = None
         self._task: asyncio.Task[Any] | None = None
+        self._control_task: asyncio.Task[Any] | None = None
         self._rejoin_task: asyncio.Task[Any] | None = None
 
     async def start(self) -> None:
@@ -53,16 +57,23 @@ class Hub:
         self.channel = await self._layer.new_channel()
         self.groups = {PRESENCE_GROUP: set()}
         await self._layer.group_add(PRESENCE_GROUP, self.channel)
-        self._task = asyncio.ensure_future(self._read_forever())
+        self._task = asyncio.ensure_future(self._read_forever(self._layer, self.channel))
+        # Control messages (kick, revoked credential, joined, left) ride the default
+        # layer: list-based with Redis, it keeps a message while this node
+        # reconnects, where pub/sub would drop a kick.
+        self._control_layer = get_channel_layer()
+        if self._control_layer is not None:
+            self.control_channel = await self._control_layer.new_channel()
+            self._control_task = asyncio.ensure_future(
+                self._read_forever(self._control_layer, self.control_channel)
+            )
         self._rejoin_task = asyncio.ensure_future(self._rejoin_forever())
 
     async def stop(self) -> None:
-        for task in (self._task, self._rejoin_task):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._task, self._rejoin_task) if t), return_exceptions=True
-        )
+        tasks = [t for t in (self._task, self._control_task, self._rejoin_task) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._layer is not None:
             for group in list(self.groups):
                 try:
@@ -107,11 +118,11 @@ class Hub:
     def members(self, group: str) -> list[Connection]:
         return list(self.groups.get(group, ()))
 
-    async def _read_forever(self) -> None:
+    async def _read_forever(self, layer: Any, channel: str) -> None:
         failures = 0
         while True:
             try:
-                message = await self._layer.receive(self.channel)
+                message = await layer.receive(channel)
             except asyncio.CancelledError:
                 raise
             except Exception:

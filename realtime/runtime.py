@@ -19,7 +19,7 @@ from django.conf import settings
 from accounts import credentials
 from monitoring import metrics
 from monitoring.stats import OPS_TOPIC, NodeStats
-from realtime import fanout, registry, topic_fanout
+from realtime import control, fanout, registry, topic_fanout
 from realtime.connection import Connection
 from realtime.demo_feed import run_demo_feed
 from realtime.hub import Hub
@@ -80,6 +80,7 @@ class NodeRuntime:
             self.sends = SendQueue()
             await self.hub.start()
             fanout.install(self.hub, lambda: list(self.connections.values()))
+            control.install(self.hub, self.connections.get)
             topic_fanout.install(self.hub)
             self.node_id = node.id
             for user_id in stale_users:  # their sockets died with our previous run

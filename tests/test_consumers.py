@@ -14,6 +14,7 @@ from channels.testing import WebsocketCommunicator
 from accounts import credentials
 from accounts.models import User
 from project.asgi import application
+from realtime import control
 from realtime.models import LiveConnection
 from realtime.protocol import Close
 from tests.waiting import eventually
@@ -202,7 +203,10 @@ async def test_disconnect_removes_the_record(runtime) -> None:
 async def test_control_message_closes_with_its_code(runtime) -> None:
     comm, _ = await connected(runtime)
     record = await database_sync_to_async(LiveConnection.objects.get)()
-    await get_channel_layer().send(record.channel_name, {"type": "tether.close", "code": 4403})
+    assert record.channel_name == runtime.hub.control_channel  # the node's, not one per socket
+    await control.send_control(
+        [(record.channel_name, record.id)], {"type": "tether.close", "code": 4403}
+    )
     assert await close_code(comm) == Close.FORBIDDEN
     await eventually(no_records, what="the record removed")
 
