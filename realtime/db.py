@@ -9,14 +9,37 @@ does not queue every other socket behind it (ARCHITECTURE rule 7).
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Django checks a reused connection (a `SELECT 1`) at the start of every
+# "request"; a pool call is far shorter than a request (one handshake, one
+# batch of sends), and the check cost as much as the work. Each thread checks
+# at most this often, and at once after an error.
+HEALTH_CHECK_SECONDS = 1.0
+_thread = threading.local()
+
+
+def _before_call() -> None:
+    now = time.monotonic()
+    if now - getattr(_thread, "checked_at", -HEALTH_CHECK_SECONDS) >= HEALTH_CHECK_SECONDS:
+        close_old_connections()  # drops expired connections, re-arms the health check
+        _thread.checked_at = now
+
+
+def _after_call() -> None:
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and (conn.errors_occurred or not conn.get_autocommit()):
+            conn.close_if_unusable_or_obsolete()  # broken by the error: closed now
+            _thread.checked_at = -HEALTH_CHECK_SECONDS
 
 
 def in_pool(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
@@ -24,10 +47,10 @@ def in_pool(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> R:
-        close_old_connections()  # drop broken or expired connections of this thread
+        _before_call()
         try:
             return fn(*args, **kwargs)
         finally:
-            close_old_connections()
+            _after_call()
 
     return sync_to_async(run, thread_sensitive=False)

@@ -77,7 +77,11 @@ def admit_connection(info: ConnectionInfo, node_id: int, per_user_limit: int) ->
     table = connection.ops.quote_name(LiveConnection._meta.db_table)
     now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s", [info.user_id])
+        # Counting stops at the limit: a user with many sockets costs no more.
+        cursor.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE user_id = %s LIMIT %s) AS s",
+            [info.user_id, per_user_limit],
+        )
         if cursor.fetchone()[0] >= per_user_limit:
             return False
         cursor.execute(
