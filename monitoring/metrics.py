@@ -34,6 +34,11 @@ PUBLICATIONS = Counter(
 SEND_ACK = Histogram(
     "tether_send_ack_seconds", "From a `send` frame in to its `ack` out", buckets=LATENCY_BUCKETS
 )
+SEND_BATCH_SIZE = Histogram(
+    "tether_send_batch_size",
+    "Sends stored together in one transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 PUBLISH_DELIVER = Histogram(
     "tether_publish_deliver_seconds",
     "From a publication's timestamp to its fan-out on this node",

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from monitoring import metrics
 from realtime import fanout, message_batch, messages
 from realtime.db import in_pool
 from realtime.messages import Sent
@@ -50,16 +51,30 @@ async def publish_batch(results: list[Result]) -> None:
     )
 
 
-class SendQueue:
-    """One per node and event loop: `send` waits for its batch to be stored and published."""
+Publish = Callable[[list["Result"]], Awaitable[None]]
+Batch = list[tuple["SendRequest", "asyncio.Future[Result]"]]
 
-    def __init__(self, store: Store = store_in_pool, max_batch: int = MAX_BATCH) -> None:
+
+class SendQueue:
+    """One per node and event loop: `send` waits for its batch to be stored and published.
+
+    One batch at a time: while the machine is busy, the sends waiting behind a
+    batch make the next one bigger and cheaper per send. (Storing the next
+    batch while the previous one publishes was measured: smaller batches, more
+    CPU per send, and worse latency at 1,000 msg/s.)
+    """
+
+    def __init__(
+        self,
+        store: Store = store_in_pool,
+        publish: Publish = publish_batch,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self._store = store
+        self._publish = publish
         self._max_batch = max_batch
-        self._waiting: list[tuple[SendRequest, asyncio.Future[Result]]] = []
+        self._waiting: Batch = []
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.stored = 0
 
     async def send(self, request: SendRequest) -> Sent:
         """Store (or find) this send; raises the protocol error to answer."""
@@ -76,19 +91,22 @@ class SendQueue:
         while self._waiting:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
+            metrics.SEND_BATCH_SIZE.observe(len(batch))
             try:
                 results = await self._store([request for request, _ in batch])
-                await publish_batch(results)
+                await self._publish(results)
             except Exception as error:
-                # Nothing of the batch is acknowledged: each sender gets `internal`
-                # and sends again with the same key (stored or not, never twice).
-                log.exception("storing a batch of %d sends failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                _fail(batch, error)
                 continue
-            self.batches += 1
-            self.stored += len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():  # the sender's socket may have gone meanwhile
                     future.set_result(result)
+
+
+def _fail(batch: Batch, error: Exception) -> None:
+    """Nothing of the batch is acknowledged: each sender gets `internal` and sends
+    again with the same key (stored or not, never twice)."""
+    log.error("storing or publishing a batch of %d sends failed", len(batch), exc_info=error)
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)

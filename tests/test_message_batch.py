@@ -178,3 +178,24 @@ def test_the_same_rules_hold_on_postgresql(postgres_service) -> None:  # noqa: F
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+
+
+async def test_a_send_is_answered_only_after_its_batch_is_published() -> None:
+    published = asyncio.Event()
+    release = asyncio.Event()
+
+    async def store(requests: list[SendRequest]) -> list[TetherError]:
+        return [TetherError(Code.FORBIDDEN, r.client_id) for r in requests]
+
+    async def publish(results: list[TetherError]) -> None:
+        published.set()
+        await release.wait()
+
+    queue = SendQueue(store=store, publish=publish)
+    sending = asyncio.ensure_future(queue.send(SendRequest(None, "c", "a", "b")))
+    await asyncio.wait_for(published.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert not sending.done()
+    release.set()
+    with pytest.raises(TetherError):
+        await asyncio.wait_for(sending, 5)
