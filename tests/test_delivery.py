@@ -23,7 +23,9 @@ def make_conn(sent: list[int]) -> Connection:
         return None
 
     info = ConnectionInfo("c", "n", 1, "chat", "chan", "", "", "token", "token:1")
-    return Connection(info, "u", TokenBucket(1, 1, 0), nothing, send_text, nothing)
+    return Connection(
+        info, "u", TokenBucket(1, 1, 0), nothing, send_text, nothing, control=lambda _: None
+    )
 
 
 async def read_range(key: str, after: int, upto: int) -> list[tuple[int, str]]:
