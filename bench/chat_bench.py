@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -75,7 +76,16 @@ def seed(database_url: str, conversations: int, members: int) -> list[dict]:
     return people
 
 
-async def run_worker(people, urls, start_q, duration, rate_per_sender, window, out) -> None:
+async def run_websockets_worker(
+    people: list[dict[str, Any]],
+    urls: list[str],
+    start_q: Any,
+    duration: float,
+    rate_per_sender: float,
+    window: int,
+    out: Any,
+) -> None:
+    """The `websockets` load generator (`--client websockets`), for comparison."""
     from websockets.asyncio.client import connect
 
     acks: list[float] = []
@@ -98,6 +108,7 @@ async def run_worker(people, urls, start_q, duration, rate_per_sender, window, o
         sockets.append((p, ws))
     out.put(("ready", len(sockets)))
     start_at = await asyncio.to_thread(start_q.get)  # every socket of every worker is up
+    cpu_at_start = time.process_time()
     received: dict[int, list[int]] = {}
     sent_count = 0
 
@@ -195,13 +206,22 @@ async def run_worker(people, urls, start_q, duration, rate_per_sender, window, o
                 "sent": sent_count,
                 "problems": problems,
                 "cpu": usage.ru_utime + usage.ru_stime,
+                "cpu_run": time.process_time() - cpu_at_start,
             },
         )
     )
 
 
-def worker(people, urls, start_q, duration, rate, window, out) -> None:
-    asyncio.run(run_worker(people, urls, start_q, duration, rate, window, out))
+def websockets_worker(
+    people: list[dict[str, Any]],
+    urls: list[str],
+    start_q: Any,
+    duration: float,
+    rate: float,
+    window: int,
+    out: Any,
+) -> None:
+    asyncio.run(run_websockets_worker(people, urls, start_q, duration, rate, window, out))
 
 
 def main() -> None:
@@ -215,6 +235,18 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--senders-per-conversation", type=int, default=2)
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--client",
+        choices=("lean", "websockets"),
+        default="lean",
+        help="load generator: raw asyncio.Protocol (bench/chat_load.py) or websockets",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of the lean load generator (auto: uvloop when installed)",
+    )
     args = parser.parse_args()
 
     from tests.live import DaphneNode, Stack
@@ -244,10 +276,17 @@ def main() -> None:
         out: mp.Queue = mp.Queue()
         start_q: mp.Queue = mp.Queue()
         window = args.window if args.saturate else 1000
+        if args.client == "lean":
+            from bench.chat_load import worker
+
+            extra = {"loop": args.loop}
+        else:
+            worker, extra = websockets_worker, {}
         procs = [
             mp.Process(
                 target=worker,
                 args=(people[i :: args.procs], urls, start_q, args.duration, rate, window, out),
+                kwargs=extra,
             )
             for i in range(args.procs)
         ]
@@ -289,12 +328,17 @@ def main() -> None:
     acks = [a for r in results for a in r["acks"]]
     deliveries = [d for r in results for d in r["deliveries"]]
     sent = sum(r["sent"] for r in results)
-    # Each socket must have each message of its conversation once, in order.
+    # Each socket must have each message of its conversation once, in order: as
+    # many as the socket that got the most, and (lean client) at least up to the
+    # highest seq acknowledged in the conversation.
     per_conv: dict[str, int] = {}
     for r in results:
         for idx, seqs in r["received"].items():
             conv = people[int(idx)]["conversation"]
             per_conv[conv] = max(per_conv.get(conv, 0), len(seqs))
+        for idx, seq in r.get("acked", {}).items():
+            conv = people[int(idx)]["conversation"]
+            per_conv[conv] = max(per_conv.get(conv, 0), seq)
     bad = 0
     for r in results:
         for idx, seqs in r["received"].items():
@@ -317,7 +361,8 @@ def main() -> None:
     print(f"sockets with a gap, repeat or reorder: {bad}; errors: {errors}")
     print(
         f"CPU seconds: nodes {[round(c, 1) for c in node_cpu]}, load generators "
-        f"{[round(r['cpu'], 1) for r in results]}"
+        f"{[round(r['cpu'], 1) for r in results]} "
+        f"(from start: {[round(r['cpu_run'], 1) for r in results]})"
     )
     if acks:
         print(f"mean ack {statistics.mean(acks) * 1000:.1f} ms")
