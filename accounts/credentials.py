@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Any
 
 from django.db import connection
 from django.utils import timezone
@@ -53,11 +55,11 @@ def verify_token(raw: str) -> ApiToken | None:
     return token
 
 
-def _token_with_user(key_hash: str) -> ApiToken | None:
-    """The token and its user in one raw query: this runs on every socket handshake,
-    and building the ORM query cost more than the database did."""
-    token_fields = ApiToken._meta.concrete_fields
-    user_fields = User._meta.concrete_fields
+@functools.cache
+def _token_query(vendor: str) -> tuple[str, list[Any], list[Any]]:
+    """The SQL and the concrete fields of token and user, built once per backend."""
+    token_fields = list(ApiToken._meta.concrete_fields)
+    user_fields = list(User._meta.concrete_fields)
     qn = connection.ops.quote_name
     columns = [f"t.{qn(f.column)}" for f in token_fields] + [
         f"u.{qn(f.column)}" for f in user_fields
@@ -67,6 +69,13 @@ def _token_with_user(key_hash: str) -> ApiToken | None:
         f"JOIN {qn(User._meta.db_table)} u ON u.{qn(User._meta.pk.column)} = t.{qn('user_id')} "
         f"WHERE t.{qn('key_hash')} = %s"
     )
+    return sql, token_fields, user_fields
+
+
+def _token_with_user(key_hash: str) -> ApiToken | None:
+    """The token and its user in one raw query: this runs on every socket handshake,
+    and building the ORM query cost more than the database did."""
+    sql, token_fields, user_fields = _token_query(connection.vendor)
     with connection.cursor() as cursor:
         cursor.execute(sql, [key_hash])
         row = cursor.fetchone()
@@ -83,12 +92,23 @@ def _token_with_user(key_hash: str) -> ApiToken | None:
     return token
 
 
-def _converted(fields: list, values: tuple) -> list:
-    """Apply each column's database converters (SQLite returns datetimes as text)."""
+@functools.cache
+def _converters(field: Any, ops: Any) -> tuple[tuple[Any, Any], ...]:
+    """(converter, column) pairs of a field for this thread's connection (`ops`; SQLite
+    returns datetimes as text); looking them up cost more than the query."""
+    col = field.get_col(field.model._meta.db_table)
+    return tuple(
+        (converter, col)
+        for converter in ops.get_db_converters(col) + col.get_db_converters(connection)
+    )
+
+
+def _converted(fields: list[Any], values: tuple[Any, ...]) -> list[Any]:
+    """Apply each column's database converters."""
     out = []
+    ops = connection.ops
     for field, value in zip(fields, values, strict=True):
-        col = field.get_col(field.model._meta.db_table)
-        for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+        for converter, col in _converters(field, ops):
             value = converter(value, col, connection)
         out.append(value)
     return out

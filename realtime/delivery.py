@@ -141,28 +141,41 @@ async def deliver_all(
     read_range: RangeReader,
     lossy: bool = False,
 ) -> None:
-    """`deliver` to every local socket of a stream, framing the text once for all.
+    """`deliver` to every local socket of a stream, framing the text once for all."""
+    await deliver_run(conns, key, [(position, text)], read_range, lossy)
 
-    A socket whose transport takes ready-made frames and that is exactly at the
-    previous position gets the shared bytes written at once; any other goes
-    through `deliver` (gaps, holds, a full transport).
+
+async def deliver_run(
+    conns: Iterable[Connection],
+    key: str,
+    items: list[tuple[int, str]],
+    read_range: RangeReader,
+    lossy: bool = False,
+) -> None:
+    """Deliver consecutive positions of a stream to every local socket.
+
+    Each item is framed once for all sockets. A socket whose transport takes
+    ready-made frames gets every item it is exactly ready for in one write (one
+    system call for a batch of messages); the rest goes through `deliver`
+    (gaps, holds, a full transport).
     """
-    frame: bytes | None = None
+    framed: list[bytes] = []  # items[i] framed, built on first need
     now = time.monotonic()
     for conn in conns:
+        ready = 0
         outbound = conn.outbound
-        if (
-            outbound is not None
-            and outbound.direct
-            and not outbound.blocked
-            and ready_for(conn, key, position)
-        ):
-            if frame is None:
-                frame = text_frame(text)
-            conn.last_out = now
-            if not outbound.write_frame(frame):
-                await conn.send_text(text)  # not open (yet): the server's own path
-        else:
+        if outbound is not None and outbound.direct and not outbound.blocked:
+            while ready < len(items) and ready_for(conn, key, items[ready][0]):
+                if ready == len(framed):
+                    framed.append(text_frame(items[ready][1]))
+                ready += 1
+            if ready:
+                conn.last_out = now
+                data = framed[0] if ready == 1 else b"".join(framed[:ready])
+                if not outbound.write_frame(data):
+                    for _, text in items[:ready]:  # not open (yet): the server's own path
+                        await conn.send_text(text)
+        for position, text in items[ready:]:
             await deliver(conn, key, position, text, read_range, lossy)
 
 

@@ -86,9 +86,9 @@ def install(hub: Hub, local_connections: Any) -> None:
     async def on_message(message: dict[str, Any]) -> None:
         key = message["key"]
         members = hub.members(conversation_group(key))
-        for seq, text in message["items"]:
-            metrics.FRAMES_OUT_MESSAGE.inc(len(members))
-            await delivery.deliver_all(members, key, seq, text, read_messages)
+        items = message["items"]
+        metrics.FRAMES_OUT_MESSAGE.inc(len(members) * len(items))
+        await delivery.deliver_run(members, key, items, read_messages)
 
     async def on_event(message: dict[str, Any]) -> None:
         exclude = message.get("exclude_user")

@@ -213,8 +213,10 @@ async def test_control_message_closes_with_its_code(runtime) -> None:
 
 async def test_node_connection_limit_4503(runtime, settings) -> None:
     settings.MAX_CONNECTIONS = 1
-    comm, _ = await connected(runtime)
-    other = communicator(token=await make_token("bob"))
+    # The stream endpoint: a chat socket's presence write would race the second
+    # handshake's token stamp on the test's in-memory SQLite ("table is locked").
+    comm, _ = await connected(runtime, "/ws/stream/")
+    other = communicator("/ws/stream/", token=await make_token("bob"))
     await other.connect()
     assert await close_code(other) == Close.OVER_CAPACITY
     await comm.disconnect()

@@ -171,3 +171,25 @@ def test_text_frames_carry_the_length_in_rfc_6455_form() -> None:
         except StopIteration as done:
             frame = done.value
         assert frame.opcode == Opcode.TEXT and frame.fin and frame.data.decode() == text
+
+
+async def test_a_run_of_messages_goes_out_in_one_write_per_ready_socket() -> None:
+    from realtime.backpressure import DaphneOutbound, text_frame
+
+    conns, protocols, sent = [], [], []
+    for start in (4, 4, 5, 2):
+        conn = make_conn(sent)
+        protocol = FakeProtocol()
+        conn.outbound = DaphneOutbound(protocol, 10, 10_000, conn.send_text)
+        delivery.start(conn, "k", start)
+        conns.append(conn)
+        protocols.append(protocol)
+    run = [(5, STORE[5]), (6, STORE[6]), (7, STORE[7])]
+    await delivery.deliver_run(conns, "k", run, read_range)
+    await settle(conns[3])
+    both = text_frame(STORE[5]) + text_frame(STORE[6]) + text_frame(STORE[7])
+    assert protocols[0].written == protocols[1].written == [both]  # one write each
+    # Already past 5: 5 is dropped as a repeat, 6 and 7 still go out in order.
+    assert protocols[2].written == [] and sent[:2] == [6, 7]
+    assert [c.cursors["k"] for c in conns] == [7, 7, 7, 7]
+    assert protocols[3].written == [] and sent[-5:] == [3, 4, 5, 6, 7]  # filled from the store
