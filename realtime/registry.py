@@ -76,18 +76,17 @@ def admit_connection(info: ConnectionInfo, node_id: int, per_user_limit: int) ->
     runs on every handshake."""
     table = connection.ops.quote_name(LiveConnection._meta.db_table)
     now = timezone.now()
+    # A literal in a SELECT list is text to PostgreSQL; the column is jsonb there.
+    empty_list = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
     with connection.cursor() as cursor:
-        # Counting stops at the limit: a user with many sockets costs no more.
-        cursor.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE user_id = %s LIMIT %s) AS s",
-            [info.user_id, per_user_limit],
-        )
-        if cursor.fetchone()[0] >= per_user_limit:
-            return False
+        # One statement: insert only while the user has fewer sockets than the
+        # limit (the count stops at the limit, so a user with many costs no more).
         cursor.execute(
             f"INSERT INTO {table} (id, node_id, user_id, endpoint, channel_name, remote_addr, "
             "user_agent, auth_method, auth_ref, connected_at, last_seen, subscriptions) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            f"SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {empty_list} WHERE ("
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE user_id = %s LIMIT %s) AS s"
+            ") < %s",
             [
                 info.id,
                 node_id,
@@ -101,9 +100,12 @@ def admit_connection(info: ConnectionInfo, node_id: int, per_user_limit: int) ->
                 now,
                 now,
                 "[]",
+                info.user_id,
+                per_user_limit,
+                per_user_limit,
             ],
         )
-    return True
+        return cursor.rowcount == 1
 
 
 async def add_connection(info: ConnectionInfo, node_id: int) -> None:

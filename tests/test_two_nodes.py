@@ -104,3 +104,38 @@ async def test_disabling_an_account_closes_its_sockets_4403_on_every_node(two_no
     assert await on_b.close_code() == 4403
     refused = await WsClient.open(f"{a.ws_url}/ws/chat/", token=token)
     assert await refused.close_code() == 4403
+
+
+async def test_the_per_user_socket_limit_counts_every_node(production_stack, make_node) -> None:
+    limit = {"MAX_CONNECTIONS_PER_USER": "2"}
+    a, b = (
+        make_node(production_stack, "node-a", **limit),
+        make_node(production_stack, "node-b", **limit),
+    )
+    name = unique()
+    token = a.register(name)
+    on_a = await WsClient.open(f"{a.ws_url}/ws/stream/", token=token)
+    await on_a.welcome()
+    on_b = await WsClient.open(f"{b.ws_url}/ws/stream/", token=token)
+    await on_b.welcome()
+    for node in (a, b):  # a third socket, wherever it lands
+        third = await WsClient.open(f"{node.ws_url}/ws/stream/", token=token)
+        assert await third.close_code() == 4503
+    await on_a.close()
+    await eventually(
+        lambda: (
+            a.stack.sql(
+                "SELECT count(*) FROM realtime_liveconnection l JOIN accounts_user u "
+                "ON u.id = l.user_id WHERE u.username = %s",
+                name,
+            )[0][0]
+            == 1
+        ),
+        what="the closed socket's record removed",
+    )
+    again = await WsClient.open(f"{b.ws_url}/ws/stream/", token=token)
+    await again.welcome()
+    other = await WsClient.open(f"{a.ws_url}/ws/stream/", token=a.register(unique()))
+    await other.welcome()  # another user is not counted against this one
+    for client in (on_b, again, other):
+        await client.close()
