@@ -93,23 +93,30 @@ def _token_with_user(key_hash: str) -> ApiToken | None:
 
 
 @functools.cache
-def _converters(field: Any, ops: Any) -> tuple[tuple[Any, Any], ...]:
-    """(converter, column) pairs of a field for this thread's connection (`ops`; SQLite
-    returns datetimes as text); looking them up cost more than the query."""
+def _converters(field: Any, vendor: str) -> tuple[tuple[Any, bool, Any], ...]:
+    """(function, whether it is a backend method, column) of a field's converters on
+    this backend (SQLite returns datetimes as text); looking them up cost more than
+    the query. Backend methods are kept unbound: a request may run on a new
+    connection object, and caching one bound to an old one would keep it alive."""
     col = field.get_col(field.model._meta.db_table)
-    return tuple(
-        (converter, col)
-        for converter in ops.get_db_converters(col) + col.get_db_converters(connection)
+    backend = tuple(
+        (converter.__func__, True, col) for converter in connection.ops.get_db_converters(col)
+    )
+    return backend + tuple(
+        (converter, False, col) for converter in col.get_db_converters(connection)
     )
 
 
 def _converted(fields: list[Any], values: tuple[Any, ...]) -> list[Any]:
     """Apply each column's database converters."""
     out = []
-    ops = connection.ops
+    ops, vendor = connection.ops, connection.vendor
     for field, value in zip(fields, values, strict=True):
-        for converter, col in _converters(field, ops):
-            value = converter(value, col, connection)
+        for function, of_backend, col in _converters(field, vendor):
+            if of_backend:
+                value = function(ops, value, col, connection)
+            else:
+                value = function(value, col, connection)
         out.append(value)
     return out
 
