@@ -20,15 +20,24 @@ MAX_PRESENCE_QUERY = 500
 TYPING_EVERY_SECONDS = 1.0
 
 
-async def subscribe_all(consumer: TetherConsumer) -> None:
-    """At connect: receive every conversation of the user from its current head on."""
+async def starting_positions(consumer: TetherConsumer) -> dict[str, int]:
+    """Before `welcome`: the head of each of the user's conversations. Messages stored
+    later (after the client hears `welcome`) are delivered live."""
+    conn = consumer.conn
+    assert conn is not None
+    return await database_sync_to_async(conversations.conversation_heads)(conn.user_id)
+
+
+async def subscribe_all(consumer: TetherConsumer, heads: dict[str, int]) -> None:
+    """After `welcome`: receive every conversation of the user from `heads` on (what
+    was stored meanwhile is filled from the store when the next message shows the
+    gap, or by the node's head check)."""
     conn = consumer.conn
     assert conn is not None
     delivery.hold(conn)
     asyncio.get_running_loop().call_later(
         delivery.RESUME_WINDOW_SECONDS, delivery.release, conn, fanout.read_messages
     )
-    heads = await database_sync_to_async(conversations.conversation_heads)(conn.user_id)
     hub = consumer.runtime.hub
     for cid, head in heads.items():
         delivery.start(conn, cid, head)

@@ -198,6 +198,10 @@ class TetherConsumer(AsyncWebsocketConsumer):
             self.conn = None
             await self.close(Close.OVER_CAPACITY)
             return
+        # Starting positions are read before `welcome`: every message stored after
+        # the client hears `welcome` is above them, so it is delivered live. Only
+        # then is the socket listed (no frame may reach it before `welcome`).
+        await self.before_welcome()
         runtime.add(self.conn)
         log.info(
             "connect %s user=%s node=%s endpoint=%s auth=%s addr=%s",
@@ -232,8 +236,11 @@ class TetherConsumer(AsyncWebsocketConsumer):
     def user_repr(self) -> dict[str, Any]:
         return {"id": self.user.pk, "username": self.user.get_username()}
 
+    async def before_welcome(self) -> None:
+        """Endpoint-specific reads that must precede `welcome` (no frame may)."""
+
     async def on_open(self) -> None:
-        """After `welcome`: endpoint-specific subscriptions."""
+        """After `welcome`: endpoint-specific subscriptions and announcements."""
 
     async def on_leave(self) -> None:
         """During cleanup, before the record goes: leave subscriptions."""
@@ -497,8 +504,14 @@ class ChatConsumer(TetherConsumer):
     endpoint = "chat"
     handlers = {**BASE_HANDLERS, **chat_handlers.CHAT_HANDLERS}
 
+    _heads: dict[str, int] | None = None
+
+    async def before_welcome(self) -> None:
+        self._heads = await chat_handlers.starting_positions(self)
+
     async def on_open(self) -> None:
-        await chat_handlers.subscribe_all(self)
+        await chat_handlers.subscribe_all(self, self._heads or {})
+        self._heads = None
         await fanout.announce_presence(self.user.pk)
 
     async def on_leave(self) -> None:

@@ -12,8 +12,10 @@ commit together.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import IntegrityError, connection, transaction
 
@@ -25,6 +27,8 @@ from realtime.models import Message
 from realtime.protocol import TetherError, bad_request, now_ms
 
 Result = Sent | TetherError
+T = TypeVar("T")
+Reader = Callable[[], T]  # a statement's result, read once its round trip is over
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,8 @@ def _table(columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> tuple
     return first + rest * (len(rows) - 1), [value for row in rows for value in row]
 
 
-def _existing(cursor: Any, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Message]:
-    """Messages already stored under these (sender, key) pairs."""
+def _existing(cursor: Any, keys: list[tuple[int, str]]) -> Reader[dict[tuple[int, str], Message]]:
+    """Messages already stored under these (sender, key) pairs (read after the round trip)."""
     table, params = _table([("sid", "bigint"), ("ckey", "text")], keys)
     cursor.execute(
         table_sql(
@@ -66,7 +70,7 @@ def _existing(cursor: Any, keys: list[tuple[int, str]]) -> dict[tuple[int, str],
         ),
         params,
     )
-    return {
+    return lambda: {
         (sender_id, client_id): Message(
             id=mid,
             conversation_id=cid,
@@ -80,8 +84,8 @@ def _existing(cursor: Any, keys: list[tuple[int, str]]) -> dict[tuple[int, str],
     }
 
 
-def _memberships(cursor: Any, pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
-    """Which (conversation, user) pairs are memberships."""
+def _memberships(cursor: Any, pairs: set[tuple[str, int]]) -> Reader[set[tuple[str, int]]]:
+    """Which (conversation, user) pairs are memberships (read after the round trip)."""
     table, params = _table([("cid", "text"), ("uid", "bigint")], sorted(pairs))
     cursor.execute(
         table_sql(
@@ -90,16 +94,16 @@ def _memberships(cursor: Any, pairs: set[tuple[str, int]]) -> set[tuple[str, int
         ),
         params,
     )
-    return {(cid, uid) for cid, uid in cursor.fetchall()}
+    return lambda: {(cid, uid) for cid, uid in cursor.fetchall()}
 
 
-def _bump(cursor: Any, counts: dict[str, int]) -> dict[str, int]:
+def _bump(locks: Any, cursor: Any, counts: dict[str, int]) -> Reader[dict[str, int]]:
     """Add each conversation's count to `last_seq`; the first new seq of each."""
     ids = sorted(counts)
     if connection.features.has_select_for_update:
         # Lock in one global order (by id): two nodes' batches sharing
         # conversations then wait for each other instead of deadlocking.
-        cursor.execute(
+        locks.execute(
             table_sql("SELECT id FROM {conversation} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"),
             [ids],
         )
@@ -111,7 +115,7 @@ def _bump(cursor: Any, counts: dict[str, int]) -> dict[str, int]:
         ),
         params,
     )
-    return {cid: last - counts[cid] + 1 for cid, last in cursor.fetchall()}
+    return lambda: {cid: last - counts[cid] + 1 for cid, last in cursor.fetchall()}
 
 
 def _insert(cursor: Any, rows: list[Message]) -> None:
@@ -152,15 +156,30 @@ def _mark_read(cursor: Any, positions: dict[tuple[str, int], int]) -> None:
     )
 
 
+@contextmanager
+def _one_round_trip() -> Iterator[None]:
+    """Send the statements inside together and wait once (psycopg's pipeline mode):
+    under load every wait for the database is a wait for a CPU too. A failure
+    surfaces at the end of the block, as Django's own errors."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        yield
+
+
 def _store(requests: list[SendRequest]) -> list[Result]:
     results: list[Result | None] = [None] * len(requests)
     keys = sorted({(r.sender.pk, r.client_id) for r in requests})
-    with transaction.atomic(), connection.cursor() as cursor:
-        stored = _existing(cursor, keys)
-        asked = {(r.conversation_id, r.sender.pk) for r in requests}
-        members = _memberships(cursor, asked)
-        first: dict[tuple[int, str], int] = {}  # key → index of the send that stores it
-        fresh: list[int] = []
+    asked = {(r.conversation_id, r.sender.pk) for r in requests}
+    fresh: list[int] = []
+    first: dict[tuple[int, str], int] = {}  # key → index of the send that stores it
+    # Four round trips whatever the batch: look-ups, locks and seqs, rows, commit.
+    with transaction.atomic(), connection.cursor() as one, connection.cursor() as two:
+        with _one_round_trip():
+            read_stored = _existing(one, keys)
+            read_members = _memberships(two, asked)
+        stored, members = read_stored(), read_members()
         for i, r in enumerate(requests):
             key = (r.sender.pk, r.client_id)
             if key in stored:
@@ -176,7 +195,9 @@ def _store(requests: list[SendRequest]) -> list[Result]:
             counts: dict[str, int] = defaultdict(int)
             for i in fresh:
                 counts[requests[i].conversation_id] += 1
-            next_seq = _bump(cursor, counts)
+            with _one_round_trip():
+                read_seqs = _bump(one, two, counts)
+            next_seq = read_seqs()
             rows: list[Message] = []
             ts = now_ms()
             for i in fresh:
@@ -195,11 +216,12 @@ def _store(requests: list[SendRequest]) -> list[Result]:
                     )
                 )
                 results[i] = Sent(rows[-1], False)
-            _insert(cursor, rows)
             read: dict[tuple[str, int], int] = {}
             for m in rows:
                 read[(m.conversation_id, m.sender_id)] = m.seq
-            _mark_read(cursor, read)
+            with _one_round_trip():
+                _insert(one, rows)
+                _mark_read(two, read)
     for i, r in enumerate(requests):
         if results[i] is None:
             earlier = results[first[(r.sender.pk, r.client_id)]]

@@ -108,7 +108,7 @@ def test_a_key_stored_elsewhere_meanwhile_falls_back_to_one_by_one(
     cid = conversation(a, b)
     raced = check_send(b, cid, "raced", "stored by another node", publish=False)
     # As if the other node committed between this batch's look-up and its insert.
-    monkeypatch.setattr(message_batch, "_existing", lambda cursor, keys: {})
+    monkeypatch.setattr(message_batch, "_existing", lambda cursor, keys: lambda: {})
     results = store_sends([SendRequest(a, cid, "mine", "m"), SendRequest(b, cid, "raced", "r")])
     mine, again = results
     assert isinstance(again, Sent) and again.duplicate and again.message.id == raced.message.id
