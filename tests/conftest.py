@@ -88,3 +88,17 @@ async def runtime() -> AsyncIterator[object]:
 def _generous_auth_throttle(settings) -> None:
     """In-process tests log in often; tests of the throttle lower it themselves."""
     settings.AUTH_RATE_LIMIT = "100000/minute"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """In-process tests on SQLite use a file, as embedded mode does: the in-memory
+    shared-cache database pytest-django picks by default locks whole tables and
+    fails at once ("database table is locked") when a pool thread writes while
+    another thread reads, where a file waits for the lock."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        path = tmp_path_factory.mktemp("unit-db") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(path)
