@@ -65,9 +65,12 @@ async def register_node(name: str) -> tuple[Node, list[int]]:
     return node, user_ids
 
 
-async def unregister_node(name: str) -> None:
-    """Remove this node and its connection records (clean shutdown)."""
-    await Node.objects.filter(name=name).adelete()
+@in_pool
+def unregister_node(name: str) -> None:
+    """Remove this node and its connection records (clean shutdown). On a pool thread:
+    at SIGTERM the async ORM's single thread may still be busy with a socket's
+    setup, and asgiref then refuses the call ("would deadlock")."""
+    Node.objects.filter(name=name).delete()
 
 
 def admit_connection(info: ConnectionInfo, node_id: int, per_user_limit: int) -> bool:
@@ -116,9 +119,10 @@ async def add_connection(info: ConnectionInfo, node_id: int) -> None:
 admit = in_pool(admit_connection)
 
 
-async def remove_connection(connection_id: str) -> bool:
-    """Delete one socket's record; True if it existed."""
-    deleted, _ = await LiveConnection.objects.filter(id=connection_id).adelete()
+@in_pool
+def remove_connection(connection_id: str) -> bool:
+    """Delete one socket's record; True if it existed (pool thread: see unregister_node)."""
+    deleted, _ = LiveConnection.objects.filter(id=connection_id).delete()
     return deleted > 0
 
 
