@@ -128,8 +128,11 @@ def proc_rss_kib(pid: int) -> int:
 class BenchNode:
     """One server process (daphne or uvicorn) on a loopback port, in its own session."""
 
-    def __init__(self, stack: Any, server: str, logs: Path, settings: dict[str, str]) -> None:
+    def __init__(
+        self, stack: Any, server: str, logs: Path, settings: dict[str, str], backlog: int = 0
+    ) -> None:
         self.stack, self.server, self.logs, self.settings = stack, server, logs, settings
+        self.backlog = backlog  # listen backlog; 0: the server's default
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -144,12 +147,19 @@ class BenchNode:
 
         self.port = free_port()
         env = self.stack.env(NODE_NAME=name, **self.settings)
-        if self.server == "daphne":
+        if self.server == "daphne" and self.backlog:
+            # As docs/deployment.md runs it: a Twisted endpoint with a listen backlog.
+            endpoint = f"tcp:port={self.port}:interface=127.0.0.1:backlog={self.backlog}"
+            cmd = [sys.executable, "-m", "daphne", "-e", endpoint]
+            cmd += ["--websocket_timeout", "-1", "project.asgi:application"]
+        elif self.server == "daphne":
             cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
             cmd += ["--websocket_timeout", "-1", "project.asgi:application"]
         else:
             cmd = [sys.executable, "-m", "uvicorn", "project.asgi:application"]
             cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
+            if self.backlog:
+                cmd += ["--backlog", str(self.backlog)]
             cmd += ["--lifespan", "off", "--no-access-log", "--log-level", "warning"]
         self.log_path = self.logs / f"{name}.log"
         with open(self.log_path, "ab") as out:
@@ -540,6 +550,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=4, help="saturation: publications ahead")
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip)")
     parser.add_argument("--inflight", type=int, default=200, help="handshakes in flight")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=1024,
+        help="server listen backlog, as docs/deployment.md sets it (0: the server's default, "
+        "50 for daphne, where handshakes in flight beyond it wait for SYN retransmits)",
+    )
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument(
         "--users", type=int, default=1, help="users (one token each) the sockets are spread over"
@@ -608,7 +625,9 @@ def main() -> None:
         if node is not None:
             node.stop()
         serial += 1
-        node = BenchNode(stack, args.server, logs, settings).start(f"feeds-{serial}-{label}")
+        node = BenchNode(stack, args.server, logs, settings, args.backlog).start(
+            f"feeds-{serial}-{label}"
+        )
         log(f"{args.server} up on port {node.port} (pid {node.pid}, {label})")
         return node
 

@@ -498,6 +498,11 @@ async def handle_pong(consumer: TetherConsumer, frame: Frame) -> None:
 BASE_HANDLERS: dict[str, Handler] = {"ping": handle_ping, "pong": handle_pong}
 
 
+# Sends of one socket being stored at once; past this the socket's next frame
+# waits (no unbounded work per socket; the rate limit bounds it too).
+MAX_SENDS_IN_FLIGHT = 32
+
+
 class ChatConsumer(TetherConsumer):
     """`/ws/chat/`: instant messaging (PROTOCOL 6)."""
 
@@ -505,6 +510,28 @@ class ChatConsumer(TetherConsumer):
     handlers = {**BASE_HANDLERS, **chat_handlers.CHAT_HANDLERS}
 
     _heads: dict[str, int] | None = None
+    _sending: set[asyncio.Future[None]] | None = None
+
+    async def dispatch_frame(self, frame: Frame) -> None:
+        """Pipelined sends: a `send` joins the node's next batch at once and is answered
+        when stored, so the socket's following sends can join the same batch (one at a
+        time, a client with several sends in flight got one per batch: issue 4,
+        throughput at saturation). Sends keep their order (each joins the queue in
+        arrival order); any other frame waits until the earlier sends are answered,
+        so it sees them stored."""
+        pending = self._sending
+        if frame.type == "send":
+            if pending is None:
+                pending = self._sending = set()
+            while len(pending) >= MAX_SENDS_IN_FLIGHT:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.ensure_future(super().dispatch_frame(frame))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            return
+        if pending:
+            await asyncio.wait(pending)
+        await super().dispatch_frame(frame)
 
     async def before_welcome(self) -> None:
         self._heads = await chat_handlers.starting_positions(self)

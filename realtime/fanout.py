@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from monitoring import metrics
 from realtime import conversations, delivery, messages, presence
 from realtime.db import in_pool
-from realtime.hub import PRESENCE_GROUP, Hub, hub_layer
+from realtime.hub import PRESENCE_GROUP, Hub, group_send_many, hub_layer
 from realtime.protocol import encode, now_ms
 
 log = logging.getLogger("tether.fanout")
@@ -31,9 +31,18 @@ read_messages = in_pool(messages.read_range)
 async def publish_conversation_messages(conversation_id: str, items: list[tuple[int, str]]) -> None:
     """Stored messages of one conversation, (seq, encoded frame) in increasing seq:
     one layer message per node for all of them."""
-    await hub_layer().group_send(
-        conversation_group(conversation_id),
-        {"type": "hub.message", "key": conversation_id, "items": items},
+    await publish_many_conversations({conversation_id: items})
+
+
+async def publish_many_conversations(items_by_id: dict[str, list[tuple[int, str]]]) -> None:
+    """Stored messages of several conversations (a batch): one layer message per
+    conversation and node, sent together."""
+    await group_send_many(
+        hub_layer(),
+        [
+            (conversation_group(cid), {"type": "hub.message", "key": cid, "items": items})
+            for cid, items in items_by_id.items()
+        ],
     )
 
 

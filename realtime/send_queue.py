@@ -43,12 +43,10 @@ async def publish_batch(results: list[Result]) -> None:
         if isinstance(result, Sent) and not result.duplicate:
             m = result.message
             by_conversation[m.conversation_id].append((m.seq, messages.encoded_frame(m)))
-    await asyncio.gather(
-        *(
-            fanout.publish_conversation_messages(cid, sorted(items))
-            for cid, items in by_conversation.items()
+    if by_conversation:
+        await fanout.publish_many_conversations(
+            {cid: sorted(items) for cid, items in by_conversation.items()}
         )
-    )
 
 
 Publish = Callable[[list["Result"]], Awaitable[None]]

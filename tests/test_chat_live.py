@@ -199,6 +199,47 @@ async def test_live_messages_during_a_sync_are_not_lost_doubled_or_reordered(
     await b.close()
 
 
+async def test_pipelined_sends_keep_their_order_and_later_frames_see_them(
+    node: DaphneNode,
+) -> None:
+    """Sends in flight from one socket are stored together but in arrival order; a
+    frame of another type is answered only after every earlier send."""
+    alice, bob = person(node), person(node)
+    cid = group(node, alice, bob)
+    a = await alice.socket(node)
+    frames: list[dict] = []
+    for n in range(30):
+        frames.append({"type": "send", "id": f"p-{n}", "conversation": cid, "body": f"b{n}"})
+        if n == 20:
+            frames.append({"type": "send", "id": "p-5", "conversation": cid, "body": "again"})
+            frames.append({"type": "send", "id": "p-x", "conversation": "c_nope", "body": "x"})
+    frames.append({"type": "history", "id": "h", "conversation": cid, "limit": 100})
+    assert len(frames) < 40  # within the default burst: nothing rate limited
+    for frame in frames:  # all written before any answer is read
+        await a.send(frame)
+    answers: list[dict] = []
+    delivered: list[dict] = []
+    while not answers or answers[-1].get("type") != "result":
+        frame = await a.recv(10)
+        if frame["type"] in ("ack", "error", "result"):
+            answers.append(frame)
+        elif frame["type"] == "message":
+            delivered.append(frame)
+    acks = [f for f in answers if f["type"] == "ack"]
+    first = [f for f in acks if not f["duplicate"]]
+    assert [(f["id"], f["seq"]) for f in first] == [(f"p-{n}", n + 1) for n in range(30)]
+    (again,) = [f for f in acks if f["duplicate"]]
+    assert (again["id"], again["seq"]) == ("p-5", 6)
+    (error,) = [f for f in answers if f["type"] == "error"]
+    assert (error["id"], error["code"]) == ("p-x", "forbidden")
+    assert len(answers) == 33 and answers[-1]["id"] == "h"  # the result after every answer
+    history = answers[-1]["data"]["messages"]
+    assert [(m["seq"], m["body"]) for m in history] == [(n + 1, f"b{n}") for n in range(30)]
+    delivered += await collect(a, "message", 30 - len(delivered))
+    assert [m["seq"] for m in delivered] == list(range(1, 31))
+    await a.close()
+
+
 async def test_history_and_conversations_queries(node: DaphneNode) -> None:
     alice, bob = person(node), person(node)
     cid = group(node, alice, bob)
