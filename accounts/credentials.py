@@ -43,33 +43,46 @@ def issue_token(user: User, name: str = "", can_publish: bool = False) -> tuple[
 
 def verify_token(raw: str) -> ApiToken | None:
     """The token for `raw`, with its user, or None."""
-    if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
-        return None
-    token = _token_with_user(digest(raw))
-    if token is None:
-        return None
+    return verify_tokens([raw])[0]
+
+
+def verify_tokens(raws: list[str]) -> list[ApiToken | None]:
+    """For each raw token, its token with its user, or None: one query for all of them
+    (socket handshakes arrive together and are checked as a batch)."""
+    hashes = {raw: digest(raw) for raw in raws if raw.startswith(TOKEN_PREFIX) and len(raw) <= 200}
+    rows = _rows_by_hash(sorted(set(hashes.values()))) if hashes else {}
     now = timezone.now()
-    # Coarse last-used stamp: one write a minute per token at most.
-    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-        _stamp_last_used(token.pk, now)
-        token.last_used_at = now
-    return token
+    tokens: list[ApiToken | None] = []
+    stale: set[int] = set()
+    for raw in raws:
+        row = rows.get(hashes.get(raw, ""))
+        token = None if row is None else _token_from_row(row)
+        if token is not None:
+            # Coarse last-used stamp: one write a minute per token at most.
+            if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+                stale.add(token.pk)
+                token.last_used_at = now
+        tokens.append(token)
+    if stale:
+        _stamp_last_used(sorted(stale), now)
+    return tokens
 
 
-def _stamp_last_used(token_id: int, now: Any) -> None:
+def _stamp_last_used(token_ids: list[int], now: Any) -> None:
     """Raw SQL: building the ORM's UPDATE cost more than running it (handshakes)."""
     qn = connection.ops.quote_name
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {qn(ApiToken._meta.db_table)} SET {qn('last_used_at')} = %s "
-            f"WHERE {qn('id')} = %s",
-            [connection.ops.adapt_datetimefield_value(now), token_id],
+            f"WHERE {qn('id')} IN ({', '.join(['%s'] * len(token_ids))})",
+            [connection.ops.adapt_datetimefield_value(now), *token_ids],
         )
 
 
 @functools.cache
 def _token_query(vendor: str) -> tuple[str, list[Any], list[Any]]:
-    """The SQL and the concrete fields of token and user, built once per backend."""
+    """The SQL (without its key-hash list) and the concrete fields of token and user,
+    built once per backend."""
     token_fields = list(ApiToken._meta.concrete_fields)
     user_fields = list(User._meta.concrete_fields)
     qn = connection.ops.quote_name
@@ -79,20 +92,23 @@ def _token_query(vendor: str) -> tuple[str, list[Any], list[Any]]:
     sql = (
         f"SELECT {', '.join(columns)} FROM {qn(ApiToken._meta.db_table)} t "
         f"JOIN {qn(User._meta.db_table)} u ON u.{qn(User._meta.pk.column)} = t.{qn('user_id')} "
-        f"WHERE t.{qn('key_hash')} = %s"
+        f"WHERE t.{qn('key_hash')} IN "
     )
     return sql, token_fields, user_fields
 
 
-def _token_with_user(key_hash: str) -> ApiToken | None:
-    """The token and its user in one raw query: this runs on every socket handshake,
-    and building the ORM query cost more than the database did."""
-    sql, token_fields, user_fields = _token_query(connection.vendor)
+def _rows_by_hash(key_hashes: list[str]) -> dict[str, tuple[Any, ...]]:
+    """Token and user rows by key hash, in one raw query: this runs for every socket
+    handshake, and building the ORM query cost more than the database did."""
+    sql, token_fields, _ = _token_query(connection.vendor)
+    at = [f.attname for f in token_fields].index("key_hash")
     with connection.cursor() as cursor:
-        cursor.execute(sql, [key_hash])
-        row = cursor.fetchone()
-    if row is None:
-        return None
+        cursor.execute(sql + f"({', '.join(['%s'] * len(key_hashes))})", key_hashes)
+        return {row[at]: row for row in cursor.fetchall()}
+
+
+def _token_from_row(row: tuple[Any, ...]) -> ApiToken:
+    _, token_fields, user_fields = _token_query(connection.vendor)
     split = len(token_fields)
     db = connection.alias
     token = ApiToken.from_db(
@@ -174,4 +190,5 @@ __all__ = [
     "session_ref",
     "token_ref",
     "verify_token",
+    "verify_tokens",
 ]

@@ -90,6 +90,29 @@ def test_tokens_are_stored_hashed(alice: User) -> None:
     assert credentials.verify_token(raw + "x") is None
 
 
+def test_tokens_checked_together_answer_each_one(alice: User) -> None:
+    bob = User.objects.create_user("bob", password=PASSWORD, is_active=False)
+    a_token, a_raw = credentials.issue_token(alice)
+    b_token, b_raw = credentials.issue_token(bob)
+    revoked, r_raw = credentials.issue_token(alice)
+    revoked.delete()
+    raws = [a_raw, "tt_unknown", b_raw, a_raw, r_raw, "not-a-token", "tt_" + "x" * 300]
+    found = credentials.verify_tokens(raws)
+    assert [t and (t.pk, t.user.username, t.user.is_active) for t in found] == [
+        (a_token.pk, "alice", True),
+        None,
+        (b_token.pk, "bob", False),  # found; the socket closes 4403 for an inactive user
+        (a_token.pk, "alice", True),
+        None,
+        None,
+        None,
+    ]
+    assert found[0] is not found[3] and found[0].user is not found[3].user
+    stamped = dict(ApiToken.objects.values_list("pk", "last_used_at"))
+    assert stamped[a_token.pk] is not None and stamped[b_token.pk] is not None
+    assert credentials.verify_tokens([]) == []
+
+
 def test_ws_ticket_is_single_use_and_expires(api: APIClient, alice: User) -> None:
     api.force_authenticate(alice)
     r = api.post("/api/auth/ws-ticket/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -54,3 +55,39 @@ def test_reaper_removes_only_silent_nodes() -> None:
     assert result.nodes == ["dead"] and result.connections == 2 and result.user_ids == [user.pk]
     assert set(LiveConnection.objects.values_list("id", flat=True)) == {"a1"}
     assert list(Node.objects.values_list("name", flat=True)) == ["alive"]
+
+
+def test_sockets_admitted_together_count_against_the_limit_in_arrival_order() -> None:
+    alice, bob = User.objects.create(username="alice"), User.objects.create(username="bob")
+    node = Node.objects.create(name="batch", last_heartbeat=timezone.now())
+    LiveConnection.objects.create(id="old", node=node, user=alice, endpoint="chat")
+    admitted = registry.admit_connections(
+        [
+            (info("a1", alice), node.id, 3),
+            (info("b1", bob), node.id, 3),
+            (info("a2", alice), node.id, 3),
+            (info("a3", alice), node.id, 3),  # alice's fourth: over the limit
+            (info("b2", bob), node.id, 1),  # bob's second, with a limit of one
+        ]
+    )
+    assert admitted == [True, True, True, False, False]
+    rows = LiveConnection.objects.order_by("id")
+    assert [(c.id, c.user_id, c.subscriptions) for c in rows] == [
+        ("a1", alice.pk, []),
+        ("a2", alice.pk, []),
+        ("b1", bob.pk, []),
+        ("old", alice.pk, []),
+    ]
+    assert registry.admit_connections([(info("a4", alice), node.id, 3)]) == [False]
+
+
+async def test_concurrent_admissions_share_batches_and_keep_their_answers() -> None:
+    user = await User.objects.acreate(username="many")
+    node, _ = await registry.register_node("node-batch")
+    answers = await asyncio.gather(
+        *(registry.admit(info(f"c{i}", user), node.id, 5) for i in range(12))
+    )
+    assert answers == [True] * 5 + [False] * 7  # in arrival order, whatever the batches
+    assert await LiveConnection.objects.filter(user=user).acount() == 5
+    assert await registry.remove_connection("c0") is True
+    assert await registry.remove_connection("c0") is False
