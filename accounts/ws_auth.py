@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.auth import get_user
+from channels.sessions import SessionMiddlewareStack
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from accounts import credentials
@@ -99,6 +101,28 @@ async def authenticate(scope: dict[str, Any]) -> tuple[Any, SocketAuth]:
         if found:
             return found
     return AnonymousUser(), NO_AUTH
+
+
+class SessionIfCookie:
+    """channels' session middleware, only for sockets that could use a session: one
+    with a session cookie and an allowed Origin (a session is trusted only then).
+    Others (tokens, tickets) skip parsing cookies, a session store per socket and
+    a wrapper around every `send` (issue 5: accepts per second, memory per socket)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.with_session = SessionMiddlewareStack(app)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope.get("tether_origin_ok") and _has_cookie(scope, settings.SESSION_COOKIE_NAME):
+            return await self.with_session(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _has_cookie(scope: dict[str, Any], name: str) -> bool:
+    """Whether a `name=` cookie may be present (a false positive only costs the full path)."""
+    cookies = header(scope, b"cookie")
+    return cookies is not None and f"{name}=" in cookies
 
 
 class WebSocketAuthMiddleware:

@@ -15,9 +15,8 @@ from project.automigrate import migrate_if_needed  # noqa: E402
 migrate_if_needed()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
-from accounts.ws_auth import WebSocketAuthMiddleware  # noqa: E402
+from accounts.ws_auth import SessionIfCookie, WebSocketAuthMiddleware  # noqa: E402
 from project.daphne_compat import patch_daphne_close_codes  # noqa: E402
 from realtime.backpressure import RawSendMiddleware  # noqa: E402
 from realtime.origin import OriginCheckMiddleware  # noqa: E402
@@ -32,9 +31,7 @@ application = RawSendMiddleware(
             {
                 "http": django_asgi_app,
                 "websocket": OriginCheckMiddleware(
-                    SessionMiddlewareStack(
-                        WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))
-                    )
+                    SessionIfCookie(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
                 ),
             }
         )

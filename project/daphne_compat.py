@@ -14,13 +14,15 @@ daphne's access log writes query strings (where `?ticket=` lives) straight to
 stdout; it is routed through Python logging so the redaction filter and
 LOG_FORMAT apply (issue 3: tickets and tokens never in logs).
 
-autobahn pretty-prints its whole configuration for a debug log line on every
-new connection, whether debug logging is on or not: a sixth of the event loop's
-time while sockets open (issue 5, accepts per second). The text is now built
-only when the line is actually written.
+autobahn builds the text of its debug log lines on every new connection,
+whether debug logging is on or not: it pretty-prints its whole configuration
+(a sixth of the event loop's time while sockets open, issue 5) and colours
+names through click. That text is now built only when a line is written.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 _PATCHED = False
 
@@ -45,7 +47,7 @@ def patch_daphne_close_codes() -> None:
     WebSocketProtocol.serverClose = server_close
     _patch_kill_all_applications()
     _patch_access_log()
-    _patch_autobahn_pformat()
+    _patch_autobahn_debug_text()
     _PATCHED = True
 
 
@@ -99,26 +101,36 @@ def _patch_kill_all_applications() -> None:
     Server.kill_all_applications = kill_all_applications
 
 
-class _LazyPformat:
-    """`pprint.pformat(value)`, computed only when the log line is formatted."""
+class _Lazy:
+    """`function(*args, **kwargs)` as text, computed only when a log line is formatted."""
 
-    __slots__ = ("value",)
+    __slots__ = ("args", "function", "kwargs")
 
-    def __init__(self, value: object) -> None:
-        self.value = value
+    def __init__(self, function: Any, *args: Any, **kwargs: Any) -> None:
+        self.function, self.args, self.kwargs = function, args, kwargs
 
     def __str__(self) -> str:
-        from pprint import pformat
-
-        return pformat(self.value)
+        return str(self.function(*self.args, **self.kwargs))
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
 
 
-def _patch_autobahn_pformat() -> None:
+def _lazy(function: Any) -> Any:
+    return lambda *args, **kwargs: _Lazy(function, *args, **kwargs)
+
+
+def _patch_autobahn_debug_text() -> None:
+    import pprint
+
+    from autobahn import util
+    from autobahn.twisted import websocket
     from autobahn.websocket import protocol
 
-    protocol.pformat = _LazyPformat  # type: ignore[attr-defined]
+    for module in (protocol, websocket):
+        for name, function in (("hltype", util.hltype), ("hlval", util.hlval)):
+            if hasattr(module, name):
+                setattr(module, name, _lazy(function))
+    protocol.pformat = _lazy(pprint.pformat)  # type: ignore[attr-defined]
     # The one caller that needs the text itself.
-    protocol.Timings.__str__ = lambda self: str(_LazyPformat(self._timings))  # type: ignore[method-assign]
+    protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)  # type: ignore[method-assign]
