@@ -161,6 +161,7 @@ class BenchNode:
             if self.backlog:
                 cmd += ["--backlog", str(self.backlog)]
             cmd += ["--lifespan", "off", "--no-access-log", "--log-level", "warning"]
+            cmd += ["--loop", "asyncio"]  # as docs/deployment.md runs it (uvloop measured slower)
         self.log_path = self.logs / f"{name}.log"
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(

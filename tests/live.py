@@ -148,7 +148,7 @@ class DaphneNode:
         log = open(self.log_path, "ab")
         if self.server == "uvicorn":
             command = ["uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
-            command += ["--port", str(self.port), "--ws", "websockets-sansio"]
+            command += ["--port", str(self.port), "--ws", "websockets-sansio", "--loop", "asyncio"]
         else:
             command = ["daphne", "-b", "127.0.0.1", "-p", str(self.port)]
             command += ["--websocket_timeout", "-1", "project.asgi:application"]
