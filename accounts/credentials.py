@@ -12,6 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import ApiToken, User, WsTicket
+from realtime.db import in_list
 
 TOKEN_PREFIX = "tt_"
 TICKET_PREFIX = "tk_"
@@ -74,7 +75,7 @@ def _stamp_last_used(token_ids: list[int], now: Any) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {qn(ApiToken._meta.db_table)} SET {qn('last_used_at')} = %s "
-            f"WHERE {qn('id')} IN ({', '.join(['%s'] * len(token_ids))})",
+            f"WHERE {qn('id')} IN {in_list(len(token_ids))}",
             [connection.ops.adapt_datetimefield_value(now), *token_ids],
         )
 
@@ -103,7 +104,7 @@ def _rows_by_hash(key_hashes: list[str]) -> dict[str, tuple[Any, ...]]:
     sql, token_fields, _ = _token_query(connection.vendor)
     at = [f.attname for f in token_fields].index("key_hash")
     with connection.cursor() as cursor:
-        cursor.execute(sql + f"({', '.join(['%s'] * len(key_hashes))})", key_hashes)
+        cursor.execute(sql + in_list(len(key_hashes)), key_hashes)
         return {row[at]: row for row in cursor.fetchall()}
 
 

@@ -43,6 +43,12 @@ def _after_call() -> None:
             _thread.checked_at = -HEALTH_CHECK_SECONDS
 
 
+def in_list(count: int) -> str:
+    """`(%s, %s, …)` with `count` placeholders: an SQL `IN` list for raw statements
+    that take a batch of values (handshakes arrive together)."""
+    return "(" + ", ".join(["%s"] * count) + ")"
+
+
 def in_pool(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """`fn` as a coroutine function running in the loop's thread pool.
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import psycopg
 from django.db import IntegrityError, connection, transaction
 
 from monitoring import metrics
@@ -179,8 +180,6 @@ def _two_cursors() -> Iterator[tuple[Any, Any]]:
         with connection.cursor() as one, connection.cursor() as two:
             yield one, two
         return
-    import psycopg
-
     connection.ensure_connection()
     raw = connection.connection
     with connection.wrap_database_errors, psycopg.Cursor(raw) as one, psycopg.Cursor(raw) as two:

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from realtime.batching import Batcher
-from realtime.db import in_pool
+from realtime.db import in_list, in_pool
 from realtime.models import LiveConnection, Node
 
 log = logging.getLogger("tether.registry")
@@ -94,8 +94,8 @@ def admit_connections(admissions: list[Admission]) -> list[bool]:
     user_ids = sorted({info.user_id for info, _, _ in admissions})
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT user_id, count(*) FROM {table} WHERE user_id IN "
-            f"({', '.join(['%s'] * len(user_ids))}) GROUP BY user_id",
+            f"SELECT user_id, count(*) FROM {table} WHERE user_id IN {in_list(len(user_ids))} "
+            "GROUP BY user_id",
             user_ids,
         )
         counts = dict(cursor.fetchall())
