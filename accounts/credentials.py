@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 
 from accounts.models import ApiToken, User, WsTicket
-from realtime.db import in_list
+from realtime.db import any_of, bound_cursor
 
 TOKEN_PREFIX = "tt_"
 TICKET_PREFIX = "tk_"
@@ -72,61 +73,56 @@ def verify_tokens(raws: list[str]) -> list[ApiToken | None]:
 def _stamp_last_used(token_ids: list[int], now: Any) -> None:
     """Raw SQL: building the ORM's UPDATE cost more than running it (handshakes)."""
     qn = connection.ops.quote_name
-    with connection.cursor() as cursor:
+    where, params = any_of(qn("id"), token_ids)
+    with bound_cursor() as cursor:
         cursor.execute(
-            f"UPDATE {qn(ApiToken._meta.db_table)} SET {qn('last_used_at')} = %s "
-            f"WHERE {qn('id')} IN {in_list(len(token_ids))}",
-            [connection.ops.adapt_datetimefield_value(now), *token_ids],
+            f"UPDATE {qn(ApiToken._meta.db_table)} SET {qn('last_used_at')} = %s WHERE {where}",
+            [connection.ops.adapt_datetimefield_value(now), *params],
         )
 
 
+@dataclass(frozen=True)
+class _TokenQuery:
+    """How to read tokens with their users in one raw query, built once per backend."""
+
+    sql: str  # without its WHERE clause
+    token_names: list[str]  # attribute names of the token's columns, in order
+    user_names: list[str]  # then the user's
+    at_hash: int  # the key hash's column
+    # (column, its converters) for the columns the backend returns in another form
+    # (SQLite: datetimes as text); converters are looked up once, not per row.
+    conversions: tuple[tuple[int, tuple[tuple[Any, bool, Any], ...]], ...]
+
+
 @functools.cache
-def _token_query(vendor: str) -> tuple[str, list[Any], list[Any]]:
-    """The SQL (without its key-hash list) and the concrete fields of token and user,
-    built once per backend."""
+def _token_query(vendor: str) -> _TokenQuery:
     token_fields = list(ApiToken._meta.concrete_fields)
     user_fields = list(User._meta.concrete_fields)
     qn = connection.ops.quote_name
     columns = [f"t.{qn(f.column)}" for f in token_fields] + [
         f"u.{qn(f.column)}" for f in user_fields
     ]
-    sql = (
-        f"SELECT {', '.join(columns)} FROM {qn(ApiToken._meta.db_table)} t "
-        f"JOIN {qn(User._meta.db_table)} u ON u.{qn(User._meta.pk.column)} = t.{qn('user_id')} "
-        f"WHERE t.{qn('key_hash')} IN "
+    conversions = tuple(
+        (i, found)
+        for i, field in enumerate(token_fields + user_fields)
+        if (found := _converters(field))
     )
-    return sql, token_fields, user_fields
-
-
-def _rows_by_hash(key_hashes: list[str]) -> dict[str, tuple[Any, ...]]:
-    """Token and user rows by key hash, in one raw query: this runs for every socket
-    handshake, and building the ORM query cost more than the database did."""
-    sql, token_fields, _ = _token_query(connection.vendor)
-    at = [f.attname for f in token_fields].index("key_hash")
-    with connection.cursor() as cursor:
-        cursor.execute(sql + in_list(len(key_hashes)), key_hashes)
-        return {row[at]: row for row in cursor.fetchall()}
-
-
-def _token_from_row(row: tuple[Any, ...]) -> ApiToken:
-    _, token_fields, user_fields = _token_query(connection.vendor)
-    split = len(token_fields)
-    db = connection.alias
-    token = ApiToken.from_db(
-        db, [f.attname for f in token_fields], _converted(token_fields, row[:split])
+    return _TokenQuery(
+        sql=(
+            f"SELECT {', '.join(columns)} FROM {qn(ApiToken._meta.db_table)} t "
+            f"JOIN {qn(User._meta.db_table)} u ON u.{qn(User._meta.pk.column)} = t.{qn('user_id')} "
+        ),
+        token_names=[f.attname for f in token_fields],
+        user_names=[f.attname for f in user_fields],
+        at_hash=[f.attname for f in token_fields].index("key_hash"),
+        conversions=conversions,
     )
-    token.user = User.from_db(
-        db, [f.attname for f in user_fields], _converted(user_fields, row[split:])
-    )
-    return token
 
 
-@functools.cache
-def _converters(field: Any, vendor: str) -> tuple[tuple[Any, bool, Any], ...]:
+def _converters(field: Any) -> tuple[tuple[Any, bool, Any], ...]:
     """(function, whether it is a backend method, column) of a field's converters on
-    this backend (SQLite returns datetimes as text); looking them up cost more than
-    the query. Backend methods are kept unbound: a request may run on a new
-    connection object, and caching one bound to an old one would keep it alive."""
+    this backend. Backend methods are kept unbound: a request may run on a new
+    connection object, and keeping one bound to an old one would keep it alive."""
     col = field.get_col(field.model._meta.db_table)
     backend = tuple(
         (converter.__func__, True, col) for converter in connection.ops.get_db_converters(col)
@@ -136,18 +132,34 @@ def _converters(field: Any, vendor: str) -> tuple[tuple[Any, bool, Any], ...]:
     )
 
 
-def _converted(fields: list[Any], values: tuple[Any, ...]) -> list[Any]:
-    """Apply each column's database converters."""
-    out = []
-    ops, vendor = connection.ops, connection.vendor
-    for field, value in zip(fields, values, strict=True):
-        for function, of_backend, col in _converters(field, vendor):
-            if of_backend:
-                value = function(ops, value, col, connection)
-            else:
-                value = function(value, col, connection)
-        out.append(value)
-    return out
+def _rows_by_hash(key_hashes: list[str]) -> dict[str, tuple[Any, ...]]:
+    """Token and user rows by key hash, in one raw query: this runs for every socket
+    handshake, and building the ORM query cost more than the database did."""
+    query = _token_query(connection.vendor)
+    where, params = any_of("t.key_hash", key_hashes)
+    with bound_cursor() as cursor:
+        cursor.execute(f"{query.sql}WHERE {where}", params)
+        return {row[query.at_hash]: row for row in cursor.fetchall()}
+
+
+def _token_from_row(row: tuple[Any, ...]) -> ApiToken:
+    query = _token_query(connection.vendor)
+    values = list(row)
+    if query.conversions:
+        real = connections[DEFAULT_DB_ALIAS]  # not the proxy: this loop runs per column
+        ops = real.ops
+        for i, converters in query.conversions:
+            value = values[i]
+            for function, of_backend, col in converters:
+                if of_backend:
+                    value = function(ops, value, col, real)
+                else:
+                    value = function(value, col, real)
+            values[i] = value
+    split = len(query.token_names)
+    token = ApiToken.from_db(DEFAULT_DB_ALIAS, query.token_names, values[:split])
+    token.user = User.from_db(DEFAULT_DB_ALIAS, query.user_names, values[split:])
+    return token
 
 
 def issue_ticket(user: User, auth_ref: str) -> str:

@@ -66,6 +66,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
     handlers: dict[str, Handler] = {}
 
     conn: Connection | None = None
+    _accepted = False
     _cleaned = False
     _control: asyncio.Future[None] | None = None
 
@@ -136,7 +137,6 @@ class TetherConsumer(AsyncWebsocketConsumer):
     # --- handshake ---------------------------------------------------------
 
     async def connect(self) -> None:
-        await self.accept()
         try:
             await self.open_connection()
         except Exception:
@@ -146,8 +146,23 @@ class TetherConsumer(AsyncWebsocketConsumer):
             else:
                 await self.close(Close.INTERNAL)
 
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        self._accepted = True
+        await super().accept(subprotocol, headers)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        # Refused before the handshake completes, a client sees only HTTP 403;
+        # Tether always answers with a close code (PROTOCOL 2), so accept first.
+        if not self._accepted:
+            await self.accept()
+        await super().close(code, reason)
+
     async def open_connection(self) -> None:
-        """Authenticate, check capacity, record the socket and greet it."""
+        """Authenticate, check capacity and record the socket; then accept it and greet it.
+
+        The handshake is answered only once the socket is recorded, in the same turn of
+        the event loop as the `welcome`: both leave in one write (a reconnect storm is
+        thousands of handshakes; issue 5, accepts per second)."""
         user = self.scope.get("user")
         auth = self.scope.get("tether_auth")
         if auth is not None and auth.failed:
@@ -181,7 +196,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             auth_ref=auth.ref,
         )
         now = time.monotonic()
-        self.conn = Connection(
+        conn = Connection(
             info=info,
             username=user.get_username(),
             bucket=TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST, now),
@@ -190,19 +205,20 @@ class TetherConsumer(AsyncWebsocketConsumer):
             close=self.close_with,
             control=self.on_control,
         )
-        self.conn.outbound = backpressure.attach(
-            self.scope, settings.OUTBOUND_MAX_FRAMES, settings.OUTBOUND_MAX_BYTES, self._send_raw
-        )
         assert runtime.node_id is not None
         if not await registry.admit(info, runtime.node_id, settings.MAX_CONNECTIONS_PER_USER):
-            self.conn = None
             await self.close(Close.OVER_CAPACITY)
             return
+        self.conn = conn
         # Starting positions are read before `welcome`: every message stored after
         # the client hears `welcome` is above them, so it is delivered live. Only
         # then is the socket listed (no frame may reach it before `welcome`).
         await self.before_welcome()
-        runtime.add(self.conn)
+        await self.accept()
+        conn.outbound = backpressure.attach(
+            self.scope, settings.OUTBOUND_MAX_FRAMES, settings.OUTBOUND_MAX_BYTES, self._send_raw
+        )
+        runtime.add(conn)
         log.info(
             "connect %s user=%s node=%s endpoint=%s auth=%s addr=%s",
             info.id,

@@ -13,10 +13,12 @@ import contextvars
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from django.db import close_old_connections, connections
+import psycopg
+from django.db import close_old_connections, connection, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,10 +45,55 @@ def _after_call() -> None:
             _thread.checked_at = -HEALTH_CHECK_SECONDS
 
 
-def in_list(count: int) -> str:
-    """`(%s, %s, …)` with `count` placeholders: an SQL `IN` list for raw statements
-    that take a batch of values (handshakes arrive together)."""
-    return "(" + ", ".join(["%s"] * count) + ")"
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def any_of(column: str, values: list[Any]) -> tuple[str, list[Any]]:
+    """`column` is one of `values`, as (SQL, parameters), for raw statements that take
+    a batch (handshakes arrive together). PostgreSQL gets one array, so the text is
+    the same for every batch and the driver prepares it once; elsewhere (SQLite) an
+    `IN` list with one placeholder per value."""
+    if is_postgres():
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({', '.join(['%s'] * len(values))})", list(values)
+
+
+def values_table(
+    columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]
+) -> tuple[str, list[Any]]:
+    """Literal rows as a derived table with named columns: (SQL, parameters).
+
+    PostgreSQL gets one array per column through `unnest`, so the statement's
+    text is the same whatever the batch size (the driver caches its parsing;
+    hundreds of placeholders would be parsed again for every batch). Elsewhere
+    (SQLite) a `SELECT … UNION ALL SELECT …` with one placeholder per value.
+    """
+    names = [name for name, _ in columns]
+    if is_postgres():
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+        return f"SELECT * FROM unnest({arrays}) AS t({', '.join(names)})", [
+            list(column) for column in zip(*rows, strict=True)
+        ]
+    first = "SELECT " + ", ".join(f"%s AS {name}" for name in names)
+    rest = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
+    return first + rest * (len(rows) - 1), [value for row in rows for value in row]
+
+
+@contextmanager
+def bound_cursor() -> Iterator[Any]:
+    """A cursor for raw statements on hot paths. On PostgreSQL a psycopg cursor with
+    server-side binding, under Django's error wrapping: Django's own cursor quotes
+    every parameter into the statement's text in Python (every element of every
+    array), and PostgreSQL then parses and plans that text anew each time; bound
+    parameters travel separately and constant statements are prepared once."""
+    if not is_postgres():
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
 
 
 def in_pool(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:

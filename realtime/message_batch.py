@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import psycopg
 from django.db import IntegrityError, connection, transaction
 
 from monitoring import metrics
 from realtime import messages
 from realtime.conversations import forbidden, valid_id
+from realtime.db import bound_cursor, values_table
 from realtime.messages import Sent, table_sql
 from realtime.models import Message
 from realtime.protocol import TetherError, bad_request, now_ms
@@ -42,28 +42,9 @@ class SendRequest:
     body: str
 
 
-def _table(columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-    """Literal rows as a derived table with named columns: (SQL, parameters).
-
-    PostgreSQL gets one array per column through `unnest`, so the statement's
-    text is the same whatever the batch size (the driver caches its parsing;
-    hundreds of placeholders would be parsed again for every batch). Elsewhere
-    (SQLite) a `SELECT … UNION ALL SELECT …` with one placeholder per value.
-    """
-    names = [name for name, _ in columns]
-    if connection.vendor == "postgresql":
-        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
-        return f"SELECT * FROM unnest({arrays}) AS t({', '.join(names)})", [
-            list(column) for column in zip(*rows, strict=True)
-        ]
-    first = "SELECT " + ", ".join(f"%s AS {name}" for name in names)
-    rest = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
-    return first + rest * (len(rows) - 1), [value for row in rows for value in row]
-
-
 def _existing(cursor: Any, keys: list[tuple[int, str]]) -> Reader[dict[tuple[int, str], Message]]:
     """Messages already stored under these (sender, key) pairs (read after the round trip)."""
-    table, params = _table([("sid", "bigint"), ("ckey", "text")], keys)
+    table, params = values_table([("sid", "bigint"), ("ckey", "text")], keys)
     cursor.execute(
         table_sql(
             "SELECT sender_id, client_id, id, conversation_id, seq, body, ts FROM {message} "
@@ -87,7 +68,7 @@ def _existing(cursor: Any, keys: list[tuple[int, str]]) -> Reader[dict[tuple[int
 
 def _memberships(cursor: Any, pairs: set[tuple[str, int]]) -> Reader[set[tuple[str, int]]]:
     """Which (conversation, user) pairs are memberships (read after the round trip)."""
-    table, params = _table([("cid", "text"), ("uid", "bigint")], sorted(pairs))
+    table, params = values_table([("cid", "text"), ("uid", "bigint")], sorted(pairs))
     cursor.execute(
         table_sql(
             "SELECT conversation_id, user_id FROM {membership} "
@@ -108,7 +89,7 @@ def _bump(locks: Any, cursor: Any, counts: dict[str, int]) -> Reader[dict[str, i
             table_sql("SELECT id FROM {conversation} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"),
             [ids],
         )
-    table, params = _table([("cid", "text"), ("n", "bigint")], [(c, counts[c]) for c in ids])
+    table, params = values_table([("cid", "text"), ("n", "bigint")], [(c, counts[c]) for c in ids])
     cursor.execute(
         table_sql(
             f"UPDATE {{conversation}} SET last_seq = last_seq + v.n FROM ({table}) AS v "
@@ -120,7 +101,7 @@ def _bump(locks: Any, cursor: Any, counts: dict[str, int]) -> Reader[dict[str, i
 
 
 def _insert(cursor: Any, rows: list[Message]) -> None:
-    table, params = _table(
+    table, params = values_table(
         [
             ("id", "text"),
             ("conversation_id", "text"),
@@ -143,7 +124,7 @@ def _insert(cursor: Any, rows: list[Message]) -> None:
 
 def _mark_read(cursor: Any, positions: dict[tuple[str, int], int]) -> None:
     """Sending implies having read up to there; positions never move backwards."""
-    table, params = _table(
+    table, params = values_table(
         [("cid", "text"), ("uid", "bigint"), ("seq", "bigint")],
         [(cid, uid, seq) for (cid, uid), seq in sorted(positions.items())],
     )
@@ -169,23 +150,6 @@ def _one_round_trip() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def _two_cursors() -> Iterator[tuple[Any, Any]]:
-    """Two cursors on the current transaction. On PostgreSQL, psycopg cursors with
-    server-side binding: Django's own quote every parameter into the statement's
-    text in Python (every element of every array: a tenth of a busy node's time),
-    and PostgreSQL then parses and plans that text anew for each batch; bound
-    parameters travel in binary and the constant statements are prepared once."""
-    if connection.vendor != "postgresql":
-        with connection.cursor() as one, connection.cursor() as two:
-            yield one, two
-        return
-    connection.ensure_connection()
-    raw = connection.connection
-    with connection.wrap_database_errors, psycopg.Cursor(raw) as one, psycopg.Cursor(raw) as two:
-        yield one, two
-
-
 def _store(requests: list[SendRequest]) -> list[Result]:
     results: list[Result | None] = [None] * len(requests)
     keys = sorted({(r.sender.pk, r.client_id) for r in requests})
@@ -193,7 +157,7 @@ def _store(requests: list[SendRequest]) -> list[Result]:
     fresh: list[int] = []
     first: dict[tuple[int, str], int] = {}  # key → index of the send that stores it
     # Four round trips whatever the batch: look-ups, locks and seqs, rows, commit.
-    with transaction.atomic(), _two_cursors() as (one, two):
+    with transaction.atomic(), bound_cursor() as one, bound_cursor() as two:
         with _one_round_trip():
             read_stored = _existing(one, keys)
             read_members = _memberships(two, asked)

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from realtime.batching import Batcher
-from realtime.db import in_list, in_pool
+from realtime.db import any_of, bound_cursor, in_pool, values_table
 from realtime.models import LiveConnection, Node
 
 log = logging.getLogger("tether.registry")
@@ -86,17 +86,16 @@ def admit_connection(info: ConnectionInfo, node_id: int, per_user_limit: int) ->
 def admit_connections(admissions: list[Admission]) -> list[bool]:
     """`admit_connection` for sockets accepted together: one count of their users'
     sockets, then one insert of those within their limits, in arrival order. Raw
-    SQL on a pooled thread: this runs for every handshake. (As with one statement
-    per socket, two nodes admitting one user's sockets at the same instant may
-    both see room for the last one: the limit is a guard against runaway
-    clients, not an exact quota.)"""
-    table = connection.ops.quote_name(LiveConnection._meta.db_table)
+    SQL with bound parameters on a pooled thread: this runs for every handshake.
+    (As with one statement per socket, two nodes admitting one user's sockets at
+    the same instant may both see room for the last one: the limit is a guard
+    against runaway clients, not an exact quota.)"""
+    live = connection.ops.quote_name(LiveConnection._meta.db_table)
     user_ids = sorted({info.user_id for info, _, _ in admissions})
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
+        where, params = any_of("user_id", user_ids)
         cursor.execute(
-            f"SELECT user_id, count(*) FROM {table} WHERE user_id IN {in_list(len(user_ids))} "
-            "GROUP BY user_id",
-            user_ids,
+            f"SELECT user_id, count(*) FROM {live} WHERE {where} GROUP BY user_id", params
         )
         counts = dict(cursor.fetchall())
         admitted = []
@@ -105,7 +104,6 @@ def admit_connections(admissions: list[Admission]) -> list[bool]:
             if room:
                 counts[info.user_id] = counts.get(info.user_id, 0) + 1
             admitted.append(room)
-        now = connection.ops.adapt_datetimefield_value(timezone.now())
         rows = [
             (
                 info.id,
@@ -117,21 +115,34 @@ def admit_connections(admissions: list[Admission]) -> list[bool]:
                 info.user_agent[:300],
                 info.auth_method,
                 info.auth_ref,
-                now,
-                now,
-                "[]",
             )
             for (info, node_id, _), ok in zip(admissions, admitted, strict=True)
             if ok
         ]
         if rows:
-            cursor.executemany(
-                f"INSERT INTO {table} (id, node_id, user_id, endpoint, channel_name, "
-                "remote_addr, user_agent, auth_method, auth_ref, connected_at, last_seen, "
-                "subscriptions) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                rows,
+            names = list(_RECORD_COLUMNS)
+            values, params = values_table(list(_RECORD_COLUMNS.items()), rows)
+            now = connection.ops.adapt_datetimefield_value(timezone.now())
+            cursor.execute(
+                f"INSERT INTO {live} ({', '.join(names)}, connected_at, last_seen, subscriptions) "
+                f"SELECT {', '.join(names)}, %s, %s, '[]' FROM ({values}) AS r",
+                [now, now, *params],
             )
     return admitted
+
+
+# The columns of a socket's record written at admission, with their PostgreSQL types.
+_RECORD_COLUMNS = {
+    "id": "text",
+    "node_id": "bigint",
+    "user_id": "bigint",
+    "endpoint": "text",
+    "channel_name": "text",
+    "remote_addr": "text",
+    "user_agent": "text",
+    "auth_method": "text",
+    "auth_ref": "text",
+}
 
 
 async def add_connection(info: ConnectionInfo, node_id: int) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "postgres_service",
     "redis_service",
     "require_or_skip",
+    "rerun_on_postgresql",
 ]
 
 REDIS_START_TIMEOUT = 10.0
@@ -609,3 +610,20 @@ def postgres_service(pytestconfig: pytest.Config) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+def rerun_on_postgresql(path: str, postgres: PostgresServer, keyword: str) -> None:
+    """Run the tests of `path` matching `keyword` again, in a pytest of their own with
+    DATABASE_URL on `postgres`: raw SQL takes another path there (arrays, bound
+    parameters), and settings pick the database once per process."""
+    env = {**os.environ, "DATABASE_URL": postgres.url}
+    inner = ["-q", "-p", "no:cacheprovider", path, "-k", keyword]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *inner],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]

@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from accounts import credentials
 from accounts.models import ApiToken, User, WsTicket
+from tests.services import postgres_service, rerun_on_postgresql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -271,3 +272,9 @@ def test_verifying_tokens_keeps_no_database_connections_alive() -> None:
     before = wrappers()
     run(20)
     assert wrappers() <= before + 2
+
+
+@pytest.mark.django_db(transaction=False)
+def test_token_checks_on_postgresql(postgres_service) -> None:  # noqa: F811
+    """PostgreSQL takes another path (arrays, bound parameters, no converters)."""
+    rerun_on_postgresql(__file__, postgres_service, "tokens_ and not on_postgresql")

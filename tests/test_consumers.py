@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from accounts import credentials
 from accounts.models import User
 from project.asgi import application
 from realtime import control
+from realtime import runtime as node_runtime
 from realtime.models import LiveConnection
 from realtime.protocol import Close
 from tests.waiting import eventually
@@ -333,3 +335,11 @@ async def test_the_hub_joins_a_conversation_group_once_per_node(runtime) -> None
     for comm in sockets:
         await comm.disconnect()
     await eventually(lambda: key not in get_channel_layer("hub").groups, what="the hub to leave")
+
+
+async def test_a_started_node_runs_full_collections_less_often(runtime) -> None:
+    """A reconnect storm grows the heap; the node tunes the collector once it starts."""
+    comm, _ = await connected(runtime)
+    assert gc.get_threshold()[2] == node_runtime.FULL_COLLECTION_EVERY
+    assert gc.get_freeze_count() > 0  # start-up's heap is out of the collector's reach
+    await comm.disconnect()

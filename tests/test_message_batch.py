@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -17,7 +14,7 @@ from realtime.messages import Sent, check_send
 from realtime.models import Conversation, Membership, Message
 from realtime.protocol import Code, TetherError
 from realtime.send_queue import SendQueue
-from tests.services import postgres_service  # noqa: F401 - fixture
+from tests.services import postgres_service, rerun_on_postgresql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,17 +164,7 @@ async def test_a_failed_batch_fails_each_of_its_sends_and_the_next_batch_still_r
 @pytest.mark.django_db(transaction=False)
 def test_the_same_rules_hold_on_postgresql(postgres_service) -> None:  # noqa: F811
     """PostgreSQL takes another path (arrays, row locks in id order): run this file there."""
-    env = {**os.environ, "DATABASE_URL": postgres_service.url}
-    inner = ["-q", "-p", "no:cacheprovider", __file__, "-k", "not on_postgresql"]
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", *inner],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+    rerun_on_postgresql(__file__, postgres_service, "not on_postgresql")
 
 
 async def test_a_send_is_answered_only_after_its_batch_is_published() -> None:

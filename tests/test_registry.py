@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.models import User
 from realtime import registry
 from realtime.models import LiveConnection, Node
+from tests.services import postgres_service, rerun_on_postgresql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,3 +92,9 @@ async def test_concurrent_admissions_share_batches_and_keep_their_answers() -> N
     assert await LiveConnection.objects.filter(user=user).acount() == 5
     assert await registry.remove_connection("c0") is True
     assert await registry.remove_connection("c0") is False
+
+
+@pytest.mark.django_db(transaction=False)
+def test_admissions_on_postgresql(postgres_service) -> None:  # noqa: F811
+    """PostgreSQL takes another path (arrays, one unnest insert, bound parameters)."""
+    rerun_on_postgresql(__file__, postgres_service, "(admit or admission) and not on_postgresql")
