@@ -13,6 +13,9 @@ Side by side in one run, same server (daphne), same channel layer
     .venv/bin/python bench/feeds_bench.py --quick         # smoke run, < 1 minute
     .venv/bin/python bench/feeds_bench.py --target plain --subscribers 1000 --rate 20
 
+With BENCH_PROFILE=<dir> (and py-spy installed in .venv), py-spy records where
+the server's GIL time goes while the idle connections open (<dir>/<target>-idle.txt).
+
 Needs PostgreSQL (--pg, trust auth; the database --db is dropped and recreated)
 and Redis (--redis, a db number that is flushed). Stops by itself and stops
 every process it started.
@@ -112,7 +115,37 @@ def bench_tokens(env: dict[str, str], users: int) -> list[str]:
 
 
 def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
+    return _stat_cpu(f"/proc/{pid}/stat")
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process's main thread (the event loop) and of its other threads
+    (the database pool): they share one GIL, so together they bound the process."""
+    main = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            seconds = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+            if int(tid) == pid:
+                main += seconds
+            else:
+                other += seconds
+    return main, other
+
+
+def services_cpu() -> float:
+    """CPU seconds of every PostgreSQL and Redis process on the machine."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/comm") as fh:
+                name = fh.read()
+            if name.startswith(("postgres", "redis")):
+                total += _stat_cpu(f"/proc/{pid}/stat")
+    return total
+
+
+def _stat_cpu(path: str) -> float:
+    with open(path) as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -433,6 +466,21 @@ def fanout(
     }
 
 
+def profile(pid: int, label: str) -> subprocess.Popen | None:
+    """With BENCH_PROFILE=<dir>, py-spy samples the server (raw folded stacks, GIL holders)."""
+    where = os.environ.get("BENCH_PROFILE")
+    if not where:
+        return None
+    out = Path(where) / f"{label}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen(
+        [str(spy), "record", "-p", str(pid), "-o", str(out), "-f", "raw", "--gil", "-r", "250"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def idle(
     target: str, node: BenchNode, workers: Workers, tokens: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -451,7 +499,13 @@ def idle(
     rss0 = proc_rss_kib(node.pid)
     cpu0 = proc_cpu(node.pid)
     log(f"{target} idle: opening {args.idle} connections, {args.inflight} in flight …")
+    profiler = profile(node.pid, f"{target}-idle")
+    split0, services0 = cpu_split(node.pid), services_cpu()
     opened = workers.connect(params, args.idle, 0, args.inflight)
+    split1, services = cpu_split(node.pid), services_cpu() - services0
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(30)
     cpu = proc_cpu(node.pid) - cpu0
     time.sleep(3)  # let buffers and background work settle
     rss1 = proc_rss_kib(node.pid)
@@ -470,6 +524,9 @@ def idle(
         "rss_after_mib": round(rss1 / 1024, 1),
         "kib_per_connection": round((rss1 - rss0) / ok, 1) if ok else None,
         "server_cpu_s": round(cpu, 2),
+        "server_loop_thread_cpu_s": round(split1[0] - split0[0], 2),
+        "server_other_threads_cpu_s": round(split1[1] - split0[1], 2),
+        "postgres_redis_cpu_s": round(services, 2),
         "loadgen_cpu_s": opened["cpu"],
     }
 
@@ -520,6 +577,9 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             ("RSS after MiB", "rss_after_mib"),
             ("KiB/conn", "kib_per_connection"),
             ("srv CPU s", "server_cpu_s"),
+            ("loop thread s", "server_loop_thread_cpu_s"),
+            ("other threads s", "server_other_threads_cpu_s"),
+            ("PG+Redis s", "postgres_redis_cpu_s"),
             ("failed", "failed"),
         ]
         table(cols, idle_rows)
