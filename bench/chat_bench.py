@@ -30,6 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_times, process_cpu, steal_percent  # noqa: E402
+
 
 def percentile(values: list[float], q: float) -> float:
     if not values:
@@ -315,9 +317,13 @@ def main() -> None:
                     "--gil",
                 ],
             )
-        node_cpu_before = [_cpu(n.proc.pid) for n in nodes]
+        node_cpu_before = [process_cpu(n.proc.pid) for n in nodes]
+        machine_before = machine_times()
         results = [out.get(timeout=args.duration + 120)[1] for _ in procs]
-        node_cpu = [_cpu(n.proc.pid) - b for n, b in zip(nodes, node_cpu_before, strict=True)]
+        stolen = steal_percent(machine_before, machine_times())
+        node_cpu = [
+            process_cpu(n.proc.pid) - b for n, b in zip(nodes, node_cpu_before, strict=True)
+        ]
         for proc in procs:
             proc.join(10)
     finally:
@@ -364,16 +370,9 @@ def main() -> None:
         f"{[round(r['cpu'], 1) for r in results]} "
         f"(from start: {[round(r['cpu_run'], 1) for r in results]})"
     )
+    print(f"CPU time taken by the host (steal): {stolen} % of the machine")
     if acks:
         print(f"mean ack {statistics.mean(acks) * 1000:.1f} ms")
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    if os.environ.get("BENCH_CPU_SPLIT"):
-        print("utime", int(fields[11]), "stime", int(fields[12]), flush=True)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

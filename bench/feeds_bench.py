@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_times, process_cpu, stat_cpu, steal_percent  # noqa: E402
 from bench.wsload import percentile, raise_nofile, worker_main  # noqa: E402
 
 PLAIN_PATH = "/ws/plain/"
@@ -114,17 +115,13 @@ def bench_tokens(env: dict[str, str], users: int) -> list[str]:
 # --------------------------------------------------------------------- the node
 
 
-def proc_cpu(pid: int) -> float:
-    return _stat_cpu(f"/proc/{pid}/stat")
-
-
 def cpu_split(pid: int) -> tuple[float, float]:
     """CPU seconds of a process's main thread (the event loop) and of its other threads
     (the database pool): they share one GIL, so together they bound the process."""
     main = other = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError):
-            seconds = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+            seconds = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
             if int(tid) == pid:
                 main += seconds
             else:
@@ -140,14 +137,8 @@ def services_cpu() -> float:
             with open(f"/proc/{pid}/comm") as fh:
                 name = fh.read()
             if name.startswith(("postgres", "redis")):
-                total += _stat_cpu(f"/proc/{pid}/stat")
+                total += stat_cpu(f"/proc/{pid}/stat")
     return total
-
-
-def _stat_cpu(path: str) -> float:
-    with open(path) as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -408,7 +399,8 @@ def fanout(
     try:
         ready = publisher.read(120)
         workers.all(("measure", ready["feedback_port"] or None), 30)
-        cpu0, rcpu0, t0 = proc_cpu(node.pid), redis_cpu(args.redis), time.monotonic()
+        cpu0, rcpu0, t0 = process_cpu(node.pid), redis_cpu(args.redis), time.monotonic()
+        machine0 = machine_times()
         publisher.go(time.time() + 0.3)
         log(f"{target} {mode}: publishing for {args.seconds:g} s …")
         done = publisher.read(args.seconds + 120)
@@ -416,7 +408,8 @@ def fanout(
         log(f"{target} {mode}: {published} publications; draining …")
         results = workers.all(("drain", published, args.quiet, 120), 180)
         wall = time.monotonic() - t0
-        server_cpu, r_cpu = proc_cpu(node.pid) - cpu0, redis_cpu(args.redis) - rcpu0
+        server_cpu, r_cpu = process_cpu(node.pid) - cpu0, redis_cpu(args.redis) - rcpu0
+        stolen = steal_percent(machine0, machine_times())
     finally:
         publisher.stop()
     received = sum(r["received"] for r in results)
@@ -445,6 +438,7 @@ def fanout(
         "p99_ms": round(percentile(latencies, 99), 1),
         "max_ms": round(max(latencies), 1) if latencies else None,
         "latency_samples": len(latencies),
+        "steal_pct": stolen,
         "loss": sum(r["loss"] for r in results),
         "extra": sum(r["extra"] for r in results),
         "short_subscribers": sum(r["short"] for r in results),
@@ -497,16 +491,17 @@ def idle(
     workers.all(("close", None), 60)
     time.sleep(2)
     rss0 = proc_rss_kib(node.pid)
-    cpu0 = proc_cpu(node.pid)
+    cpu0 = process_cpu(node.pid)
     log(f"{target} idle: opening {args.idle} connections, {args.inflight} in flight …")
     profiler = profile(node.pid, f"{target}-idle")
-    split0, services0 = cpu_split(node.pid), services_cpu()
+    split0, services0, machine0 = cpu_split(node.pid), services_cpu(), machine_times()
     opened = workers.connect(params, args.idle, 0, args.inflight)
     split1, services = cpu_split(node.pid), services_cpu() - services0
+    stolen = steal_percent(machine0, machine_times())
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(30)
-    cpu = proc_cpu(node.pid) - cpu0
+    cpu = process_cpu(node.pid) - cpu0
     time.sleep(3)  # let buffers and background work settle
     rss1 = proc_rss_kib(node.pid)
     workers.all(("close", None), 120)
@@ -528,6 +523,7 @@ def idle(
         "server_other_threads_cpu_s": round(split1[1] - split0[1], 2),
         "postgres_redis_cpu_s": round(services, 2),
         "loadgen_cpu_s": opened["cpu"],
+        "steal_pct": stolen,
     }
 
 
@@ -561,6 +557,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             ("loss", "loss"),
             ("dup/reord", "dupreord"),
             ("srv CPU%", "server_cpu_pct"),
+            ("steal %", "steal_pct"),
             ("loadgen CPU%", "loadgen_cpu_pct"),
             ("pub CPU%", "publisher_cpu_pct"),
         ]
@@ -580,6 +577,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             ("loop thread s", "server_loop_thread_cpu_s"),
             ("other threads s", "server_other_threads_cpu_s"),
             ("PG+Redis s", "postgres_redis_cpu_s"),
+            ("steal %", "steal_pct"),
             ("failed", "failed"),
         ]
         table(cols, idle_rows)

@@ -50,28 +50,31 @@ def is_postgres() -> bool:
 
 
 def any_of(column: str, values: list[Any]) -> tuple[str, list[Any]]:
-    """`column` is one of `values`, as (SQL, parameters), for raw statements that take
-    a batch (handshakes arrive together). PostgreSQL gets one array, so the text is
-    the same for every batch and the driver prepares it once; elsewhere (SQLite) an
-    `IN` list with one placeholder per value."""
+    """`column` is one of `values`, as (SQL, parameters) for a `bound_cursor`, for raw
+    statements that take a batch (handshakes arrive together). PostgreSQL gets one
+    array, so the text is the same for every batch and the driver prepares it once;
+    elsewhere (SQLite) an `IN` list with one placeholder per value."""
     if is_postgres():
-        return f"{column} = ANY(%s)", [list(values)]
+        return f"{column} = ANY(%b)", [list(values)]
     return f"{column} IN ({', '.join(['%s'] * len(values))})", list(values)
 
 
 def values_table(
     columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]
 ) -> tuple[str, list[Any]]:
-    """Literal rows as a derived table with named columns: (SQL, parameters).
+    """Literal rows as a derived table with named columns: (SQL, parameters) for a
+    `bound_cursor`.
 
     PostgreSQL gets one array per column through `unnest`, so the statement's
     text is the same whatever the batch size (the driver caches its parsing;
     hundreds of placeholders would be parsed again for every batch). Elsewhere
     (SQLite) a `SELECT … UNION ALL SELECT …` with one placeholder per value.
+    Arrays travel in binary (`%b`): psycopg writes their text form element by
+    element in Python, with a regular expression each, four times slower.
     """
     names = [name for name, _ in columns]
     if is_postgres():
-        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+        arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
         return f"SELECT * FROM unnest({arrays}) AS t({', '.join(names)})", [
             list(column) for column in zip(*rows, strict=True)
         ]
