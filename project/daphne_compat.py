@@ -18,6 +18,11 @@ autobahn builds the text of its debug log lines on every new connection,
 whether debug logging is on or not: it pretty-prints its whole configuration
 (a sixth of the event loop's time while sockets open, issue 5) and colours
 names through click. That text is now built only when a line is written.
+
+After a WebSocket upgrade, daphne leaves Twisted's HTTP channel and its request
+pointing at each other, about twenty objects per handshake that only a full
+collection of the garbage collector frees (the node runs those rarely:
+`runtime._tune_interpreter`). The upgrade now unlinks them, so they go at once.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ def patch_daphne_close_codes() -> None:
     _patch_kill_all_applications()
     _patch_access_log()
     _patch_autobahn_debug_text()
+    _patch_upgrade_leftovers()
     _PATCHED = True
 
 
@@ -134,3 +140,19 @@ def _patch_autobahn_debug_text() -> None:
     protocol.pformat = _lazy(pprint.pformat)  # type: ignore[attr-defined]
     # The one caller that needs the text itself.
     protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)  # type: ignore[method-assign]
+
+
+def _patch_upgrade_leftovers() -> None:
+    from daphne.http_protocol import WebRequest
+
+    process = WebRequest.process
+
+    def process_then_unlink(self: Any) -> Any:
+        result = process(self)
+        # The upgrade hands the transport to the WebSocket protocol, synchronously,
+        # and leaves the request without one; a plain HTTP request keeps it.
+        if self.transport is None and getattr(self.channel, "requests", None):
+            self.channel.requests = []
+        return result
+
+    WebRequest.process = process_then_unlink

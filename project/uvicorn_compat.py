@@ -1,0 +1,32 @@
+"""After a WebSocket upgrade, uvicorn's HTTP protocol and its httptools parser keep
+pointing at each other (the parser holds the protocol's callbacks): about a dozen
+objects per handshake that only a full collection of the garbage collector frees,
+and a node runs those rarely (`realtime.runtime._tune_interpreter`). The upgrade now
+unlinks them, so they go at once (issue 5: memory per idle socket under uvicorn).
+Patched once at import of `project.asgi`; nothing happens where uvicorn is absent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PATCHED = False
+
+
+def patch_uvicorn_upgrade_leftovers() -> None:
+    global _PATCHED
+    if _PATCHED:
+        return
+    _PATCHED = True
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # uvicorn (or httptools) not installed: nothing to do
+        return
+    upgrade = HttpToolsProtocol.handle_websocket_upgrade
+
+    def upgrade_then_unlink(self: Any) -> None:
+        upgrade(self)
+        # The transport now belongs to the WebSocket protocol; this one only
+        # returns from `data_received`, which no longer needs its parser.
+        self.parser = None
+
+    HttpToolsProtocol.handle_websocket_upgrade = upgrade_then_unlink
