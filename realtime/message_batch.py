@@ -100,6 +100,23 @@ def _bump(locks: Any, cursor: Any, counts: dict[str, int]) -> Reader[dict[str, i
     return lambda: {cid: last - counts[cid] + 1 for cid, last in cursor.fetchall()}
 
 
+def _give_back(cursor: Any, unused: dict[str, int]) -> None:
+    """Return seqs taken for sends that were not stored (duplicates, forbidden): they
+    were the last ones taken, and the rows are still locked by this transaction."""
+    if not unused:
+        return
+    table, params = values_table(
+        [("cid", "text"), ("n", "bigint")], [(c, unused[c]) for c in sorted(unused)]
+    )
+    cursor.execute(
+        table_sql(
+            f"UPDATE {{conversation}} SET last_seq = last_seq - v.n FROM ({table}) AS v "
+            "WHERE {conversation}.id = v.cid"
+        ),
+        params,
+    )
+
+
 def _insert(cursor: Any, rows: list[Message]) -> None:
     table, params = values_table(
         [
@@ -167,14 +184,28 @@ def _store(requests: list[SendRequest]) -> list[Result]:
     results: list[Result | None] = [None] * len(requests)
     keys = sorted({(r.sender.pk, r.client_id) for r in requests})
     asked = {(r.conversation_id, r.sender.pk) for r in requests}
+    # Seqs are taken before the look-ups answer, for every send that may be new (its
+    # key first in the batch): nearly all are. Those that turn out duplicates or
+    # forbidden are given back before the commit, under the same row lock, so the
+    # seqs stay gap-free. Two round trips whatever the batch: look-ups with locks
+    # and seqs, then rows and commit.
+    taken: dict[str, int] = defaultdict(int)
+    for r in {(r.sender.pk, r.client_id): r for r in reversed(requests)}.values():
+        taken[r.conversation_id] += 1
     fresh: list[int] = []
     first: dict[tuple[int, str], int] = {}  # key → index of the send that stores it
-    # Three round trips whatever the batch: look-ups, locks and seqs, rows and commit.
-    with transaction.atomic(), bound_cursor() as one, bound_cursor() as two:
+    with (
+        transaction.atomic(),
+        bound_cursor() as one,
+        bound_cursor() as two,
+        bound_cursor() as three,
+        bound_cursor() as four,
+    ):
         with _one_round_trip():
             read_stored = _existing(one, keys)
             read_members = _memberships(two, asked)
-        stored, members = read_stored(), read_members()
+            read_seqs = _bump(three, four, taken)
+        stored, members, next_seq = read_stored(), read_members(), read_seqs()
         for i, r in enumerate(requests):
             key = (r.sender.pk, r.client_id)
             if key in stored:
@@ -186,38 +217,37 @@ def _store(requests: list[SendRequest]) -> list[Result]:
             else:
                 first[key] = i
                 fresh.append(i)
-        if fresh:
-            counts: dict[str, int] = defaultdict(int)
-            for i in fresh:
-                counts[requests[i].conversation_id] += 1
-            with _one_round_trip():
-                read_seqs = _bump(one, two, counts)
-            next_seq = read_seqs()
-            rows: list[Message] = []
-            ts = now_ms()
-            for i in fresh:
-                r = requests[i]
-                seq = next_seq[r.conversation_id]
-                next_seq[r.conversation_id] = seq + 1
-                rows.append(
-                    Message(
-                        id=messages.new_message_id(),
-                        conversation_id=r.conversation_id,
-                        seq=seq,
-                        sender=r.sender,
-                        client_id=r.client_id,
-                        body=r.body,
-                        ts=ts,
-                    )
+        used: dict[str, int] = defaultdict(int)
+        for i in fresh:
+            used[requests[i].conversation_id] += 1
+        unused = {cid: n - used[cid] for cid, n in taken.items() if cid in next_seq}
+        rows: list[Message] = []
+        ts = now_ms()
+        for i in fresh:
+            r = requests[i]
+            seq = next_seq[r.conversation_id]
+            next_seq[r.conversation_id] = seq + 1
+            rows.append(
+                Message(
+                    id=messages.new_message_id(),
+                    conversation_id=r.conversation_id,
+                    seq=seq,
+                    sender=r.sender,
+                    client_id=r.client_id,
+                    body=r.body,
+                    ts=ts,
                 )
-                results[i] = Sent(rows[-1], False)
-            read: dict[tuple[str, int], int] = {}
-            for m in rows:
-                read[(m.conversation_id, m.sender_id)] = m.seq
-            with _one_round_trip():
+            )
+            results[i] = Sent(rows[-1], False)
+        read: dict[tuple[str, int], int] = {}
+        for m in rows:
+            read[(m.conversation_id, m.sender_id)] = m.seq
+        with _one_round_trip():
+            _give_back(three, {cid: n for cid, n in unused.items() if n})
+            if rows:
                 _insert(one, rows)
                 _mark_read(two, read)
-                _commit_now(one)
+            _commit_now(one)
     for i, r in enumerate(requests):
         if results[i] is None:
             earlier = results[first[(r.sender.pk, r.client_id)]]

@@ -80,6 +80,13 @@ def test_repeated_keys_in_and_before_the_batch_are_duplicates(people: list[User]
     assert isinstance(twice, Sent) and twice.duplicate and twice.message.id == new.message.id
     assert isinstance(other, Sent) and not other.duplicate and other.message.seq == 3
     assert Message.objects.filter(conversation_id=cid).count() == 3
+    # Seqs taken for the duplicates were given back: the next one follows on.
+    assert Conversation.objects.get(pk=cid).last_seq == 3
+    (again,) = store_sends([SendRequest(a, cid, "k0", "only a duplicate")])
+    assert isinstance(again, Sent) and again.duplicate
+    assert Conversation.objects.get(pk=cid).last_seq == 3
+    (after,) = store_sends([SendRequest(b, cid, "k9", "next")])
+    assert isinstance(after, Sent) and after.message.seq == 4
 
 
 def test_non_members_and_unknown_conversations_get_forbidden(people: list[User]) -> None:
@@ -96,6 +103,7 @@ def test_non_members_and_unknown_conversations_get_forbidden(people: list[User])
     assert isinstance(results[1], TetherError) and results[1].code == Code.FORBIDDEN
     assert results[0].message == results[1].message  # the same answer for both
     assert isinstance(results[2], Sent) and results[2].message.seq == 1
+    assert Conversation.objects.get(pk=cid).last_seq == 1  # the forbidden send's seq went back
 
 
 def test_a_key_stored_elsewhere_meanwhile_falls_back_to_one_by_one(
