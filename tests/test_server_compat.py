@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from project.daphne_compat import patch_daphne_close_codes
@@ -19,6 +21,21 @@ UPGRADE = (
 
 async def waiting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await receive()  # the socket's connect event; never answered in these tests
+
+
+@contextmanager
+def a_new_event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A current event loop for the servers' objects; their tasks cancelled after."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield loop
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 def without_collector(check: Any) -> Any:
@@ -39,8 +56,6 @@ def test_daphne_upgrade_leaves_no_request_cycle() -> None:
     from twisted.internet.testing import StringTransport
 
     patch_daphne_close_codes()
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     server = Server(waiting_app, endpoints=["tcp:port=0"], signal_handlers=False)
     server.connections = {}
     server.ws_factory = WebSocketFactory(server, server="daphne")
@@ -69,14 +84,8 @@ def test_daphne_upgrade_leaves_no_request_cycle() -> None:
         assert len(requests) == 1
         assert requests[0]() is None  # freed at once: no cycle with its channel
 
-    try:
+    with a_new_event_loop():
         without_collector(check)
-    finally:
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
-        asyncio.set_event_loop(None)
 
 
 def test_uvicorn_upgrade_leaves_no_parser_cycle() -> None:
@@ -85,8 +94,6 @@ def test_uvicorn_upgrade_leaves_no_parser_cycle() -> None:
     from uvicorn.server import ServerState
 
     patch_uvicorn_upgrade_leftovers()
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
 
     class Transport(asyncio.Transport):
         def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -118,11 +125,5 @@ def test_uvicorn_upgrade_leaves_no_parser_cycle() -> None:
         del http
         assert ref() is None  # freed at once: no cycle with its parser
 
-    try:
+    with a_new_event_loop() as loop:
         without_collector(check)
-    finally:
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
-        asyncio.set_event_loop(None)
