@@ -52,13 +52,14 @@ def verify_tokens(raws: list[str]) -> list[ApiToken | None]:
     """For each raw token, its token with its user, or None: one query for all of them
     (socket handshakes arrive together and are checked as a batch)."""
     hashes = {raw: digest(raw) for raw in raws if raw.startswith(TOKEN_PREFIX) and len(raw) <= 200}
-    rows = _rows_by_hash(sorted(set(hashes.values()))) if hashes else {}
+    query = _token_query(connection.vendor)
+    rows = _rows_by_hash(query, sorted(set(hashes.values()))) if hashes else {}
     now = timezone.now()
     tokens: list[ApiToken | None] = []
     stale: set[int] = set()
     for raw in raws:
         row = rows.get(hashes.get(raw, ""))
-        token = None if row is None else _token_from_row(row)
+        token = None if row is None else _token_from_row(query, row)
         if token is not None:
             # Coarse last-used stamp: one write a minute per token at most.
             if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
@@ -132,18 +133,16 @@ def _converters(field: Any) -> tuple[tuple[Any, bool, Any], ...]:
     )
 
 
-def _rows_by_hash(key_hashes: list[str]) -> dict[str, tuple[Any, ...]]:
+def _rows_by_hash(query: _TokenQuery, key_hashes: list[str]) -> dict[str, tuple[Any, ...]]:
     """Token and user rows by key hash, in one raw query: this runs for every socket
     handshake, and building the ORM query cost more than the database did."""
-    query = _token_query(connection.vendor)
     where, params = any_of("t.key_hash", key_hashes)
     with bound_cursor() as cursor:
         cursor.execute(f"{query.sql}WHERE {where}", params)
         return {row[query.at_hash]: row for row in cursor.fetchall()}
 
 
-def _token_from_row(row: tuple[Any, ...]) -> ApiToken:
-    query = _token_query(connection.vendor)
+def _token_from_row(query: _TokenQuery, row: tuple[Any, ...]) -> ApiToken:
     values = list(row)
     if query.conversions:
         real = connections[DEFAULT_DB_ALIAS]  # not the proxy: this loop runs per column

@@ -22,7 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from monitoring import metrics
 from realtime import messages
 from realtime.conversations import forbidden, valid_id
-from realtime.db import bound_cursor, values_table
+from realtime.db import bound_cursor, is_postgres, values_table
 from realtime.messages import Sent, table_sql
 from realtime.models import Message
 from realtime.protocol import TetherError, bad_request, now_ms
@@ -160,7 +160,7 @@ def _one_round_trip() -> Iterator[None]:
     """Send the statements inside together and wait once (psycopg's pipeline mode):
     under load every wait for the database is a wait for a CPU too. A failure
     surfaces at the end of the block, as Django's own errors."""
-    if connection.vendor != "postgresql":
+    if not is_postgres():
         yield
         return
     with connection.wrap_database_errors, connection.connection.pipeline():
@@ -172,11 +172,7 @@ def _commit_now(cursor: Any) -> None:
     the batch's transaction is the outermost one (Django's commit at the end of the
     block then finds nothing to do): one wait for the database less per batch. If a
     statement before it fails, PostgreSQL skips it and the block rolls back."""
-    if (
-        connection.vendor == "postgresql"
-        and connection.commit_on_exit
-        and len(connection.atomic_blocks) == 1
-    ):
+    if is_postgres() and connection.commit_on_exit and len(connection.atomic_blocks) == 1:
         cursor.execute("COMMIT")
 
 
@@ -220,7 +216,9 @@ def _store(requests: list[SendRequest]) -> list[Result]:
         used: dict[str, int] = defaultdict(int)
         for i in fresh:
             used[requests[i].conversation_id] += 1
-        unused = {cid: n - used[cid] for cid, n in taken.items() if cid in next_seq}
+        unused = {
+            cid: n - used[cid] for cid, n in taken.items() if cid in next_seq and n > used[cid]
+        }
         rows: list[Message] = []
         ts = now_ms()
         for i in fresh:
@@ -243,7 +241,7 @@ def _store(requests: list[SendRequest]) -> list[Result]:
         for m in rows:
             read[(m.conversation_id, m.sender_id)] = m.seq
         with _one_round_trip():
-            _give_back(three, {cid: n for cid, n in unused.items() if n})
+            _give_back(three, unused)
             if rows:
                 _insert(one, rows)
                 _mark_read(two, read)

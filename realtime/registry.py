@@ -163,10 +163,10 @@ async def admit(info: ConnectionInfo, node_id: int, per_user_limit: int) -> bool
 @in_pool
 def remove_connection(connection_id: str) -> bool:
     """Delete one socket's record; True if it existed (pool thread: see unregister_node).
-    Raw SQL, as `admit_connection`: the ORM's delete cost three times the statement,
+    Raw SQL, as `admit_connections`: the ORM's delete cost three times the statement,
     on every disconnect (a reconnect storm is thousands of them)."""
     table = connection.ops.quote_name(LiveConnection._meta.db_table)
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} WHERE id = %s", [connection_id])
         return cursor.rowcount > 0
 
