@@ -180,14 +180,16 @@ def _store(requests: list[SendRequest]) -> list[Result]:
     results: list[Result | None] = [None] * len(requests)
     keys = sorted({(r.sender.pk, r.client_id) for r in requests})
     asked = {(r.conversation_id, r.sender.pk) for r in requests}
-    # Seqs are taken before the look-ups answer, for every send that may be new (its
-    # key first in the batch): nearly all are. Those that turn out duplicates or
-    # forbidden are given back before the commit, under the same row lock, so the
-    # seqs stay gap-free. Two round trips whatever the batch: look-ups with locks
-    # and seqs, then rows and commit.
+    # Seqs are taken before the look-ups answer, for every send that may be new:
+    # one per key and conversation, since a key refused in one conversation (not a
+    # member) may then be stored in another by a later send of the batch, as it
+    # would be one send at a time. Those not used (duplicates, forbidden: rare) are
+    # given back before the commit, under the same row lock, so the seqs stay
+    # gap-free. Two round trips whatever the batch: look-ups with locks and seqs,
+    # then rows and commit.
     taken: dict[str, int] = defaultdict(int)
-    for r in {(r.sender.pk, r.client_id): r for r in reversed(requests)}.values():
-        taken[r.conversation_id] += 1
+    for _sender, _key, cid in {(r.sender.pk, r.client_id, r.conversation_id) for r in requests}:
+        taken[cid] += 1
     fresh: list[int] = []
     first: dict[tuple[int, str], int] = {}  # key → index of the send that stores it
     with (

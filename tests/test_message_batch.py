@@ -106,6 +106,42 @@ def test_non_members_and_unknown_conversations_get_forbidden(people: list[User])
     assert Conversation.objects.get(pk=cid).last_seq == 1  # the forbidden send's seq went back
 
 
+def test_a_key_refused_in_one_conversation_is_stored_in_the_next_as_one_by_one(
+    people: list[User],
+) -> None:
+    """The same key aimed first where the sender may not write, then at one of their
+    conversations, in one batch: answered as one send at a time would be (forbidden,
+    then stored, then a duplicate of it), and the seqs stay those of the rows."""
+    a, b, c = people
+    mine, theirs, other = conversation(a, b), conversation(b, c), conversation(a, c)
+    results = store_sends(
+        [
+            SendRequest(a, "no-such", "k", "nowhere"),
+            SendRequest(a, theirs, "k", "not a member"),
+            SendRequest(a, mine, "k", "stored"),
+            SendRequest(a, mine, "j", "next"),
+            SendRequest(a, other, "k", "the key is taken: the first message back"),
+            SendRequest(a, theirs, "only-refused", "never stored"),
+        ]
+    )
+    codes = [r.code for r in results if isinstance(r, TetherError)]
+    assert codes == [Code.FORBIDDEN, Code.FORBIDDEN, Code.FORBIDDEN]
+    stored, following, again = results[2], results[3], results[4]
+    assert isinstance(stored, Sent) and not stored.duplicate and stored.message.seq == 1
+    assert isinstance(following, Sent) and following.message.seq == 2
+    assert isinstance(again, Sent) and again.duplicate and again.message.id == stored.message.id
+    heads = dict(Conversation.objects.values_list("id", "last_seq"))
+    assert (heads[mine], heads[theirs], heads[other]) == (2, 0, 0)
+    (later,) = store_sends([SendRequest(b, mine, "b1", "after")])
+    assert isinstance(later, Sent) and later.message.seq == 3
+    seqs = Message.objects.filter(conversation_id=mine).order_by("seq")
+    assert [m.seq for m in seqs] == [1, 2, 3]
+    # The conversation that stores the key has no other send in the batch.
+    refused, alone = store_sends([SendRequest(c, mine, "m", "x"), SendRequest(c, other, "m", "y")])
+    assert isinstance(refused, TetherError) and refused.code == Code.FORBIDDEN
+    assert isinstance(alone, Sent) and not alone.duplicate and alone.message.seq == 1
+
+
 def test_a_key_stored_elsewhere_meanwhile_falls_back_to_one_by_one(
     people: list[User], monkeypatch: pytest.MonkeyPatch
 ) -> None:
