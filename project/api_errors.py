@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -68,6 +70,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return error_response(exc.code, exc.message, STATUS_BY_CODE.get(exc.code, 400), **exc.extra)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(Code.TOO_LARGE, f"the request body is over {limit} bytes", 413)
     response = exception_handler(exc, context)
     if response is None:
         log.exception("unhandled API error", exc_info=exc)

@@ -1,5 +1,7 @@
 """What the REST API refuses before a view sees it: text no store can hold.
 
+- JSON is decoded as on the sockets (`realtime.protocol.loads`).
+
 - JSON may carry lone UTF-16 surrogates (`"\\ud800"`): Python decodes them into
   strings that no UTF-8 codec, database driver or Redis client will encode, so a
   title or message body holding one failed deep in the database as a 500. The
@@ -18,6 +20,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
+
+from realtime import protocol
+from realtime.protocol import Code, TetherError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -40,8 +45,21 @@ def _first_surrogate(value: Any) -> str | None:
 
 
 class JSONParser(parsers.JSONParser):
+    """JSON as the sockets decode it (`protocol.loads`): a body nested too deeply is
+    `bad_json` (it was a RecursionError, a 500), a number too large to hold is
+    `bad_request` naming its field (it leaked Python's own limit message)."""
+
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            text = stream.read().decode(parsers.get_encoding(parser_context or {}))
+        except UnicodeDecodeError as error:
+            raise ParseError(f"JSON parse error - the body is not {error.encoding}") from None
+        try:
+            data = protocol.loads(text, "the body")
+        except TetherError as error:
+            if error.code == Code.BAD_JSON:
+                raise ParseError(f"JSON parse error - {error.message}") from None
+            raise
         surrogate = _first_surrogate(data)
         if surrogate is not None:
             raise ParseError(

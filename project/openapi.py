@@ -394,6 +394,7 @@ class TetherAutoSchema(AutoSchema):
             add(403, "`forbidden`: a session caller without a valid CSRF token and Origin")
         if "requestBody" in operation:
             add(400, "`bad_json`: the body is not valid JSON")
+            add(413, "`too_large`: the body is over `DATA_UPLOAD_MAX_MEMORY_SIZE` bytes")
             add(415, "`unsupported_media_type`: the body is not `application/json`")
         if self.view.get_throttles():
             add(429, "`rate_limited`: too many requests; `retry_after` in ms")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from realtime.conversations import storable_id
 from realtime.models import LiveConnection, Presence
 
 ONLINE = "online"
@@ -34,8 +35,9 @@ def update(user_id: int) -> str | None:
 
 
 def query(user_ids: list[int]) -> dict[str, str]:
-    """`{"<id>": "online" | "offline"}` for each asked user."""
+    """`{"<id>": "online" | "offline"}` for each asked user (no such user: offline)."""
+    stored = [uid for uid in user_ids if storable_id(uid)]
     online = set(
-        Presence.objects.filter(user_id__in=user_ids, online=True).values_list("user_id", flat=True)
+        Presence.objects.filter(user_id__in=stored, online=True).values_list("user_id", flat=True)
     )
     return {str(uid): ONLINE if uid in online else OFFLINE for uid in user_ids}

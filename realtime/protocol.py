@@ -163,15 +163,63 @@ def _finite(literal: str) -> float:
 
 def _no_constants(name: str) -> Any:
     # NaN and Infinity are not JSON (RFC 8259); echoing them would break clients.
-    raise ValueError(f"{name} is not valid JSON")
+    raise ValueError(f"{name} is not a JSON value")
+
+
+class _OutOfRange:
+    """Stands for a number too large to decode while looking for its field."""
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+def _out_of_range_field(text: str) -> str | None:
+    """The dotted path of the first number too large to decode (more digits than
+    Python converts, or beyond a double), or None when that is not what failed.
+    Only on the error path: the text is decoded again with lenient numbers."""
+
+    def number(literal: str) -> Any:
+        try:
+            value = float(literal) if any(c in literal for c in ".eE") else int(literal)
+        except ValueError:
+            return _OUT_OF_RANGE
+        return _OUT_OF_RANGE if isinstance(value, float) and math.isinf(value) else value
+
+    try:
+        data = json.loads(text, parse_int=number, parse_float=number, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if value is _OUT_OF_RANGE:
+            return path or "value"
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return None
+
+
+def loads(text: str, what: str = "the frame") -> Any:
+    """JSON as the sockets and the REST API accept it: `bad_json` for what is not JSON
+    (NaN and Infinity included) or nests too deeply, `bad_request` naming the field
+    for a number too large to hold (valid JSON, RFC 8259 lets a reader bound it)."""
+    try:
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constants)
+    except RecursionError:
+        raise TetherError(Code.BAD_JSON, f"{what} nests too deeply") from None
+    except ValueError as error:
+        field_name = _out_of_range_field(text)
+        if field_name is not None:
+            raise bad_request(field_name, "number out of range") from None
+        # The decoder's own words say where (`Expecting value: line 1 column 5`).
+        raise TetherError(Code.BAD_JSON, f"{what} is not valid JSON: {error}") from None
 
 
 def parse_frame(text: str) -> Frame:
     """Decode one text frame; raise TetherError(bad_json | bad_request)."""
-    try:
-        data = json.loads(text, parse_float=_finite, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
-        raise TetherError(Code.BAD_JSON, "the frame is not valid JSON") from None
+    data = loads(text)
     if not isinstance(data, dict):
         raise TetherError(Code.BAD_JSON, "the frame must be a JSON object")
     if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(data):

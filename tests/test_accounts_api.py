@@ -65,6 +65,24 @@ def test_bad_json_body_is_a_json_error(api: APIClient) -> None:
     assert r.status_code == 400 and r.json()["error"] == "bad_json"
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "error", "detail"),
+    [
+        ("[" * 50_000 + "]" * 50_000, 400, "bad_json", "nests too deeply"),
+        ('{"username": ' + "9" * 5000 + ', "password": "x"}', 400, "bad_request", "username:"),
+        ('{"username": "a", "password": "x", "n": [1e999]}', 400, "bad_request", "n[0]:"),
+        ('{"username": "a", "password": NaN}', 400, "bad_json", "NaN"),
+        ('{"username": "' + "x" * 3_000_000 + '"}', 413, "too_large", "bytes"),
+    ],
+)
+def test_bodies_no_parser_can_hold_are_client_errors(
+    api: APIClient, body: str, status: int, error: str, detail: str
+) -> None:
+    r = api.generic("POST", "/api/auth/token/", body, content_type="application/json")
+    assert (r.status_code, r.json()["error"]) == (status, error)
+    assert detail in r.json()["detail"] and "sys." not in r.json()["detail"]
+
+
 def test_wrong_password_is_401_json(api: APIClient, alice: User) -> None:
     r = api.post("/api/auth/token/", {"username": "alice", "password": "nope"}, format="json")
     assert r.status_code == 401 and r.json()["error"] == "invalid_credentials"

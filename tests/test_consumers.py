@@ -283,6 +283,15 @@ async def test_nothing_a_client_sends_crashes_the_consumer(runtime, settings, ca
     await comm.disconnect()
 
 
+async def test_presence_of_ids_no_user_can_have_is_offline(runtime) -> None:
+    comm, _ = await connected(runtime)
+    users = [2**70, -(2**70), 2**63 - 1, 0]
+    await comm.send_json_to({"type": "presence.query", "id": "p", "users": users})
+    reply = await comm.receive_json_from()
+    assert reply == {"type": "result", "id": "p", "data": dict.fromkeys(map(str, users), "offline")}
+    await comm.disconnect()
+
+
 async def test_a_flood_is_closed_4429_after_ten_seconds(runtime, settings, monkeypatch) -> None:
     settings.RATE_LIMIT_PER_SECOND = 5
     settings.RATE_LIMIT_BURST = 5

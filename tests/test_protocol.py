@@ -20,7 +20,6 @@ from realtime.ratelimit import TokenBucket
         "[" * 100000,
         '{"type": "ping", "ts": NaN}',
         '{"type": "ping", "ts": Infinity}',
-        '{"type": "ping", "ts": 1e400}',
     ],
 )
 def test_not_a_json_object_is_bad_json(text: str) -> None:
@@ -37,6 +36,11 @@ def test_not_a_json_object_is_bad_json(text: str) -> None:
         ('{"type": "ping", "id": ""}', "id"),
         ('{"type": "ping", "id": 7}', "id"),
         ('{"type": "ping", "id": "' + "x" * 65 + '"}', "id"),
+        # Valid JSON, but no number a reader holds (RFC 8259 lets it set bounds).
+        ('{"type": "ping", "ts": 1e400}', "ts"),
+        ('{"type": "ping", "ts": -' + "9" * 5000 + "}", "ts"),
+        ('{"type": "sync", "positions": {"k3": ' + "1" * 4301 + "}}", "positions.k3"),
+        ('{"type": "presence.query", "users": [1, 2e999]}', "users[1]"),
     ],
 )
 def test_bad_fields_are_bad_request_naming_the_field(frame: str, field: str) -> None:
