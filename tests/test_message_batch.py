@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from typing import Any
 
 import pytest
 
@@ -140,6 +142,64 @@ def test_a_key_refused_in_one_conversation_is_stored_in_the_next_as_one_by_one(
     refused, alone = store_sends([SendRequest(c, mine, "m", "x"), SendRequest(c, other, "m", "y")])
     assert isinstance(refused, TetherError) and refused.code == Code.FORBIDDEN
     assert isinstance(alone, Sent) and not alone.duplicate and alone.message.seq == 1
+
+
+def _outcomes(results: list[message_batch.Result], requests: list[SendRequest]) -> list[Any]:
+    """What a sender can tell from its answers: forbidden, or which send's message
+    (by index), in which conversation (by position), at which seq, duplicate or not."""
+    origin: dict[str, int] = {}
+    out: list[Any] = []
+    for i, result in enumerate(results):
+        if isinstance(result, TetherError):
+            out.append(result.code)
+            continue
+        m = result.message
+        origin.setdefault(m.id, i)
+        out.append((origin[m.id], m.conversation_id[-1], m.seq, result.duplicate))
+    return out
+
+
+def test_a_batch_answers_as_its_sends_would_one_at_a_time() -> None:
+    """Random batches over few keys and conversations (some forbidden, some gone),
+    in two identical worlds: one stores each batch together, the other send by
+    send. Every answer, every seq and every conversation's head must agree."""
+    rng = random.Random(20261202)
+    worlds = []
+    for world in "xy":
+        a, b = (User.objects.create(username=f"{world}{n}") for n in "ab")
+        convs = {}
+        for name, members in (("1", (a, b)), ("2", (a,)), ("3", (b,))):
+            convs[name] = Conversation.objects.create(
+                id=f"{world}{name}", kind="group", title="t", created_by=a
+            ).id
+            Membership.objects.bulk_create(
+                [Membership(conversation_id=convs[name], user=u) for u in members]
+            )
+        convs["gone"] = f"{world}9"  # never created
+        worlds.append(((a, b), convs))
+    for round_ in range(60):
+        # Few fresh keys per batch (so keys repeat within it), some from the last one.
+        plan = [
+            (
+                rng.randrange(2),
+                rng.choice(["1", "1", "2", "3", "gone"]),
+                f"{round_ - (rng.random() < 0.2)}.{rng.randrange(3)}",
+            )
+            for _ in range(rng.randrange(1, 10))
+        ]
+        (users, convs), (users_y, convs_y) = worlds
+        together = [SendRequest(users[u], convs[c], key, "b") for u, c, key in plan]
+        alone = [SendRequest(users_y[u], convs_y[c], key, "b") for u, c, key in plan]
+        batched = store_sends(together)
+        one_by_one = [message_batch._one(r) for r in alone]
+        assert _outcomes(batched, together) == _outcomes(one_by_one, alone), plan
+    heads = {
+        cid[-1] + cid[0]: seq for cid, seq in Conversation.objects.values_list("id", "last_seq")
+    }
+    assert [heads[f"{n}x"] for n in "123"] == [heads[f"{n}y"] for n in "123"]
+    for cid, head in Conversation.objects.values_list("id", "last_seq"):
+        seqs = Message.objects.filter(conversation_id=cid).order_by("seq")
+        assert [m.seq for m in seqs] == list(range(1, head + 1))
 
 
 def test_a_key_stored_elsewhere_meanwhile_falls_back_to_one_by_one(
