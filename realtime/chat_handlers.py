@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.cache import cache
 
 from monitoring import metrics
 from realtime import conversations, delivery, fanout, message_batch, messages, presence
+from realtime.db import in_pool
 from realtime.protocol import Frame, bad_request
 
 if TYPE_CHECKING:
@@ -148,18 +150,28 @@ async def handle_read(consumer: TetherConsumer, frame: Frame) -> None:
         await fanout.publish_conversation_event(cid, receipt, exclude_user=consumer.user.id)
 
 
+@in_pool
+def _first_typing_everywhere(user_id: int, cid: str) -> bool:
+    """Whether no node passed on this user's typing in `cid` within the last second:
+    the shared cache (Redis in production) adds the key only if absent (SET NX EX)."""
+    return cache.add(f"tether:typing:{user_id}:{cid}", 1, timeout=int(TYPING_EVERY_SECONDS))
+
+
 async def handle_typing(consumer: TetherConsumer, frame: Frame) -> None:
     cid = frame.get("conversation")
     conn = consumer.conn
     assert conn is not None
     if not isinstance(cid, str) or cid not in conn.cursors:
         await database_sync_to_async(conversations.access_conversation)(consumer.user.id, cid)
-    # At most one a second per user and conversation on this node.
+    # At most one a second per user and conversation: first on this node (no I/O),
+    # then across nodes (the user's sockets may sit on several).
     now = time.monotonic()
     last = consumer.runtime.typing_seen.get((conn.user_id, cid), 0.0)
     if now - last < TYPING_EVERY_SECONDS:
         return
     consumer.runtime.typing_seen[(conn.user_id, cid)] = now
+    if not await _first_typing_everywhere(conn.user_id, cid):
+        return
     frame_out = {"type": "typing", "conversation": cid, "user": consumer.user_repr}
     await fanout.publish_conversation_event(cid, frame_out, exclude_user=consumer.user.id)
 

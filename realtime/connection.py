@@ -46,6 +46,9 @@ class Connection:
     holding: bool = False  # delivery.hold: live frames wait for the resume `sync`
     # Delivery cursors: stream key → last position delivered on this socket.
     cursors: dict[str, int] = field(default_factory=dict, repr=False)
+    # What this socket was sent of each stream, where a cursor moved without sending
+    # (stream key → delivery.SentRuns): a `sync` sends each message once per socket.
+    sent_runs: dict[str, Any] = field(default_factory=dict, repr=False)
     streams: dict[str, Any] = field(default_factory=dict, repr=False)  # delivery.StreamState
     outbound: Any = field(default=None, repr=False)  # backpressure.Outbound, under daphne
     # Topics: topic → epoch of what this socket was sent (None while subscribing).

@@ -62,15 +62,51 @@ def release(conn: Connection, read_range: RangeReader) -> None:
             state.filler = asyncio.ensure_future(catch_up(conn, key, read_range))
 
 
+@dataclass
+class SentRuns:
+    """Which positions of a stream a socket was sent: every run in `closed`, each
+    (after, up to), and the current one from `mark` to the cursor. A cursor moves
+    without sending when a socket starts at the head and when a `sync` moves it."""
+
+    mark: int
+    closed: list[tuple[int, int]] = field(default_factory=list)
+
+    def unsent(self, after: int, upto: int, cursor: int) -> list[tuple[int, int]]:
+        """The ranges (after, up to] within (`after`, `upto`] never sent, in order."""
+        holes: list[tuple[int, int]] = []
+        at = after
+        for lo, hi in sorted([*self.closed, (self.mark, cursor)]):
+            if lo > at:
+                holes.append((at, min(lo, upto)))
+            at = max(at, hi)
+            if at >= upto:
+                break
+        if at < upto:
+            holes.append((at, upto))
+        return [(lo, hi) for lo, hi in holes if hi > lo]
+
+
 def start(conn: Connection, key: str, position: int) -> None:
     """Deliver `key` on this socket from after `position` on."""
     conn.cursors[key] = position
+    conn.sent_runs[key] = SentRuns(position)
 
 
 def forget(conn: Connection, key: str) -> None:
     """Stop delivering `key` on this socket."""
     conn.cursors.pop(key, None)
     conn.streams.pop(key, None)
+    conn.sent_runs.pop(key, None)
+
+
+def _skip_to(conn: Connection, key: str, position: int) -> None:
+    """Move the cursor without sending what lies between."""
+    runs = conn.sent_runs.setdefault(key, SentRuns(conn.cursors.get(key, 0)))
+    cursor = conn.cursors.get(key, 0)
+    if cursor > runs.mark:
+        runs.closed.append((runs.mark, cursor))
+    runs.mark = position
+    conn.cursors[key] = position
 
 
 async def _send_next(
@@ -188,8 +224,10 @@ async def catch_up(
 ) -> None:
     """Fill the gap up to the pending arrivals (or `head`) from the store, then send them."""
     state = stream_state(conn, key)
-    if state.lock.locked():
-        return  # the running fill picks everything up
+    if state.lock.locked() or conn.holding:
+        # The running fill picks everything up; a held socket waits for its `sync`
+        # (sending now would put live messages before the replay, or twice).
+        return
     async with state.lock:
         try:
             while key in conn.cursors and not conn.closing:
@@ -226,8 +264,13 @@ async def replay(
     head: int,
     read_range: RangeReader,
 ) -> tuple[int, int, bool]:
-    """Rewind the cursor to `after` and send up to `limit` stored frames.
+    """Send up to `limit` stored frames after `after` that this socket was not sent.
 
+    A socket gets each message once (PROTOCOL 6). A `sync` that comes after live
+    messages started (a client whose `sync` arrived after the resume window, or
+    that syncs again) gets what it misses below them, oldest first, and is not
+    sent again what it already has; only then is a socket's order not strictly
+    increasing, since losing those messages would be worse.
     Returns (replayed, cursor, complete). When more than `limit` remain, the
     cursor moves to `head` so live frames continue, and the client pages the
     rest with `history` (PROTOCOL 6, `complete: false`).
@@ -235,16 +278,32 @@ async def replay(
     state = stream_state(conn, key)
     async with state.lock:
         # Live frames may have moved the cursor past the head read before the lock.
-        head = max(head, conn.cursors.get(key, head))
+        cursor = conn.cursors.get(key, head)
+        head = max(head, cursor)
         after = min(after, head)
-        conn.cursors[key] = after
-        upto = min(head, after + limit)
-        before = after
-        await _send_next(conn, key, await read_range(key, after, upto))
-        replayed = conn.cursors.get(key, before) - before
-        complete = upto >= head
-        if not complete and key in conn.cursors:
-            conn.cursors[key] = head
+        if after > cursor:  # the client holds these already (another socket)
+            _skip_to(conn, key, after)
+            cursor = after
+        runs = conn.sent_runs.setdefault(key, SentRuns(cursor))
+        budget, replayed = limit, 0
+        holes = runs.unsent(after, cursor, cursor)
+        for lo, hi in holes:
+            upto = min(hi, lo + budget)
+            if upto <= lo or key not in conn.cursors:
+                break
+            for _, text in await read_range(key, lo, upto):
+                await conn.send_text(text)
+                replayed += 1
+            runs.closed.append((lo, upto))
+            budget -= upto - lo
+        missing = sum(hi - lo for lo, hi in holes) + head - cursor
+        if budget > 0 and key in conn.cursors:
+            upto = min(head, cursor + budget)
+            await _send_next(conn, key, await read_range(key, cursor, upto))
+            replayed += conn.cursors.get(key, cursor) - cursor
+        complete = missing <= limit
+        if not complete and key in conn.cursors and conn.cursors[key] < head:
+            _skip_to(conn, key, head)
     if state.pending:
         await catch_up(conn, key, read_range)
     return replayed, conn.cursors.get(key, head), complete

@@ -163,15 +163,23 @@ async def test_sync_replays_exactly_what_was_missed(stack, make_node) -> None:
     assert synced["conversations"] == {cid: {"seq": 3, "replayed": 2, "complete": True}}
     for n in range(3, 12):
         await send(b, cid, f"m{n}")
-    await collect(a, "message", 9)
+    assert [m["seq"] for m in await collect(a, "message", 9)] == list(range(4, 13))
+    # Again on a socket that has been receiving (a client that thinks it missed
+    # some): each message once per connection, so nothing is sent twice.
     await a.send({"type": "sync", "id": "s2", "positions": {cid: 2}})
-    page = await collect(a, "message", 5)
-    assert [m["seq"] for m in page] == [3, 4, 5, 6, 7]
     synced = await expect_skipping(a, "synced", keep=True)
+    assert synced["conversations"][cid] == {"seq": 12, "replayed": 0, "complete": True}
+    # A new connection resuming from 2 gets the replay limit's worth, then pages.
+    a2 = await alice.socket(node)
+    await a2.send({"type": "sync", "id": "s3", "positions": {cid: 2}})
+    page = await collect(a2, "message", 5)
+    assert [m["seq"] for m in page] == [3, 4, 5, 6, 7]
+    synced = await expect_skipping(a2, "synced", keep=True)
     assert synced["conversations"][cid] == {"seq": 12, "replayed": 5, "complete": False}
     await send(b, cid, "live after an incomplete sync")
-    assert (await expect_skipping(a, "message", keep=True))["seq"] == 13
-    for ws in (a, b):
+    assert (await expect_skipping(a2, "message", keep=True))["seq"] == 13
+    assert [m["seq"] for m in await collect(a, "message", 1)] == [13]  # not 3..7 again
+    for ws in (a, a2, b):
         await ws.close()
 
 
@@ -197,6 +205,56 @@ async def test_live_messages_during_a_sync_are_not_lost_doubled_or_reordered(
     assert await quiet(a, "message", 0.3) == []
     await a.close()
     await b.close()
+
+
+async def test_the_resume_window_holds_through_the_nodes_head_check(stack, make_node) -> None:
+    """Messages stored while a new socket waits for its `sync` must not go out
+    before the replay (then again inside it), even when the node's periodic head
+    check (every second here) finds the socket behind."""
+    node = make_node(stack, HEARTBEAT_INTERVAL="1", PING_TIMEOUT="3")
+    alice, bob = person(node), person(node)
+    cid = group(node, alice, bob)
+    b = await bob.socket(node)
+    for n in range(5):
+        await send(b, cid, f"before {n}")
+    a = await alice.socket(node)
+    for n in range(5):  # stored after alice's welcome: held for her sync
+        await send(b, cid, f"during {n}")
+    # Past one head check, within the 1.5 s window (a deliberate placement in time).
+    await asyncio.sleep(1.2)
+    await a.send({"type": "sync", "id": "s", "positions": {cid: 0}})
+    got = await collect(a, "message", 10)
+    assert [m["seq"] for m in got] == list(range(1, 11))
+    synced = await expect_skipping(a, "synced", keep=True)
+    assert synced["conversations"][cid] == {"seq": 10, "replayed": 10, "complete": True}
+    assert await quiet(a, "message", 0.5) == []
+    for ws in (a, b):
+        await ws.close()
+
+
+async def test_a_sync_after_live_messages_sends_what_is_missing_once(node: DaphneNode) -> None:
+    """A client whose `sync` comes after live messages started (its window was
+    over): it gets what it misses below them, and nothing twice."""
+    alice, bob = person(node), person(node)
+    cid = group(node, alice, bob)
+    b = await bob.socket(node)
+    for n in range(4):
+        await send(b, cid, f"before {n}")
+    a = await alice.socket(node)
+    await a.send({"type": "conversations", "id": "q"})  # not a sync: the window ends
+    await expect_skipping(a, "result", keep=True)
+    for n in range(3):
+        await send(b, cid, f"live {n}")
+    live = await collect(a, "message", 3)
+    await a.send({"type": "sync", "id": "s", "positions": {cid: 1}})
+    synced = await expect_skipping(a, "synced", keep=True)
+    assert synced["conversations"][cid] == {"seq": 7, "replayed": 3, "complete": True}
+    late = await collect(a, "message", 3)
+    assert [m["seq"] for m in live + late] == [5, 6, 7, 2, 3, 4]
+    await send(b, cid, "after")
+    assert [m["seq"] for m in await collect(a, "message", 1)] == [8]
+    for ws in (a, b):
+        await ws.close()
 
 
 async def test_pipelined_sends_keep_their_order_and_later_frames_see_them(

@@ -83,6 +83,28 @@ async def test_presence_is_announced_exactly_once_across_nodes(two_nodes) -> Non
     await watcher.close()
 
 
+async def test_typing_from_one_user_on_two_nodes_is_passed_on_once_a_second(two_nodes) -> None:
+    a, b = two_nodes
+    alice, bob = person(a), person(a)
+    cid = group(a, alice, bob)
+    watchers = [await bob.socket(a), await bob.socket(b)]
+    on_a, on_b = await alice.socket(a), await alice.socket(b)
+    for round_ in range(2):
+        typing = {"type": "typing", "conversation": cid}
+        await asyncio.gather(on_a.send(typing), on_b.send(typing))
+        # Each node passes a typing on before the message sent after it: once both
+        # messages are in, every typing that went out has arrived.
+        await asyncio.gather(send(on_a, cid, f"a{round_}"), send(on_b, cid, f"b{round_}"))
+        for watcher in watchers:
+            await collect(watcher, "message", 2)
+            seen = await quiet(watcher, "typing", 0.1)
+            assert [t["user"]["id"] for t in seen] == [alice.id] * (round_ + 1)
+        if round_ == 0:
+            await asyncio.sleep(1.1)  # the next second: one more may pass
+    for ws in (*watchers, on_a, on_b):
+        await ws.close()
+
+
 async def test_a_killed_nodes_users_go_offline(production_stack, make_node) -> None:
     a = make_node(production_stack, unique("survivor-"), **FAST_HEARTBEAT)
     b = make_node(production_stack, unique("doomed-"), **FAST_HEARTBEAT)

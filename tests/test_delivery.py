@@ -94,6 +94,87 @@ async def test_holding_until_release_keeps_order() -> None:
     assert sent == [11, 12, 13]
 
 
+async def test_a_head_check_while_holding_waits_for_the_sync() -> None:
+    """The node's periodic head check must not end a socket's resume window: what
+    it sent would come before the replay, and again inside it."""
+    sent: list[int] = []
+    conn = make_conn(sent)
+    delivery.start(conn, "k", 20)
+    delivery.hold(conn)
+    await delivery.deliver(conn, "k", 22, STORE[22], read_range)
+    await delivery.catch_up(conn, "k", read_range, head=22)
+    assert sent == []
+    replayed, cursor, complete = await delivery.replay(conn, "k", 15, 500, 22, read_range)
+    delivery.release(conn, read_range)
+    await settle(conn)
+    assert (replayed, cursor, complete) == (7, 22, True)
+    assert sent == list(range(16, 23))
+
+
+async def test_a_late_sync_gets_what_it_misses_below_the_live_messages_once() -> None:
+    """The client's `sync` came after the resume window: 11 to 13 went out live. It
+    gets 1 to 10 (oldest first), then the rest; nothing twice, nothing lost."""
+    sent: list[int] = []
+    conn = make_conn(sent)
+    delivery.start(conn, "k", 10)
+    for n in (11, 12, 13):
+        await delivery.deliver(conn, "k", n, STORE[n], read_range)
+    assert await delivery.replay(conn, "k", 0, 500, 15, read_range) == (12, 15, True)
+    assert sent == [11, 12, 13, *range(1, 11), 14, 15]
+    # Syncing again, from anywhere, sends nothing twice.
+    assert await delivery.replay(conn, "k", 3, 500, 15, read_range) == (0, 15, True)
+    await delivery.deliver(conn, "k", 16, STORE[16], read_range)
+    assert sent == [11, 12, 13, *range(1, 11), 14, 15, 16]
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_any_run_of_syncs_and_live_messages_sends_each_once_and_loses_none(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    sent: list[int] = []
+    conn = make_conn(sent)
+    head = rng.randrange(0, 40)
+    delivery.start(conn, "k", head)
+    if rng.random() < 0.5:
+        delivery.hold(conn)
+    claimed: set[int] = set()  # what the client said it has (from elsewhere)
+    for _ in range(12):
+        step = rng.random()
+        if step < 0.5 and head < 200:
+            head += 1
+            await delivery.deliver(conn, "k", head, STORE[head], read_range)
+        elif step < 0.9:
+            position = rng.randrange(0, head + 3)
+            limit = rng.choice([500, 500, 7])
+            before = len(sent)
+            replayed, cursor, complete = await delivery.replay(
+                conn, "k", position, limit, head, read_range
+            )
+            assert replayed == len(sent) - before <= limit and cursor >= head
+            if complete:
+                # Everything after the position is there, sent here or claimed.
+                missing = set(range(position + 1, head + 1)) - set(sent) - claimed
+                assert not missing, (position, head, sorted(missing))
+            claimed |= set(range(min(position, head) + 1))
+        else:
+            delivery.release(conn, read_range)
+        await settle(conn)
+        assert len(sent) == len(set(sent)), sent  # never twice
+    delivery.release(conn, read_range)
+    await settle(conn)
+    assert len(sent) == len(set(sent)), sent
+
+
+async def test_a_sync_after_an_incomplete_one_fills_only_the_rest() -> None:
+    sent: list[int] = []
+    conn = make_conn(sent)
+    delivery.start(conn, "k", 100)
+    assert await delivery.replay(conn, "k", 0, 5, 100, read_range) == (5, 100, False)
+    assert await delivery.replay(conn, "k", 0, 500, 100, read_range) == (95, 100, True)
+    assert sent == list(range(1, 101))
+
+
 async def test_head_check_finds_a_lost_tail() -> None:
     sent: list[int] = []
     conn = make_conn(sent)

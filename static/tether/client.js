@@ -522,7 +522,9 @@ export class ChatClient extends SocketClient {
     if (frame.seq <= last) return; // duplicate: replay of something already delivered
     if (frame.seq > last + 1) {
       this.hold(frame);
-      if (!this.refilling.has(conversation)) this.resync(conversation);
+      // A gap (seq > last + 1): read the store with `history`. (A `sync` on this
+      // socket would not send again what the server already sent it.)
+      if (!this.refilling.has(conversation)) this.refill(conversation);
       return;
     }
     this.deliver(frame);
@@ -556,25 +558,11 @@ export class ChatClient extends SocketClient {
       last += 1;
     }
     if (held.size === 0) this.held.delete(conversation);
-    else if (!this.refilling.has(conversation)) this.resync(conversation);
-  }
-
-  async resync(conversation) {
-    // A gap (seq > last + 1): ask for everything after what we hold.
-    this.refilling.add(conversation);
-    try {
-      const reply = await this.conn.request({
-        type: "sync",
-        positions: { [conversation]: this.positions.get(conversation) },
-      });
-      this.afterSynced(reply);
-    } catch {
-      this.refilling.delete(conversation);
-    }
+    else if (!this.refilling.has(conversation)) this.refill(conversation);
   }
 
   async refill(conversation) {
-    // synced said complete: false; page the hole with history, then go live.
+    // A hole (synced said complete: false, or a gap): page it with history.
     this.refilling.add(conversation);
     try {
       for (;;) {
