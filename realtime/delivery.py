@@ -71,6 +71,16 @@ class SentRuns:
     mark: int
     closed: list[tuple[int, int]] = field(default_factory=list)
 
+    def add(self, after: int, upto: int) -> None:
+        """Record (after, up to] as sent, merging touching runs (the list stays short)."""
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted([*self.closed, (after, upto)]):
+            if merged and lo <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+        self.closed = merged
+
     def unsent(self, after: int, upto: int, cursor: int) -> list[tuple[int, int]]:
         """The ranges (after, up to] within (`after`, `upto`] never sent, in order."""
         holes: list[tuple[int, int]] = []
@@ -104,7 +114,7 @@ def _skip_to(conn: Connection, key: str, position: int) -> None:
     runs = conn.sent_runs.setdefault(key, SentRuns(conn.cursors.get(key, 0)))
     cursor = conn.cursors.get(key, 0)
     if cursor > runs.mark:
-        runs.closed.append((runs.mark, cursor))
+        runs.add(runs.mark, cursor)
     runs.mark = position
     conn.cursors[key] = position
 
@@ -294,7 +304,7 @@ async def replay(
             for _, text in await read_range(key, lo, upto):
                 await conn.send_text(text)
                 replayed += 1
-            runs.closed.append((lo, upto))
+            runs.add(lo, upto)
             budget -= upto - lo
         missing = sum(hi - lo for lo, hi in holes) + head - cursor
         if budget > 0 and key in conn.cursors:
