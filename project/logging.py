@@ -28,3 +28,21 @@ class RedactSecretsFilter(logging.Filter):
             record.msg = cleaned
             record.args = ()
         return True
+
+
+class SecondaryPipelineErrorFilter(logging.Filter):
+    """Drops psycopg's "error ignored terminating <Pipeline>" warning.
+
+    psycopg logs it when a pipeline block exits on an exception and the
+    pipeline's own clean-up then fails too ("pipeline aborted"). The block's
+    exception is the one that matters and Tether handles it: a batch whose key
+    another node stored meanwhile fails with IntegrityError and is stored send
+    by send (message_batch.store_sends). Every such race logged a WARNING.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "psycopg"
+            and isinstance(record.msg, str)
+            and record.msg.startswith("error ignored terminating")
+        )

@@ -230,7 +230,10 @@ SESSION_COOKIE_SAMESITE = "Lax"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "project.logging.RedactSecretsFilter"}},
+    "filters": {
+        "redact": {"()": "project.logging.RedactSecretsFilter"},
+        "secondary_pipeline_error": {"()": "project.logging.SecondaryPipelineErrorFilter"},
+    },
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {
@@ -250,6 +253,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "daphne": {"level": _c["LOG_LEVEL"]},
+        "psycopg": {"filters": ["secondary_pipeline_error"]},
     },
 }
 CSRF_FAILURE_VIEW = "project.api_errors.csrf_failure"
