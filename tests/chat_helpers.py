@@ -50,6 +50,17 @@ def group(node: DaphneNode, creator: Person, *members: Person, title: str = "tea
     return body["id"]
 
 
+async def two_in_a_group(node: DaphneNode, sent_before: int) -> tuple[Person, str, WsClient]:
+    """Alice and Bob in a group where Bob has sent `sent_before` messages: (alice,
+    the conversation, Bob's socket)."""
+    alice, bob = person(node), person(node)
+    cid = group(node, alice, bob)
+    b = await bob.socket(node)
+    for n in range(sent_before):
+        await send(b, cid, f"before {n}")
+    return alice, cid, b
+
+
 async def send(client: WsClient, conversation: str, body: str, cid: str | None = None) -> dict:
     """Send and wait for the ack (messages arriving meanwhile are kept for later)."""
     cid = cid or unique("m")

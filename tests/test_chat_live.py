@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.chat_helpers import collect, expect_skipping, group, person, quiet, send
+from tests.chat_helpers import (
+    collect,
+    expect_skipping,
+    group,
+    person,
+    quiet,
+    send,
+    two_in_a_group,
+)
 from tests.conftest import unique
 from tests.live import DaphneNode
 
@@ -186,11 +194,7 @@ async def test_sync_replays_exactly_what_was_missed(stack, make_node) -> None:
 async def test_live_messages_during_a_sync_are_not_lost_doubled_or_reordered(
     node: DaphneNode,
 ) -> None:
-    alice, bob = person(node), person(node)
-    cid = group(node, alice, bob)
-    b = await bob.socket(node)
-    for n in range(20):
-        await send(b, cid, f"before {n}")
+    alice, cid, b = await two_in_a_group(node, 20)
     a = await alice.socket(node)
 
     async def keep_sending() -> None:
@@ -212,11 +216,7 @@ async def test_the_resume_window_holds_through_the_nodes_head_check(stack, make_
     before the replay (then again inside it), even when the node's periodic head
     check (every second here) finds the socket behind."""
     node = make_node(stack, HEARTBEAT_INTERVAL="1", PING_TIMEOUT="3")
-    alice, bob = person(node), person(node)
-    cid = group(node, alice, bob)
-    b = await bob.socket(node)
-    for n in range(5):
-        await send(b, cid, f"before {n}")
+    alice, cid, b = await two_in_a_group(node, 5)
     a = await alice.socket(node)
     for n in range(5):  # stored after alice's welcome: held for her sync
         await send(b, cid, f"during {n}")
@@ -235,11 +235,7 @@ async def test_the_resume_window_holds_through_the_nodes_head_check(stack, make_
 async def test_a_sync_after_live_messages_sends_what_is_missing_once(node: DaphneNode) -> None:
     """A client whose `sync` comes after live messages started (its window was
     over): it gets what it misses below them, and nothing twice."""
-    alice, bob = person(node), person(node)
-    cid = group(node, alice, bob)
-    b = await bob.socket(node)
-    for n in range(4):
-        await send(b, cid, f"before {n}")
+    alice, cid, b = await two_in_a_group(node, 4)
     a = await alice.socket(node)
     await a.send({"type": "conversations", "id": "q"})  # not a sync: the window ends
     await expect_skipping(a, "result", keep=True)
