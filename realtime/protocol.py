@@ -173,10 +173,11 @@ class _OutOfRange:
 _OUT_OF_RANGE = _OutOfRange()
 
 
-def _out_of_range_field(text: str) -> str | None:
+def _out_of_range(text: str) -> tuple[str, Any] | None:
     """The dotted path of the first number too large to decode (more digits than
-    Python converts, or beyond a double), or None when that is not what failed.
-    Only on the error path: the text is decoded again with lenient numbers."""
+    Python converts, or beyond a double) and the rest of the decoded text, or None
+    when that is not what failed. Only on the error path: the text is decoded again
+    with lenient numbers."""
 
     def number(literal: str) -> Any:
         try:
@@ -193,7 +194,7 @@ def _out_of_range_field(text: str) -> str | None:
     while stack:
         path, value = stack.pop()
         if value is _OUT_OF_RANGE:
-            return path or "value"
+            return path or "value", data
         if isinstance(value, dict):
             stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
         elif isinstance(value, list):
@@ -201,18 +202,27 @@ def _out_of_range_field(text: str) -> str | None:
     return None
 
 
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS
+
+
 def loads(text: str, what: str = "the frame") -> Any:
     """JSON as the sockets and the REST API accept it: `bad_json` for what is not JSON
     (NaN and Infinity included) or nests too deeply, `bad_request` naming the field
-    for a number too large to hold (valid JSON, RFC 8259 lets a reader bound it)."""
+    for a number too large to hold (valid JSON, RFC 8259 lets a reader bound it),
+    with the frame's `id` when it has a valid one."""
     try:
         return json.loads(text, parse_float=_finite, parse_constant=_no_constants)
     except RecursionError:
         raise TetherError(Code.BAD_JSON, f"{what} nests too deeply") from None
     except ValueError as error:
-        field_name = _out_of_range_field(text)
-        if field_name is not None:
-            raise bad_request(field_name, "number out of range") from None
+        found = _out_of_range(text)
+        if found is not None:
+            field_name, data = found
+            refused = bad_request(field_name, "number out of range")
+            request_id = data.get("id") if isinstance(data, dict) else None
+            refused.request_id = request_id if _valid_id(request_id) else None
+            raise refused from None
         # The decoder's own words say where (`Expecting value: line 1 column 5`).
         raise TetherError(Code.BAD_JSON, f"{what} is not valid JSON: {error}") from None
 
@@ -226,9 +236,7 @@ def parse_frame(text: str) -> Frame:
         # JSON allows "\ud800" alone, but it is not text: no database can store it.
         raise TetherError(Code.BAD_JSON, "the frame contains an unpaired UTF-16 surrogate escape")
     request_id = data.get("id")
-    if request_id is not None and (
-        not isinstance(request_id, str) or not 1 <= len(request_id) <= MAX_ID_CHARS
-    ):
+    if request_id is not None and not _valid_id(request_id):
         raise bad_request("id", f"must be a string of 1 to {MAX_ID_CHARS} characters")
     frame_type = data.get("type")
     if frame_type is None or not isinstance(frame_type, str):

@@ -50,6 +50,21 @@ def test_bad_fields_are_bad_request_naming_the_field(frame: str, field: str) -> 
     assert info.value.message.startswith(f"{field}:")
 
 
+def test_id_of_a_frame_with_a_number_out_of_range_is_echoed() -> None:
+    with pytest.raises(TetherError) as info:
+        parse_frame('{"type": "read", "id": "c5", "seq": ' + "7" * 4301 + "}")
+    assert info.value.frame() == {
+        "type": "error",
+        "id": "c5",
+        "code": "bad_request",
+        "message": "seq: number out of range",
+        "field": "seq",
+    }
+    with pytest.raises(TetherError) as invalid_id:
+        parse_frame('{"type": "read", "id": 5, "seq": 1e999}')
+    assert "id" not in invalid_id.value.frame()
+
+
 def test_id_of_a_frame_with_bad_type_is_echoed() -> None:
     with pytest.raises(TetherError) as info:
         parse_frame('{"id": "r1"}')
