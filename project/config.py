@@ -142,7 +142,7 @@ def parse_topic_namespaces(raw: str) -> dict[str, dict[str, Any]]:
         raise ValueError('expected a non-empty JSON object like {"prices": {"access": "open"}}')
     out: dict[str, dict[str, Any]] = {}
     for name, spec in value.items():
-        if not NAMESPACE_RE.match(name):
+        if not NAMESPACE_RE.fullmatch(name):
             raise ValueError(f"namespace {name!r} must match [a-z0-9_-]{{1,32}}")
         if not isinstance(spec, dict):
             raise ValueError(f"namespace {name!r}: expected an object")
@@ -161,12 +161,13 @@ def parse_topic_namespaces(raw: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+# Used with fullmatch: `$` alone also matches before a final newline ("a:b\n").
 TOPIC_RE = re.compile(r"^[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}$")
 
 
 def parse_topic(raw: str) -> str:
     value = raw.strip()
-    if value and not TOPIC_RE.match(value):
+    if value and not TOPIC_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a topic name like prices:DEMO")
     return value
 

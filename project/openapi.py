@@ -229,8 +229,11 @@ class TopicHistory(serializers.Serializer):
     epoch = serializers.CharField()
     offset = serializers.IntegerField(min_value=0, help_text="the topic's latest offset")
     publications = Publication(many=True)
+    has_more = serializers.BooleanField(
+        help_text="more after the last one: ask again with `since` = its offset"
+    )
     complete = serializers.BooleanField(
-        help_text="whether every publication after `since` is in `publications`"
+        help_text="whether history still holds every publication after `since`"
     )
 
     class Meta:

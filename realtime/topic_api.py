@@ -61,8 +61,14 @@ class PublishView(APIView):
         return Response(topics.publish(topic, data["data"]), status=status.HTTP_201_CREATED)
 
 
+# A page of history: PROTOCOL 9 lists are paged ("has_more"); history can hold
+# up to a namespace's history_size publications of up to 64 KiB each.
+HISTORY_PAGE = 100
+MAX_HISTORY_PAGE = 1000
+
+
 @async_to_sync
-async def _history(topic: str, ns: Any, since: int | None) -> dict[str, Any]:
+async def _history(topic: str, ns: Any, since: int | None, limit: int) -> dict[str, Any]:
     store = get_store()
     snap = await store.snapshot(topic, ns, None, None)
     after = since if since is not None else max(0, snap.offset - ns.history_size)
@@ -71,24 +77,46 @@ async def _history(topic: str, ns: Any, since: int | None) -> dict[str, Any]:
         "topic": topic,
         "epoch": epoch or snap.epoch,
         "offset": snap.offset,
-        "publications": [topics.publication(e) for e in entries],
-        # Addition to PROTOCOL 9: whether every publication after `since` is here.
+        "publications": [topics.publication(e) for e in entries[:limit]],
+        # The next page: `since` = the last publication's offset.
+        "has_more": len(entries) > limit,
+        # Addition to PROTOCOL 9: whether history still holds every publication
+        # after `since` (the older ones may have been trimmed or expired).
         "complete": len(entries) == max(0, snap.offset - after),
     }
+
+
+def _page_size(request: Request) -> int:
+    limit = _int_param(request, "limit", HISTORY_PAGE) or HISTORY_PAGE
+    if limit > MAX_HISTORY_PAGE:
+        raise bad_request("limit", f"must be from 1 to {MAX_HISTORY_PAGE}")
+    return limit
 
 
 class HistoryView(APIView):
     @extend_schema(
         summary="A topic's history",
-        description="What history holds after `since` (by default all of it).",
+        description="What history holds after `since` (by default all it holds), "
+        f"oldest first, {HISTORY_PAGE} a page unless `limit` says otherwise; with "
+        "`has_more`, the next page is `since` = the last publication's offset.",
         tags=["topics"],
-        parameters=[TOPIC, doc.query("since", doc.INTEGER_GE0, "an offset")],
+        parameters=[
+            TOPIC,
+            doc.query("since", doc.INTEGER_GE0, "an offset"),
+            doc.query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_PAGE},
+                f"publications a page (default {HISTORY_PAGE})",
+            ),
+        ],
         responses={
             200: doc.TopicHistory,
-            400: doc.error(f"{BAD_TOPIC}; `since` not an integer >= 0"),
+            400: doc.error(
+                f"{BAD_TOPIC}; `since` not an integer >= 0; `limit` not 1 to {MAX_HISTORY_PAGE}"
+            ),
             403: doc.error("`forbidden`: may not subscribe to it; an unknown namespace"),
         },
     )
     def get(self, request: Request, topic: str) -> Response:
         ns = topics.readable_namespace(request.user, topic)
-        return Response(_history(topic, ns, _int_param(request, "since")))
+        return Response(_history(topic, ns, _int_param(request, "since"), _page_size(request)))

@@ -50,11 +50,13 @@ def namespace_of(topic: Any, field: str = "topic") -> Namespace:
     namespace."""
     if not isinstance(topic, str):
         raise bad_request(field, "must be a string")
-    if not TOPIC_RE.match(topic):
+    if not TOPIC_RE.fullmatch(topic):
         raise bad_request(field, "must match ^[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}$")
     ns = namespaces().get(topic.split(":", 1)[0])
     if ns is None:
-        raise TetherError(Code.FORBIDDEN, f"no such topic namespace {topic.split(':', 1)[0]!r}")
+        # The answer of a namespace one may not read: which namespaces exist is
+        # nothing to learn by probing (PROTOCOL 3).
+        raise TetherError(Code.FORBIDDEN, f"you may not read {topic}")
     return ns
 
 

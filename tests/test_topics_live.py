@@ -120,11 +120,13 @@ async def test_topic_names_namespaces_access_and_limits(stack, make_node) -> Non
         await client.send({"id": "x", **frame})
         return await client.expect("error")
 
-    for bad in ("prices", "Prices:X", "prices:a b", "prices:" + "x" * 129, ":x", 5, None):
+    for bad in ("prices", "Prices:X", "prices:a b", "prices:" + "x" * 129, ":x", "prices:x\n", 5):
         error = await error_for({"type": "subscribe", "topic": bad})
         assert error["code"] == "bad_request" and error["id"] == "x", (bad, error)
-    assert (await error_for({"type": "subscribe", "topic": "nope:x"}))["code"] == "forbidden"
-    assert (await error_for({"type": "subscribe", "topic": "ops:load"}))["code"] == "forbidden"
+    unknown = await error_for({"type": "subscribe", "topic": "nope:x"})
+    staff_only = await error_for({"type": "subscribe", "topic": "ops:x"})
+    assert unknown["code"] == staff_only["code"] == "forbidden"
+    assert unknown["message"] == staff_only["message"].replace("ops:", "nope:")
     other_user = "user:" + str(me["id"] + 1000)
     assert (await error_for({"type": "subscribe", "topic": other_user}))["code"] == "forbidden"
     for since in ({"offset": -1, "epoch": "e"}, {"offset": 1}, [1], {"offset": True, "epoch": "e"}):
@@ -181,10 +183,23 @@ def test_rest_publish_and_history_rights(node: DaphneNode) -> None:
     assert [p["data"] for p in body["publications"]] == [{"n": 1}, {"n": 2}, None]
     status, body = history(f"/api/topics/{topic}/history/?since=1", user_token)
     assert [p["offset"] for p in body["publications"]] == [2, 3]
-    status, body = history(f"/api/topics/{topic}/history/?since=x", user_token)
-    assert status == 400 and body["error"] == "bad_request"
+    assert body["has_more"] is False and body["complete"] is True
+    # Paged (PROTOCOL 9 lists): the next page starts after the last offset.
+    status, body = history(f"/api/topics/{topic}/history/?limit=2", user_token)
+    assert [p["offset"] for p in body["publications"]] == [1, 2] and body["has_more"] is True
+    status, body = history(f"/api/topics/{topic}/history/?since=2&limit=2", user_token)
+    assert [p["offset"] for p in body["publications"]] == [3] and body["has_more"] is False
+    for bad in ("since=x", "limit=1001", "limit=-1"):
+        status, body = history(f"/api/topics/{topic}/history/?{bad}", user_token)
+        assert status == 400 and body["error"] == "bad_request", bad
     status, body = history("/api/topics/ops:secret/history/", user_token)
     assert status == 403
+    # Which namespaces exist is not told: the same answer as a staff-only one.
+    status, unknown = history("/api/topics/nons:secret/history/", user_token)
+    assert (status, unknown["detail"]) == (403, body["detail"].replace("ops:", "nons:"))
+    # A trailing newline is not a name ("$" alone would let it through).
+    status, body = publish(node, publisher, topic + "%0A", 1)
+    assert status == 400 and body["error"] == "bad_request", body
 
 
 async def test_no_publication_lost_or_doubled_between_reply_and_live(node: DaphneNode) -> None:
