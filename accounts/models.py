@@ -5,10 +5,18 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.db.models.functions import Lower
 
 
 class User(AbstractUser):
     """Tether's user; a custom model so later fields need no migration dance."""
+
+    class Meta(AbstractUser.Meta):
+        # Names are unique whatever their case, in the database itself: a check
+        # before the insert alone let two sign-ups racing on two nodes both pass.
+        constraints = [
+            models.UniqueConstraint(Lower("username"), name="accounts_user_username_ci_unique")
+        ]
 
 
 class ApiToken(models.Model):

@@ -7,6 +7,8 @@ from rest_framework import serializers
 
 from accounts.models import User
 
+USERNAME_TAKEN = "this username is taken"
+
 
 class UserSerializer(serializers.ModelSerializer):
     """PROTOCOL 9 user: `{"id": 7, "username": "alice"}`."""
@@ -29,8 +31,10 @@ class RegisterSerializer(CredentialsSerializer):
     )
 
     def validate_username(self, value: str) -> str:
+        # As it will be stored: NFKC folds look-alikes (full-width letters, say).
+        value = User.normalize_username(value)
         if User.objects.filter(username__iexact=value).exists():
-            raise serializers.ValidationError("this username is taken")
+            raise serializers.ValidationError(USERNAME_TAKEN)
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

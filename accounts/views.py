@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -16,7 +17,12 @@ from rest_framework.views import APIView
 
 from accounts import credentials
 from accounts.models import ApiToken, User
-from accounts.serializers import CredentialsSerializer, RegisterSerializer, UserSerializer
+from accounts.serializers import (
+    USERNAME_TAKEN,
+    CredentialsSerializer,
+    RegisterSerializer,
+    UserSerializer,
+)
 from accounts.throttles import AUTH_THROTTLES, AuthAddressThrottle
 from project import openapi as doc
 from project.api_errors import error_response
@@ -53,10 +59,16 @@ class RegisterView(APIView):
             return error_response("forbidden", "sign-up is disabled on this server", 403)
         serializer = RegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user = User.objects.create_user(
-            username=serializer.validated_data["username"],
-            password=serializer.validated_data["password"],
-        )
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(
+                    username=serializer.validated_data["username"],
+                    password=serializer.validated_data["password"],
+                )
+        except IntegrityError:  # the same name, in any case, signed up meanwhile
+            return error_response(
+                "bad_request", f"username: {USERNAME_TAKEN}", 400, field="username"
+            )
         return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
