@@ -155,6 +155,10 @@ class TetherConsumer(AsyncWebsocketConsumer):
         # Tether always answers with a close code (PROTOCOL 2), so accept first.
         if not self._accepted:
             await self.accept()
+        if self.conn is None and isinstance(code, int) and not isinstance(code, bool):
+            # Refused at the handshake (4401, 4403, 4503, 1012, 1011): never a live
+            # connection, so cleanup() does not count it; the 4401 alert needs it.
+            metrics.DISCONNECTS.labels(self.endpoint, str(code)).inc()
         await super().close(code, reason)
 
     async def open_connection(self) -> None:

@@ -14,6 +14,7 @@ from channels.testing import WebsocketCommunicator
 
 from accounts import credentials
 from accounts.models import User
+from monitoring import metrics
 from project.asgi import application
 from realtime import control
 from realtime import runtime as node_runtime
@@ -88,9 +89,13 @@ async def test_missing_credentials_close_4401(runtime) -> None:
 
 
 async def test_invalid_token_close_4401(runtime) -> None:
+    refused = metrics.DISCONNECTS.labels("chat", "4401")
+    before = refused._value.get()
     comm = communicator(token="tt_not-a-real-token")
     await comm.connect()
     assert await close_code(comm) == Close.UNAUTHENTICATED
+    # Counted: the alert on failed logins (tether_disconnects_total{code="4401"}).
+    assert refused._value.get() == before + 1
 
 
 async def test_disabled_account_close_4403(runtime) -> None:
