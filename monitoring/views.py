@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -12,14 +14,45 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_safe
 from django_prometheus.exports import ExportToDjangoView
 
 READY_TIMEOUT = 2.0
+SAFE_METHODS = ("GET", "HEAD")
 
 
-@csrf_exempt  # a POST gets 405, not a CSRF page
-@require_safe
+def get_or_head(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Django's `require_safe`, answering other methods in the API's JSON error shape
+    (its 405 has an empty body), sync or async like the view."""
+
+    def refuse(request: HttpRequest) -> JsonResponse:
+        response = JsonResponse(
+            {"error": "method_not_allowed", "detail": f"{request.method}: use GET or HEAD"},
+            status=405,
+        )
+        response["Allow"] = ", ".join(SAFE_METHODS)
+        return response
+
+    if asyncio.iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            if request.method not in SAFE_METHODS:
+                return refuse(request)
+            return await view(request, *args, **kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.method not in SAFE_METHODS:
+            return refuse(request)
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@csrf_exempt  # a POST gets a JSON 405, not a CSRF page
+@get_or_head
 async def health(request: HttpRequest) -> JsonResponse:
     """200 while the process serves; touches nothing else."""
     return JsonResponse({"status": "ok", "node": settings.NODE_NAME})
@@ -63,7 +96,7 @@ async def _run_check(check: Any) -> str | None:
 
 
 @csrf_exempt
-@require_safe
+@get_or_head
 async def ready(request: HttpRequest) -> JsonResponse:
     """200 when the database and the channel layer answer in time, else 503 naming what failed."""
     db_error, layer_error = await asyncio.gather(
@@ -85,7 +118,7 @@ async def ready(request: HttpRequest) -> JsonResponse:
 
 
 @csrf_exempt
-@require_safe
+@get_or_head
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format; with `METRICS_TOKEN` set, only for its bearer."""
     token = settings.METRICS_TOKEN

@@ -15,6 +15,14 @@ def test_health_and_ready_when_everything_answers(node: DaphneNode) -> None:
     assert status == 200, body
     assert body["checks"] == {"database": "ok", "channel_layer": "ok"}
     assert headers["Content-Type"].startswith("application/json")
+    for path in ("/health/", "/ready/", "/metrics"):
+        for method in ("POST", "DELETE", "OPTIONS"):
+            status, body, headers = http(method, node.url + path)
+            assert (status, body["error"], headers["Allow"]) == (
+                405,
+                "method_not_allowed",
+                "GET, HEAD",
+            ), (path, method)
 
 
 @pytest.mark.parametrize("down", ["channel_layer", "database"])
