@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis.exceptions
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -29,6 +31,9 @@ STATUS_BY_CODE = {
     Code.LIMIT_EXCEEDED: 409,
     Code.INTERNAL: 500,
 }
+
+# Failures of a dependency, not of the request or of Tether: 503, retry later.
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
 
 _DRF_CODES: dict[type[Exception], str] = {
     exceptions.ParseError: "bad_json",
@@ -70,6 +75,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return error_response(exc.code, exc.message, STATUS_BY_CODE.get(exc.code, 400), **exc.extra)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    if isinstance(exc, UNAVAILABLE):
+        # A dependency down (the rate limiter's Redis, the database): the caller may
+        # retry; /ready/ names which one. Logged, but not as a server bug.
+        log.warning("API call failed, a dependency does not answer: %r", exc)
+        return error_response(
+            "unavailable", f"a service this needs does not answer ({type(exc).__name__})", 503
+        )
     if isinstance(exc, RequestDataTooBig):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         return error_response(Code.TOO_LARGE, f"the request body is over {limit} bytes", 413)

@@ -8,6 +8,8 @@ import threading
 from datetime import timedelta
 
 import pytest
+import redis.exceptions
+from django.db import OperationalError
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -101,6 +103,25 @@ def test_bodies_no_parser_can_hold_are_client_errors(
     r = api.generic("POST", "/api/auth/token/", body, content_type="application/json")
     assert (r.status_code, r.json()["error"]) == (status, error)
     assert detail in r.json()["detail"] and "sys." not in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6390"),
+        OperationalError("connection to server failed"),
+    ],
+)
+def test_a_dependency_down_is_503_not_a_server_error(
+    api: APIClient, alice: User, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    def down(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr("accounts.views.authenticate", down)
+    r = api.post("/api/auth/token/", {"username": "alice", "password": PASSWORD}, format="json")
+    assert r.status_code == 503 and r.json()["error"] == "unavailable", r.json()
+    assert type(failure).__name__ in r.json()["detail"]
 
 
 def test_wrong_password_is_401_json(api: APIClient, alice: User) -> None:
