@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.db import models
 from django.db.models.functions import Lower
 
 
+class UserManager(DjangoUserManager):
+    def get_by_natural_key(self, username: str | None) -> User:
+        """Log-in by name whatever its case: names are unique that way (the index)."""
+        return self.get(username__iexact=username)
+
+
 class User(AbstractUser):
     """Tether's user; a custom model so later fields need no migration dance."""
+
+    objects = UserManager()
 
     class Meta(AbstractUser.Meta):
         # Names are unique whatever their case, in the database itself: a check

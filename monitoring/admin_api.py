@@ -115,7 +115,7 @@ class ConnectionsView(StaffView):
             elif is_id:
                 rows = rows.filter(user_id=int(user))
             else:
-                rows = rows.filter(user__username=user)
+                rows = rows.filter(user__username__iexact=user)
         node = request.query_params.get("node")
         if node:
             rows = rows.filter(node__name=node)

@@ -124,6 +124,11 @@ def test_a_dependency_down_is_503_not_a_server_error(
     assert type(failure).__name__ in r.json()["detail"]
 
 
+def test_log_in_by_name_whatever_its_case(api: APIClient, alice: User) -> None:
+    r = api.post("/api/auth/token/", {"username": "ALICE", "password": PASSWORD}, format="json")
+    assert r.status_code == 200 and r.json()["token"].startswith("tt_")
+
+
 def test_wrong_password_is_401_json(api: APIClient, alice: User) -> None:
     r = api.post("/api/auth/token/", {"username": "alice", "password": "nope"}, format="json")
     assert r.status_code == 401 and r.json()["error"] == "invalid_credentials"

@@ -60,6 +60,8 @@ async def test_list_filter_kick_and_cleanup_across_nodes(two_nodes) -> None:
     assert set(listed) == {id_a, id_b}
     assert listed[id_b]["node"] == "node-b" and listed[id_b]["endpoint"] == "stream"
     assert listed[id_a]["user"]["username"] == user and listed[id_a]["idle_seconds"] >= 0
+    status, body = api(a, token, "GET", f"/api/admin/connections/?user={user.upper()}")
+    assert {c["id"] for c in body["connections"]} == {id_a, id_b}  # names: any case
     status, body = api(a, token, "GET", f"/api/admin/connections/?user={user}&node=node-b")
     assert [c["id"] for c in body["connections"]] == [id_b]
     status, body = api(a, token, "GET", f"/api/admin/connections/?user={user}&idle_gt=3600")
