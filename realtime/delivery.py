@@ -81,18 +81,17 @@ class SentRuns:
                 merged.append((lo, hi))
         self.closed = merged
 
-    def unsent(self, after: int, upto: int, cursor: int) -> list[tuple[int, int]]:
-        """The ranges (after, up to] within (`after`, `upto`] never sent, in order."""
+    def unsent(self, after: int, cursor: int) -> list[tuple[int, int]]:
+        """The ranges (after, up to] between `after` and the cursor never sent, in
+        order (above the cursor nothing was sent)."""
         holes: list[tuple[int, int]] = []
         at = after
         for lo, hi in sorted([*self.closed, (self.mark, cursor)]):
             if lo > at:
-                holes.append((at, min(lo, upto)))
+                holes.append((at, min(lo, cursor)))
             at = max(at, hi)
-            if at >= upto:
+            if at >= cursor:
                 break
-        if at < upto:
-            holes.append((at, upto))
         return [(lo, hi) for lo, hi in holes if hi > lo]
 
 
@@ -296,7 +295,7 @@ async def replay(
             cursor = after
         runs = conn.sent_runs.setdefault(key, SentRuns(cursor))
         budget, replayed = limit, 0
-        holes = runs.unsent(after, cursor, cursor)
+        holes = runs.unsent(after, cursor)
         for lo, hi in holes:
             upto = min(hi, lo + budget)
             if upto <= lo or key not in conn.cursors:
