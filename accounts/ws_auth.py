@@ -71,6 +71,11 @@ def _users_for_tokens(raws: list[str]) -> list[tuple[Any, SocketAuth] | None]:
 _token_checks: Batcher[str, tuple[Any, SocketAuth] | None] = Batcher(_users_for_tokens)
 
 
+def token_checks_waiting() -> int:
+    """Token checks queued for the next batch (the node's figures)."""
+    return _token_checks.waiting
+
+
 async def _user_for_token(raw: str) -> tuple[Any, SocketAuth] | None:
     return await _token_checks.submit(raw)
 

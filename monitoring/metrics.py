@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -87,6 +87,58 @@ class RuntimeCollector(Collector):
             "How late the once-a-second sweeper woke up",
             value=runtime.loop_lag,
         )
+        yield from _resource_metrics(runtime)
+
+
+def _resource_metrics(runtime: Any) -> Iterator[Any]:
+    """The node's pools and state sizes (monitoring/resources.py)."""
+    from monitoring import resources
+
+    db = resources.db_pool()
+    if db is not None:
+        in_db = GaugeMetricFamily(
+            "tether_db_connections",
+            "PostgreSQL connections this node holds, in use or idle in its pool",
+            labels=["state"],
+        )
+        in_db.add_metric(["in_use"], db["in_use"])
+        in_db.add_metric(["idle"], db["idle"])
+        yield in_db
+        yield GaugeMetricFamily(
+            "tether_db_pool_max", "This node's PostgreSQL pool size (DB_POOL_SIZE)", value=db["max"]
+        )
+        yield GaugeMetricFamily(
+            "tether_db_pool_waiting",
+            "Callers waiting for a free PostgreSQL connection",
+            value=db["waiting"],
+        )
+        yield CounterMetricFamily(
+            "tether_db_pool_timeouts",
+            "Requests that found no free PostgreSQL connection in DB_POOL_TIMEOUT (503)",
+            value=db["timeouts"],
+        )
+    if runtime.db_max_connections:
+        yield GaugeMetricFamily(
+            "tether_db_server_max_connections",
+            "The PostgreSQL server's max_connections, read when the node started",
+            value=runtime.db_max_connections,
+        )
+    cache = resources.cache_pool()
+    if cache is not None:
+        yield GaugeMetricFamily(
+            "tether_redis_cache_connections",
+            "Redis connections open in this node's cache pool",
+            value=cache["open"],
+        )
+    state = GaugeMetricFamily(
+        "tether_runtime_entries",
+        "Entries the node runtime keeps, by kind (each bounded by the load, not by time)",
+        labels=["kind"],
+    )
+    for kind, value in resources.runtime_state(runtime).items():
+        if value is not None and kind not in ("connections", "hub_queue", "subscriptions"):
+            state.add_metric([kind], value)
+    yield state
 
 
 _collector = RuntimeCollector()

@@ -248,6 +248,36 @@ DECLARATIONS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "DB_POOL_SIZE",
+        parse_int,
+        10,
+        "PostgreSQL connections one node may hold at most (its pool); plan "
+        "`nodes x DB_POOL_SIZE` below the server's `max_connections`",
+        minimum=2,
+    ),
+    Setting(
+        "DB_POOL_MIN",
+        parse_int,
+        2,
+        "PostgreSQL connections a node keeps open when idle",
+        minimum=0,
+    ),
+    Setting(
+        "DB_POOL_TIMEOUT",
+        parse_int,
+        10,
+        "seconds a request waits for a free PostgreSQL connection before it fails "
+        "with 503 `unavailable`",
+        minimum=1,
+    ),
+    Setting(
+        "DB_POOL_MAX_IDLE",
+        parse_int,
+        30,
+        "seconds between closes of idle PostgreSQL connections beyond `DB_POOL_MIN` (one a period)",
+        minimum=1,
+    ),
+    Setting(
         "SECRET_KEY",
         parse_str,
         "",

@@ -45,6 +45,12 @@ AUTH_RATE_LIMIT: str = _c["AUTH_RATE_LIMIT"]
 SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
 REDIS_URL: str = _c["REDIS_URL"]
 AUTO_MIGRATE: bool = _c["AUTO_MIGRATE"]
+DB_POOL_SIZE: int = _c["DB_POOL_SIZE"]
+# Redis connections of the cache's one pool per node (throttles, typing).
+CACHE_POOL_SIZE = 8
+DB_POOL_MIN: int = _c["DB_POOL_MIN"]
+DB_POOL_TIMEOUT: float = _c["DB_POOL_TIMEOUT"]
+DB_POOL_MAX_IDLE: float = _c["DB_POOL_MAX_IDLE"]
 
 # Seconds between the node's maintenance passes (node heartbeat, batched
 # last_seen, reaper). Not an operator setting: derived from the heartbeat.
@@ -107,14 +113,7 @@ TEMPLATES = [
 ]
 
 if _c["DATABASE_URL"]:
-    # Persistent connections: channels' database_sync_to_async closes "old"
-    # connections around every call, and with CONN_MAX_AGE=0 that meant a new
-    # PostgreSQL connection per query batch (measured: most of a send's cost).
-    DATABASES = {
-        "default": dj_database_url.parse(
-            _c["DATABASE_URL"], conn_max_age=600, conn_health_checks=True
-        )
-    }
+    DATABASES = {"default": dj_database_url.parse(_c["DATABASE_URL"], conn_max_age=0)}
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -129,6 +128,29 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # One bounded pool of PostgreSQL connections per node (docs/deployment.md,
+    # "Connection budget"). Under ASGI every HTTP request runs its synchronous
+    # code in a thread of its own: a persistent per-thread connection
+    # (CONN_MAX_AGE) outlived its thread and waited for the garbage collector,
+    # so a node under concurrent load kept opening connections until the
+    # server refused the whole cluster. With the pool, closing a connection
+    # hands it back, a node never holds more than DB_POOL_SIZE, and work that
+    # cannot get one within DB_POOL_TIMEOUT fails as 503 `unavailable`.
+    # The same backend, failing fast while the server is unreachable (project/postgres/).
+    DATABASES["default"]["ENGINE"] = "project.postgres"
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks what it hands out
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].setdefault("application_name", f"tether:{NODE_NAME}"[:63])
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": min(DB_POOL_MIN, DB_POOL_SIZE),
+        "max_size": DB_POOL_SIZE,
+        "timeout": DB_POOL_TIMEOUT,
+        # Connections beyond min_size idle this long are closed: the count goes
+        # back down when the load stops.
+        "max_idle": DB_POOL_MAX_IDLE,
+        "name": "tether",
     }
 
 if REDIS_URL:
@@ -161,11 +183,22 @@ else:
     }
 HUB_LAYER = "hub"
 
-# The cache holds the password-guessing throttles' counts: shared by every node
-# through Redis in production, per process when embedded.
+# The cache holds the password-guessing throttles' counts and the typing
+# limit: shared by every node through Redis in production, per process when
+# embedded. One bounded pool per node (project/cache_pool.py).
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "pool_class": "project.cache_pool.SharedPool",
+                "max_connections": CACHE_POOL_SIZE,
+                "timeout": 5,
+                "socket_timeout": 5,
+                "socket_connect_timeout": 5,
+            },
+        }
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -34,6 +34,11 @@ class Batcher(Generic[T, R]):
         self._task: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Calls queued for the next batch (the node's figures)."""
+        return len(self._waiting)
+
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:

@@ -1,9 +1,12 @@
 """Run ORM work off the event loop in a pool of worker threads.
 
 channels' `database_sync_to_async` funnels every call of a process through one
-shared thread; the hot paths (send, gap fill) use a small pool instead, each
-thread with its own persistent connection (CONN_MAX_AGE), so one slow query
-does not queue every other socket behind it (ARCHITECTURE rule 7).
+shared thread; the hot paths (send, gap fill) use a small pool of threads
+instead, so one slow query does not queue every other socket behind it
+(ARCHITECTURE rule 7). On PostgreSQL each call takes a connection from the
+node's connection pool and hands it back when it returns, so an idle thread
+holds none (docs/deployment.md, "Connection budget"); on SQLite a thread keeps
+its connection.
 """
 
 from __future__ import annotations
@@ -40,13 +43,28 @@ def _before_call() -> None:
 
 def _after_call() -> None:
     for conn in connections.all(initialized_only=True):
-        if conn.connection is not None and (conn.errors_occurred or not conn.get_autocommit()):
+        if conn.connection is None:
+            continue
+        if getattr(conn, "pool", None) is not None:
+            # Back to the pool (CONN_MAX_AGE is 0 with a pool), unless broken.
+            conn.close_if_unusable_or_obsolete()
+        elif conn.errors_occurred or not conn.get_autocommit():
             conn.close_if_unusable_or_obsolete()  # broken by the error: closed now
             _thread.checked_at = -HEALTH_CHECK_SECONDS
 
 
 def is_postgres() -> bool:
     return connection.vendor == "postgresql"
+
+
+def server_max_connections() -> int | None:
+    """PostgreSQL's `max_connections` (None elsewhere): the bound of the connection
+    alert (deploy/prometheus-alerts.yml)."""
+    if not is_postgres():
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW max_connections")
+        return int(cursor.fetchone()[0])
 
 
 def any_of(column: str, values: list[Any]) -> tuple[str, list[Any]]:

@@ -62,6 +62,10 @@ def release(conn: Connection, read_range: RangeReader) -> None:
             state.filler = asyncio.ensure_future(catch_up(conn, key, read_range))
 
 
+# Runs of sent positions a socket keeps per conversation (see SentRuns.add).
+MAX_SENT_RUNS = 32
+
+
 @dataclass
 class SentRuns:
     """Which positions of a stream a socket was sent: every run in `closed`, each
@@ -72,13 +76,22 @@ class SentRuns:
     closed: list[tuple[int, int]] = field(default_factory=list)
 
     def add(self, after: int, upto: int) -> None:
-        """Record (after, up to] as sent, merging touching runs (the list stays short)."""
+        """Record (after, up to] as sent, merging touching runs.
+
+        Holes between runs come from a `sync` whose position lies above the
+        socket's cursor (the client says it holds those) or that was incomplete
+        (the client pages them with `history`). A client that keeps doing that
+        would grow the list without end; beyond MAX_SENT_RUNS the lowest hole is
+        taken as held, as the client said, so every per-socket structure stays
+        bounded (docs/benchmarks.md, "Soak")."""
         merged: list[tuple[int, int]] = []
         for lo, hi in sorted([*self.closed, (after, upto)]):
             if merged and lo <= merged[-1][1]:
                 merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
             else:
                 merged.append((lo, hi))
+        while len(merged) > MAX_SENT_RUNS:
+            merged[0:2] = [(merged[0][0], merged[1][1])]
         self.closed = merged
 
     def unsent(self, after: int, cursor: int) -> list[tuple[int, int]]:

@@ -38,14 +38,18 @@ class ConnectionInfo:
     auth_ref: str
 
 
-async def register_node(name: str) -> tuple[Node, list[int]]:
+# The node's own records go through the pool threads, not the async ORM: its one
+# shared thread would hold a pooled connection between calls
+# (docs/deployment.md, "Connection budget").
+@in_pool
+def register_node(name: str) -> tuple[Node, list[int]]:
     """Create or refresh this process's Node; drop records a previous run left.
 
     Returns the node and the users whose stale records were dropped (their
     presence must be re-evaluated).
     """
     now = timezone.now()
-    node, created = await Node.objects.aupdate_or_create(
+    node, created = Node.objects.update_or_create(
         name=name,
         defaults={
             "host": socket.gethostname(),
@@ -59,8 +63,8 @@ async def register_node(name: str) -> tuple[Node, list[int]]:
     if not created:
         # Same NODE_NAME as a process that died: its sockets are gone with it.
         stale = LiveConnection.objects.filter(node=node)
-        user_ids = sorted({uid async for uid in stale.values_list("user_id", flat=True)})
-        removed, _ = await stale.adelete()
+        user_ids = sorted(set(stale.values_list("user_id", flat=True)))
+        removed, _ = stale.delete()
         if removed:
             log.warning("node %s restarted: removed %d stale connection records", name, removed)
     return node, user_ids
@@ -155,6 +159,11 @@ async def add_connection(info: ConnectionInfo, node_id: int) -> None:
 _admissions: Batcher[Admission, bool] = Batcher(in_pool(admit_connections))
 
 
+def admissions_waiting() -> int:
+    """Handshakes queued for the next batch (the node's figures)."""
+    return _admissions.waiting
+
+
 async def admit(info: ConnectionInfo, node_id: int, per_user_limit: int) -> bool:
     """Record a socket unless its user is at the limit (see `admit_connections`)."""
     return await _admissions.submit((info, node_id, per_user_limit))
@@ -171,12 +180,14 @@ def remove_connection(connection_id: str) -> bool:
         return cursor.rowcount > 0
 
 
-async def set_subscriptions(connection_id: str, topics: list[str]) -> None:
+@in_pool
+def set_subscriptions(connection_id: str, topics: list[str]) -> None:
     """Record the topics a socket receives (admin views, stats)."""
-    await LiveConnection.objects.filter(id=connection_id).aupdate(subscriptions=topics)
+    LiveConnection.objects.filter(id=connection_id).update(subscriptions=topics)
 
 
-async def node_heartbeat(
+@in_pool
+def node_heartbeat(
     node_id: int, seen_ids: list[str], connection_count: int, stats: dict | None = None
 ) -> int:
     """Refresh the node's heartbeat (and figures) and, in one batch, `last_seen` of
@@ -185,9 +196,9 @@ async def node_heartbeat(
     fields: dict = {"last_heartbeat": now, "connection_count": connection_count}
     if stats is not None:
         fields["stats"] = stats
-    updated = await Node.objects.filter(id=node_id).aupdate(**fields)
+    updated = Node.objects.filter(id=node_id).update(**fields)
     if seen_ids:
-        await LiveConnection.objects.filter(id__in=seen_ids).aupdate(last_seen=now)
+        LiveConnection.objects.filter(id__in=seen_ids).update(last_seen=now)
     return updated
 
 

@@ -15,14 +15,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from accounts import credentials
-from monitoring import metrics
+from monitoring import metrics, resources
 from monitoring.stats import OPS_TOPIC, NodeStats
 from realtime import control, fanout, registry, topic_fanout
 from realtime.connection import Connection
+from realtime.db import in_pool, server_max_connections
 from realtime.demo_feed import run_demo_feed
 from realtime.hub import Hub
 from realtime.protocol import Close, TetherError, now_ms
@@ -54,6 +54,8 @@ class NodeRuntime:
         self.sends = SendQueue()
         # (user id, conversation) → when a `typing` was last passed on (PROTOCOL 6).
         self.typing_seen: dict[tuple[int, str], float] = {}
+        # PostgreSQL's max_connections, read at start (the connection alert's bound).
+        self.db_max_connections: int | None = None
 
     @property
     def started(self) -> bool:
@@ -78,6 +80,7 @@ class NodeRuntime:
             self.name = settings.NODE_NAME
             self.stats = NodeStats()
             node, stale_users = await registry.register_node(self.name)
+            self.db_max_connections = await in_pool(server_max_connections)()
             self.hub = Hub()
             self.sends = SendQueue()
             await self.hub.start()
@@ -226,6 +229,7 @@ class NodeRuntime:
             return
         seen = [c for c in self.connections.values() if c.last_in > c.last_flushed_in]
         stats = self.stats.snapshot(list(self.connections.values()), self.loop_lag)
+        stats["resources"] = resources.node_resources(self)
         updated = await registry.node_heartbeat(
             self.node_id, [c.id for c in seen], len(self.connections), stats
         )
@@ -246,13 +250,13 @@ class NodeRuntime:
         silent_for = timedelta(
             seconds=max(period * 2, settings.PING_TIMEOUT + 10 - period - REAP_MARGIN_SECONDS)
         )
-        reaped = await sync_to_async(registry.reap_silent_nodes)(silent_for)
+        reaped = await in_pool(registry.reap_silent_nodes)(silent_for)
         for user_id in reaped.user_ids:
             await fanout.announce_presence(user_id)
         await fanout.check_heads(self.hub)
         await topic_fanout.check_heads(self.hub)
         # Used and expired tickets are worthless; keep the table small.
-        await sync_to_async(credentials.purge_tickets)()
+        await in_pool(credentials.purge_tickets)()
         cutoff = time.monotonic() - 5
         self.typing_seen = {k: t for k, t in self.typing_seen.items() if t > cutoff}
 

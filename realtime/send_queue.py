@@ -67,6 +67,11 @@ class SendQueue:
         self._publish = publish
         self._batches: Batcher[SendRequest, Result] = Batcher(self._store_and_publish, max_batch)
 
+    @property
+    def waiting(self) -> int:
+        """Sends queued for the next batch (the node's figures)."""
+        return self._batches.waiting
+
     async def send(self, request: SendRequest) -> Sent:
         """Store (or find) this send; raises the protocol error to answer."""
         result = await self._batches.submit(request)

@@ -277,3 +277,27 @@ async def test_a_run_of_messages_goes_out_in_one_write_per_ready_socket() -> Non
     assert protocols[2].written == [] and sent[:2] == [6, 7]
     assert [c.cursors["k"] for c in conns] == [7, 7, 7, 7]
     assert protocols[3].written == [] and sent[-5:] == [3, 4, 5, 6, 7]  # filled from the store
+
+
+async def test_a_client_that_keeps_skipping_ahead_keeps_a_bounded_record() -> None:
+    """Each sync above the cursor leaves a hole; the record of runs stays bounded, and a
+    sync afterwards still sends nothing twice."""
+    store = {n: f"m{n}" for n in range(1, 2001)}
+
+    async def read(key: str, after: int, upto: int) -> list[tuple[int, str]]:
+        return [(n, store[n]) for n in range(after + 1, upto + 1)]
+
+    sent: list[int] = []
+    conn = make_conn(sent)
+    delivery.start(conn, "k", 0)
+    for step in range(200):
+        base = step * 10
+        await delivery.deliver(conn, "k", base + 1, store[base + 1], read)
+        # The client says it holds up to base + 5 (another socket): a hole of 3.
+        await delivery.replay(conn, "k", base + 5, 500, base + 5, read)
+    assert len(conn.sent_runs["k"].closed) <= delivery.MAX_SENT_RUNS < 200  # 200 holes made
+    sent_before = list(sent)
+    await delivery.replay(conn, "k", 0, 10_000, 2000, read)
+    again = sent[len(sent_before) :]
+    assert not set(again) & set(sent_before), "a message was sent twice"
+    assert len(again) == len(set(again))

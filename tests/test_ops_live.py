@@ -258,12 +258,23 @@ def test_alert_rules_and_dashboard_are_well_formed() -> None:
             assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
 
 
-def test_deploy_files_use_only_metrics_a_live_node_exposes(ops_node: DaphneNode) -> None:
+def test_deploy_files_use_only_metrics_a_live_node_exposes(
+    ops_node: DaphneNode, production_stack: Stack, make_node: Callable[..., DaphneNode]
+) -> None:
     # Some labelled samples, so that label names can be checked where they exist.
     http("GET", ops_node.url + "/api/stats/")
     status, text, _ = http("GET", ops_node.url + "/metrics")
     assert status == 200, text
     names, labels = exposed(text)
+    # The database pool's series exist where there is a pool: on PostgreSQL.
+    production = make_node(production_stack, unique("ops-pg-"))
+    status, text, _ = http("GET", production.url + "/metrics")
+    assert status == 200, text
+    pg_names, pg_labels = exposed(text)
+    assert {"tether_db_connections", "tether_db_pool_max"} <= pg_names - names
+    names |= pg_names
+    for metric, seen in pg_labels.items():
+        labels.setdefault(metric, set()).update(seen)
     assert "tether_connects_total" in names and "tether_send_ack_seconds_bucket" in names
 
     exprs = [rule["expr"] for rule in alert_rules()] + dashboard_exprs()
