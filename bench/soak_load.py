@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,18 +85,27 @@ class Tally:
             self.problems.append(text)
 
 
-def sign_up(base: str, username: str) -> tuple[int, str]:
-    """A new user and their API token (blocking)."""
-    status, body = http(
-        "POST", base + "/api/auth/register/", {"username": username, "password": PASSWORD}
-    )
-    assert status == 201, (status, body)
-    user_id = body["id"]
-    status, body = http(
-        "POST", base + "/api/auth/token/", {"username": username, "password": PASSWORD}
-    )
-    assert status == 200, (status, body)
-    return user_id, body["token"]
+async def keep_reconnecting(
+    name: str,
+    urls: list[str],
+    tally: Tally,
+    deadline: float,
+    session: tuple[float, float],
+    one: Callable[[str, float], Awaitable[None]],
+) -> None:
+    """Sessions on the nodes in turn, each of a random length within `session`
+    seconds, until the deadline; `one(url, until)` runs one session."""
+    turn = 0
+    while time.monotonic() < deadline:
+        url = urls[turn % len(urls)]
+        turn += 1
+        until = min(deadline, time.monotonic() + random.uniform(*session))
+        try:
+            await one(url, until)
+        except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as exc:
+            tally.problem(f"{name}: socket failed: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(1)  # the node refused: try again a moment later
+        tally.reconnects += 1
 
 
 async def rest_churn(urls: list[str], tally: Tally, deadline: float, signup_every: int) -> None:
@@ -175,17 +185,10 @@ class ChatClient:
     async def run(
         self, tally: Tally, deadline: float, session: tuple[float, float], rate: float
     ) -> None:
-        turn = 0
-        while time.monotonic() < deadline:
-            url = self.urls[turn % len(self.urls)]
-            turn += 1
-            until = min(deadline, time.monotonic() + random.uniform(*session))
-            try:
-                await self._session(url, tally, until, rate)
-            except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as exc:
-                tally.problem(f"{self.name}: socket failed: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(1)
-            tally.reconnects += 1
+        async def one(url: str, until: float) -> None:
+            await self._session(url, tally, until, rate)
+
+        await keep_reconnecting(self.name, self.urls, tally, deadline, session, one)
 
     async def finish(self, tally: Tally, within: float = 30) -> None:
         """A last resume: everything this client misses, then a clean close."""
@@ -293,16 +296,12 @@ class Subscriber:
     repeats: int = 0
 
     async def run(self, tally: Tally, deadline: float, session: tuple[float, float]) -> None:
-        turn = 0
-        while time.monotonic() < deadline:
-            url = self.urls[turn % len(self.urls)]
-            turn += 1
-            until = min(deadline, time.monotonic() + random.uniform(*session))
-            try:
-                await self._session(url, tally, until)
-            except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as exc:
-                tally.problem(f"subscriber {self.topic}: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(1)
+        async def one(url: str, until: float) -> None:
+            await self._session(url, tally, until)
+
+        await keep_reconnecting(
+            f"subscriber {self.topic}", self.urls, tally, deadline, session, one
+        )
 
     def _take(self, offset: int, epoch: str, tally: Tally) -> None:
         if self.offset is not None and epoch == self.epoch:

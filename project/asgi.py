@@ -10,6 +10,16 @@ from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 
+import sys  # noqa: E402
+
+from realtime.transport import patches  # noqa: E402
+
+# An upgrade that reshaped what a patch replaces stops the node here, one line per
+# patch (docs/architecture.md, "Server internals"), before anything is replaced.
+if _unfit := patches.problems():
+    sys.stderr.write("".join(f"tether: {line}\n" for line in _unfit))
+    raise SystemExit(2)
+
 from project.automigrate import migrate_if_needed  # noqa: E402
 
 migrate_if_needed()
@@ -17,12 +27,12 @@ migrate_if_needed()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.ws_auth import SessionIfCookie, WebSocketAuthMiddleware  # noqa: E402
-from project.daphne_compat import patch_daphne_close_codes  # noqa: E402
-from project.uvicorn_compat import patch_uvicorn_upgrade_leftovers  # noqa: E402
-from realtime.backpressure import RawSendMiddleware  # noqa: E402
 from realtime.origin import OriginCheckMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.runtime import NodeStartMiddleware  # noqa: E402
+from realtime.transport.backpressure import RawSendMiddleware  # noqa: E402
+from realtime.transport.daphne_compat import patch_daphne_close_codes  # noqa: E402
+from realtime.transport.uvicorn_compat import patch_uvicorn_upgrade_leftovers  # noqa: E402
 
 patch_daphne_close_codes()
 patch_uvicorn_upgrade_leftovers()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Warning, register
+from django.core.checks import Error, Warning, register
 
 
 @register()
@@ -29,3 +29,19 @@ def check_layer_and_database(app_configs: Any, **kwargs: Any) -> list[Warning]:
             )
         )
     return warnings
+
+
+@register()
+def check_server_patches(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """Each patch of a server's internals still fits the installed package."""
+    from realtime.transport import patches
+
+    return [
+        Error(
+            line,
+            hint="Install the version pinned in requirements.txt, or update the patch in "
+            "realtime/transport/ (docs/architecture.md, 'Server internals').",
+            id="tether.E001",
+        )
+        for line in patches.problems()
+    ]

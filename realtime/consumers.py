@@ -21,7 +21,6 @@ from django.conf import settings
 
 from monitoring import metrics
 from realtime import (
-    backpressure,
     chat_handlers,
     conversations,
     delivery,
@@ -45,6 +44,7 @@ from realtime.protocol import (
 )
 from realtime.ratelimit import TokenBucket
 from realtime.runtime import NodeRuntime, get_runtime
+from realtime.transport import backpressure
 
 log = logging.getLogger("tether.consumers")
 

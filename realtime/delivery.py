@@ -15,8 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from realtime.backpressure import text_frame
 from realtime.connection import Connection
+from realtime.transport.backpressure import text_frame
 
 log = logging.getLogger("tether.delivery")
 

@@ -15,7 +15,8 @@ from django.contrib.auth import get_user_model
 from monitoring import metrics
 from realtime import conversations, delivery, messages, presence
 from realtime.db import in_pool
-from realtime.hub import PRESENCE_GROUP, Hub, group_send_many, hub_layer
+from realtime.hub import PRESENCE_GROUP, Hub, hub_layer
+from realtime.layer_compat import group_send_many
 from realtime.protocol import encode, now_ms
 
 log = logging.getLogger("tether.fanout")

@@ -88,11 +88,14 @@ def test_a_request_that_finds_no_free_connection_is_503_and_the_node_recovers(
                 for _ in range(2)
             ]
             deadline = time.monotonic() + 10
-            while production_stack.sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                "AND wait_event_type = 'Lock'",
-                f"tether:{node.name}",
-            )[0][0] < 2:
+            while (
+                production_stack.sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                    "AND wait_event_type = 'Lock'",
+                    f"tether:{node.name}",
+                )[0][0]
+                < 2
+            ):
                 assert time.monotonic() < deadline, "the two requests never reached the lock"
                 time.sleep(0.05)  # polling PostgreSQL's own view
             status, body, _ = http("GET", node.url + "/api/me/", headers=auth, timeout=10)

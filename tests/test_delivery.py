@@ -217,7 +217,7 @@ class FakeProtocol:
 
 
 async def test_deliver_all_frames_once_and_writes_the_same_bytes_to_each_ready_socket() -> None:
-    from realtime.backpressure import DaphneOutbound, text_frame
+    from realtime.transport.backpressure import DaphneOutbound, text_frame
 
     conns, protocols, sent = [], [], []
     for _ in range(3):
@@ -244,7 +244,7 @@ def test_text_frames_carry_the_length_in_rfc_6455_form() -> None:
     from websockets.frames import Frame, Opcode
     from websockets.streams import StreamReader
 
-    from realtime.backpressure import text_frame
+    from realtime.transport.backpressure import text_frame
 
     for text in ("x", "é" * 100, "y" * 70_000):
         reader = StreamReader()
@@ -258,7 +258,7 @@ def test_text_frames_carry_the_length_in_rfc_6455_form() -> None:
 
 
 async def test_a_run_of_messages_goes_out_in_one_write_per_ready_socket() -> None:
-    from realtime.backpressure import DaphneOutbound, text_frame
+    from realtime.transport.backpressure import DaphneOutbound, text_frame
 
     conns, protocols, sent = [], [], []
     for start in (4, 4, 5, 2):

@@ -1,4 +1,5 @@
-"""`hub.group_send_many`: a batch's group messages in one round trip, same as group_send."""
+"""`layer_compat.group_send_many`: a batch's group messages in one round trip, as
+group_send would send them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import redis.exceptions
 from channels.layers import InMemoryChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from realtime.hub import group_send_many
+from realtime.layer_compat import group_send_many
 
 
 @pytest.fixture(params=["memory", "redis"])

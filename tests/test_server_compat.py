@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from project.daphne_compat import patch_daphne_close_codes
-from project.uvicorn_compat import patch_uvicorn_upgrade_leftovers
+from realtime.transport.daphne_compat import patch_daphne_close_codes
+from realtime.transport.uvicorn_compat import patch_uvicorn_upgrade_leftovers
 
 UPGRADE = (
     b"GET /ws/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"

@@ -3,7 +3,8 @@
 daphne's `serverClose` goes through autobahn's `sendClose`, which only allows
 1000 and 3000-4999 and raises for 1001, 1009, 1011 and 1012 (PROTOCOL 4). The
 close frame itself is valid RFC 6455; autobahn's lower-level `sendCloseFrame`
-sends it. Patched once at import of `project.asgi`.
+sends it. Patched once at import of `project.asgi`; each patch is declared in
+`patches.py`, which checks upstream's shape before it is replaced.
 
 daphne's `kill_all_applications` (its shutdown trigger) raises KeyError when a
 connection's application already finished (a kept-alive HTTP connection), so
@@ -27,7 +28,10 @@ collection of the garbage collector frees (the node runs those rarely:
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
+
+from realtime.transport import patches
 
 _PATCHED = False
 
@@ -37,9 +41,7 @@ def patch_daphne_close_codes() -> None:
     global _PATCHED
     if _PATCHED:
         return
-    try:
-        from daphne.ws_protocol import WebSocketProtocol
-    except ImportError:  # not running under daphne
+    if importlib.util.find_spec("daphne") is None:  # not installed: nothing to patch
         return
 
     def server_close(self, code: int | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -49,7 +51,7 @@ def patch_daphne_close_codes() -> None:
         else:
             self.sendCloseFrame(code=code, isReply=False)
 
-    WebSocketProtocol.serverClose = server_close
+    patches.replace(patches.DAPHNE_CLOSE, server_close)
     _patch_kill_all_applications()
     _patch_access_log()
     _patch_autobahn_debug_text()
@@ -65,8 +67,6 @@ def _patch_access_log() -> None:
     """
     import logging
 
-    from daphne.access import AccessLogGenerator
-
     access = logging.getLogger("tether.access")
 
     def write_entry(  # type: ignore[no-untyped-def]
@@ -80,14 +80,13 @@ def _patch_access_log() -> None:
             length or "-",
         )
 
-    AccessLogGenerator.write_entry = write_entry
+    patches.replace(patches.DAPHNE_ACCESS_LOG, write_entry)
 
 
 def _patch_kill_all_applications() -> None:
     import asyncio
     import logging
 
-    from daphne.server import Server
     from twisted.internet import defer
 
     logger = logging.getLogger("daphne.server")
@@ -104,7 +103,7 @@ def _patch_kill_all_applications() -> None:
         waiting.addErrback(lambda _: None)
         return waiting
 
-    Server.kill_all_applications = kill_all_applications
+    patches.replace(patches.DAPHNE_KILL_ALL, kill_all_applications)
 
 
 class _Lazy:
@@ -133,19 +132,18 @@ def _patch_autobahn_debug_text() -> None:
     from autobahn.twisted import websocket
     from autobahn.websocket import protocol
 
+    # The modules took hltype and hlval by name: replace them where they are used.
     for module in (protocol, websocket):
         for name, function in (("hltype", util.hltype), ("hlval", util.hlval)):
             if hasattr(module, name):
                 setattr(module, name, _lazy(function))
-    protocol.pformat = _lazy(pprint.pformat)  # type: ignore[attr-defined]
+    patches.replace(patches.AUTOBAHN_PFORMAT, _lazy(pprint.pformat))
     # The one caller that needs the text itself.
     protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)  # type: ignore[method-assign]
 
 
 def _patch_upgrade_leftovers() -> None:
-    from daphne.http_protocol import WebRequest
-
-    process = WebRequest.process
+    process = patches.original(patches.DAPHNE_UPGRADE)
 
     def process_then_unlink(self: Any) -> Any:
         result = process(self)
@@ -155,4 +153,4 @@ def _patch_upgrade_leftovers() -> None:
             self.channel.requests = []
         return result
 
-    WebRequest.process = process_then_unlink
+    patches.replace(patches.DAPHNE_UPGRADE, process_then_unlink)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from realtime.transport import patches
+
 _PATCHED = False
 
 
@@ -18,10 +20,9 @@ def patch_uvicorn_upgrade_leftovers() -> None:
         return
     _PATCHED = True
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        upgrade = patches.original(patches.UVICORN_UPGRADE)
     except ImportError:  # uvicorn (or httptools) not installed: nothing to do
         return
-    upgrade = HttpToolsProtocol.handle_websocket_upgrade
 
     def upgrade_then_unlink(self: Any) -> None:
         upgrade(self)
@@ -29,4 +30,4 @@ def patch_uvicorn_upgrade_leftovers() -> None:
         # returns from `data_received`, which no longer needs its parser.
         self.parser = None
 
-    HttpToolsProtocol.handle_websocket_upgrade = upgrade_then_unlink
+    patches.replace(patches.UVICORN_UPGRADE, upgrade_then_unlink)
