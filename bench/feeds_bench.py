@@ -45,6 +45,8 @@ from bench.machine import machine_times, process_cpu, stat_cpu, steal_percent  #
 from bench.wsload import percentile, raise_nofile, worker_main  # noqa: E402
 
 PLAIN_PATH = "/ws/plain/"
+# Tether plus the plain Channels baseline at PLAIN_PATH (bench/plain_asgi.py).
+APP = "bench.plain_asgi:application"
 STREAM_PATH = "/ws/stream/"
 TOPIC = "prices:bench"
 BENCH_USER = "feeds-bench"
@@ -175,12 +177,12 @@ class BenchNode:
             # As docs/deployment.md runs it: a Twisted endpoint with a listen backlog.
             endpoint = f"tcp:port={self.port}:interface=127.0.0.1:backlog={self.backlog}"
             cmd = [sys.executable, "-m", "daphne", "-e", endpoint]
-            cmd += ["--websocket_timeout", "-1", "project.asgi:application"]
+            cmd += ["--websocket_timeout", "-1", APP]
         elif self.server == "daphne":
             cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
-            cmd += ["--websocket_timeout", "-1", "project.asgi:application"]
+            cmd += ["--websocket_timeout", "-1", APP]
         else:
-            cmd = [sys.executable, "-m", "uvicorn", "project.asgi:application"]
+            cmd = [sys.executable, "-m", "uvicorn", APP]
             cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
             if self.backlog:
                 cmd += ["--backlog", str(self.backlog)]
@@ -664,7 +666,6 @@ def main() -> None:
     tokens = bench_tokens(env, args.users)
     token = tokens[0]
     settings = {
-        "TETHER_BENCH_PLAIN": "1",
         "LOG_LEVEL": "WARNING",
         "MAX_CONNECTIONS": "100000",
         "MAX_CONNECTIONS_PER_USER": "100000",

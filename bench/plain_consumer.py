@@ -2,8 +2,8 @@
 
 One `group_add` per connection on connect, one `group_send` per publication (by the
 benchmark's publisher), each member consumer writing the text to its socket. Served
-at `/ws/plain/` by the same daphne as Tether, only when `TETHER_BENCH_PLAIN=1`
-(see `realtime/routing.py`). It ignores authentication (the middleware still runs).
+at `/ws/plain/` by the same daphne as Tether, through `bench/plain_asgi.py`. It
+ignores authentication (the middleware still runs).
 """
 
 from __future__ import annotations

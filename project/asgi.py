@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -37,15 +38,21 @@ from realtime.transport.uvicorn_compat import patch_uvicorn_upgrade_leftovers  #
 patch_daphne_close_codes()
 patch_uvicorn_upgrade_leftovers()
 
-application = RawSendMiddleware(
-    NodeStartMiddleware(
-        ProtocolTypeRouter(
-            {
-                "http": django_asgi_app,
-                "websocket": OriginCheckMiddleware(
-                    SessionIfCookie(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)))
-                ),
-            }
+
+def build_application(websocket_routes: list[Any]) -> Any:
+    """Tether's middleware stack around `websocket_routes` (and Django for HTTP)."""
+    return RawSendMiddleware(
+        NodeStartMiddleware(
+            ProtocolTypeRouter(
+                {
+                    "http": django_asgi_app,
+                    "websocket": OriginCheckMiddleware(
+                        SessionIfCookie(WebSocketAuthMiddleware(URLRouter(websocket_routes)))
+                    ),
+                }
+            )
         )
     )
-)
+
+
+application = build_application(websocket_urlpatterns)

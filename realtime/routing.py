@@ -1,5 +1,3 @@
-import os
-
 from channels.security.websocket import WebsocketDenier
 from django.urls import path, re_path
 
@@ -11,9 +9,3 @@ websocket_urlpatterns = [
     # Any other path: refuse the handshake (HTTP 403) instead of crashing the router.
     re_path(r"", WebsocketDenier.as_asgi()),
 ]
-
-if os.environ.get("TETHER_BENCH_PLAIN") == "1":
-    # Benchmark baseline only (bench/feeds_bench.py): a hand-written plain Channels fan-out.
-    from bench.plain_consumer import PlainFeedConsumer
-
-    websocket_urlpatterns.insert(0, path("ws/plain/", PlainFeedConsumer.as_asgi()))

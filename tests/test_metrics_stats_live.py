@@ -105,6 +105,12 @@ async def test_stats_name_every_live_node_with_diagnostics(production_stack, mak
         assert process["rss_bytes"] > 10_000_000 and process["threads"] >= 1
         assert 0 < process["open_fds"] < process["fd_limit"]
         assert len(process["gc_counts"]) == 3 and process["event_loop_lag_ms"] >= 0
+        # What the node holds (docs/deployment.md, "Connection budget").
+        resources = node["resources"]
+        assert 0 <= resources["db"]["in_use"] <= resources["db"]["max"] == 10
+        assert resources["db"]["timeouts"] == 0 and resources["redis_cache"]["max"] == 8
+        assert resources["runtime"]["asyncio_tasks"] > 0
+    assert by_name["stats-a"]["resources"]["runtime"]["subscriptions"] == 1
     assert by_name["stats-a"]["subscriptions"] == 1
     assert by_name["stats-b"]["connections_by_endpoint"]["chat"] == 1
     assert body["totals"]["connections"] >= 2
