@@ -102,43 +102,6 @@ class Frame:
     def get(self, name: str, default: Any = None) -> Any:
         return self.data.get(name, default)
 
-    def string(
-        self, name: str, *, required: bool = True, min_len: int = 1, max_len: int = 256
-    ) -> str | None:
-        """A string field, checked for presence, type and length."""
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise bad_request(name, "is required")
-            return None
-        if not isinstance(value, str):
-            raise bad_request(name, "must be a string")
-        if not min_len <= len(value) <= max_len:
-            raise bad_request(name, f"must be {min_len} to {max_len} characters")
-        return value
-
-    def integer(
-        self,
-        name: str,
-        *,
-        required: bool = True,
-        minimum: int | None = None,
-        maximum: int | None = None,
-    ) -> int | None:
-        """An integer field (booleans refused), checked for range."""
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise bad_request(name, "is required")
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad_request(name, "must be an integer")
-        if minimum is not None and value < minimum:
-            raise bad_request(name, f"must be at least {minimum}")
-        if maximum is not None and value > maximum:
-            raise bad_request(name, f"must be at most {maximum}")
-        return value
-
     def number(self, name: str, *, required: bool = True) -> int | float | None:
         """An integer or float field."""
         value = self.data.get(name)

@@ -81,14 +81,9 @@ def unregister_node(name: str) -> None:
 Admission = tuple[ConnectionInfo, int, int]  # the socket, its node's id, the per-user limit
 
 
-def admit_connection(info: ConnectionInfo, node_id: int, per_user_limit: int) -> bool:
-    """Record a socket right after it is accepted, unless its user already has
-    `per_user_limit` sockets across the cluster."""
-    return admit_connections([(info, node_id, per_user_limit)])[0]
-
-
 def admit_connections(admissions: list[Admission]) -> list[bool]:
-    """`admit_connection` for sockets accepted together: one count of their users'
+    """Record sockets accepted together, each unless its user already has its
+    `per_user_limit` sockets across the cluster: one count of their users'
     sockets, then one insert of those within their limits, in arrival order. Raw
     SQL with bound parameters on a pooled thread: this runs for every handshake.
     (As with one statement per socket, two nodes admitting one user's sockets at
