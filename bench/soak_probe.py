@@ -166,8 +166,8 @@ class Margin:
 MARGINS: dict[str, Margin] = {
     # The pool grows on demand within DB_POOL_SIZE: a busier moment is no leak. Never
     # above DB_POOL_SIZE is checked on its own (bench/soak.py).
-    "pg_conns": Margin(2),
-    "pg_sockets": Margin(2),
+    "pg_conns": Margin(4),
+    "pg_sockets": Margin(4),
     "redis_sockets": Margin(4),
     "rss_mb": Margin(25, 0.10),
     "fds": Margin(30),

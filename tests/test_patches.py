@@ -35,6 +35,8 @@ def test_every_patched_package_is_pinned() -> None:
 def test_a_changed_signature_is_one_line_naming_package_version_and_patch(monkeypatch) -> None:
     from daphne import access
 
+    # As if upstream had changed it (before Tether's replacement was applied).
+    monkeypatch.setattr(patches, "_originals", {})
     monkeypatch.setattr(access.AccessLogGenerator, "write_entry", lambda self, line: None)
     (line,) = patches.problems((patches.DAPHNE_ACCESS_LOG,))
     assert line.startswith(f"daphne {patches.version('daphne')}: ")
