@@ -169,7 +169,7 @@ class CleanupView(StaffView):
         so a record older than that plus two passes belongs to no socket.
         """
         period = settings.TETHER_MAINTENANCE_SECONDS
-        reaped = registry.reap_silent_nodes(timedelta(seconds=settings.PING_TIMEOUT + 10))
+        reaped = registry.reap_silent_nodes(registry.reap_after())
         cutoff = timezone.now() - timedelta(seconds=settings.PING_TIMEOUT + 2 * period + 5)
         stale = LiveConnection.objects.filter(last_seen__lt=cutoff)
         users = set(stale.values_list("user_id", flat=True)) | set(reaped.user_ids)
@@ -199,15 +199,15 @@ class StatsView(StaffView):
     """Every live node with its figures and process diagnostics, and cluster totals.
 
     Each node refreshes its figures with its heartbeat (every 1 to 5 s); a node
-    silent longer than `PING_TIMEOUT` + 10 s is listed as not alive and left out
+    silent (`registry.silent_after`: three missed heartbeats, at least 15 s) is listed
+    as not alive and left out
     of the totals (the reaper removes it soon after)."""
 
     def get(self, request: Request) -> Response:
         now = timezone.now()
-        silent_after = timedelta(seconds=settings.PING_TIMEOUT + 10)
         nodes = []
         for node in Node.objects.order_by("name"):
-            alive = now - node.last_heartbeat <= silent_after
+            alive = registry.is_alive(node.last_heartbeat, now)
             nodes.append(
                 {
                     "name": node.name,

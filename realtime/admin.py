@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from realtime import control
 from realtime.models import Conversation, LiveConnection, Membership, Message, Node
-from realtime.registry import silent_after
+from realtime.registry import is_alive, silent_after
 from realtime.topics import namespaces
 
 # How many choices a "who" filter offers besides the selected one: the list of
@@ -170,7 +170,7 @@ class NodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description="alive", boolean=True, ordering="last_heartbeat")
     def alive(self, obj: Node) -> bool:
-        return timezone.now() - obj.last_heartbeat <= silent_after()
+        return is_alive(obj.last_heartbeat)
 
     @admin.display(description="silent for", ordering="last_heartbeat")
     def silent_for(self, obj: Node) -> str:

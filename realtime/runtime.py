@@ -12,7 +12,6 @@ import gc
 import logging
 import sys
 import time
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -230,6 +229,8 @@ class NodeRuntime:
         seen = [c for c in self.connections.values() if c.last_in > c.last_flushed_in]
         stats = self.stats.snapshot(list(self.connections.values()), self.loop_lag)
         stats["resources"] = resources.node_resources(self)
+        # The liveness rule, for the /ops/ page that draws these figures.
+        stats["silent_after_ms"] = int(registry.silent_after().total_seconds() * 1000)
         updated = await registry.node_heartbeat(
             self.node_id, [c.id for c in seen], len(self.connections), stats
         )
@@ -241,16 +242,7 @@ class NodeRuntime:
             # and re-record our sockets so operators and limits see them.
             log.warning("node %s record was reaped; registering again", self.name)
             await self._reregister()
-        # A crashed node's last heartbeat is at most as old as the crash and this
-        # pass runs once a period: reap after PING_TIMEOUT + 10 s minus one period
-        # and a margin for this pass and the announcements, so its users are
-        # offline within PING_TIMEOUT + 10 s of the crash (PROTOCOL 6). (Without
-        # the margin an audit measured up to 18.4 s of the 20 allowed.)
-        period = settings.TETHER_MAINTENANCE_SECONDS
-        silent_for = timedelta(
-            seconds=max(period * 2, settings.PING_TIMEOUT + 10 - period - REAP_MARGIN_SECONDS)
-        )
-        reaped = await in_pool(registry.reap_silent_nodes)(silent_for)
+        reaped = await in_pool(registry.reap_silent_nodes)(registry.reap_after())
         for user_id in reaped.user_ids:
             await fanout.announce_presence(user_id)
         await fanout.check_heads(self.hub)
@@ -285,7 +277,6 @@ _runtime = NodeRuntime()
 
 # Time left, within PING_TIMEOUT + 10 s of a crash, for the reaping pass itself
 # and the `offline` announcements of the dead node's users.
-REAP_MARGIN_SECONDS = 2.0
 
 
 def get_runtime() -> NodeRuntime:

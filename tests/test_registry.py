@@ -98,3 +98,17 @@ async def test_concurrent_admissions_share_batches_and_keep_their_answers() -> N
 def test_admissions_on_postgresql(postgres_service) -> None:  # noqa: F811
     """PostgreSQL takes another path (arrays, one unnest insert, bound parameters)."""
     rerun_on_postgresql(__file__, postgres_service, "(admit or admission) and not on_postgresql")
+
+
+def test_one_liveness_rule_for_every_reader(settings) -> None:
+    """Three missed heartbeats, at least 15 s: the admin, /api/stats/ and /ops/ ask
+    `silent_after`; the reapers remove a node later, at `reap_after`."""
+    settings.TETHER_MAINTENANCE_SECONDS = 1.0
+    assert registry.silent_after() == timedelta(seconds=15)
+    settings.TETHER_MAINTENANCE_SECONDS = 10.0
+    assert registry.silent_after() == timedelta(seconds=30)
+    now = timezone.now()
+    assert registry.is_alive(now - timedelta(seconds=30), now)
+    assert not registry.is_alive(now - timedelta(seconds=31), now)
+    settings.TETHER_MAINTENANCE_SECONDS, settings.PING_TIMEOUT = 5.0, 60
+    assert registry.reap_after() == timedelta(seconds=63)  # 60 + 10 - one pass - 2 s

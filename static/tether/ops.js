@@ -190,7 +190,8 @@ function updateCard(node, now) {
   if (!last) return;
   const s = last.stats;
   const age = Math.max(0, now - s.at);
-  const alive = age <= SILENT_MS;
+  // The server's liveness rule (registry.silent_after), sent with the figures.
+  const alive = age <= (Number(s.silent_after_ms) || SILENT_MS);
   root.dataset.alive = String(alive);
   root.dataset.connections = String(s.connections ?? "");
   status.textContent = alive ? `live · ${Math.round(age / 1000)} s ago` : `silent for ${Math.round(age / 1000)} s`;
