@@ -21,6 +21,7 @@ from realtime import control, fanout, registry
 from realtime.conversations import MAX_ID
 from realtime.models import LiveConnection, Node
 from realtime.protocol import Code, TetherError, bad_request
+from realtime.representations import user_repr
 
 MAX_PAGE = 500
 MAX_NUMBER = 1e9  # seconds (31 years) or rows
@@ -33,7 +34,7 @@ def _ms(moment: Any) -> int:
 def connection_repr(c: LiveConnection, now: Any) -> dict[str, Any]:
     return {
         "id": c.id,
-        "user": {"id": c.user_id, "username": c.user.get_username()},
+        "user": user_repr(c.user),
         "node": c.node.name,
         "endpoint": c.endpoint,
         "remote_addr": c.remote_addr,

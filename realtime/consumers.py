@@ -43,6 +43,7 @@ from realtime.protocol import (
     utf8_length_exceeds,
 )
 from realtime.ratelimit import TokenBucket
+from realtime.representations import user_repr
 from realtime.runtime import NodeRuntime, get_runtime
 from realtime.transport import backpressure
 
@@ -254,7 +255,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
 
     @property
     def user_repr(self) -> dict[str, Any]:
-        return {"id": self.user.pk, "username": self.user.get_username()}
+        return user_repr(self.user)
 
     async def before_welcome(self) -> None:
         """Endpoint-specific reads that must precede `welcome` (no frame may)."""
@@ -275,7 +276,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             "protocol": PROTOCOL_VERSION,
             "connection_id": self.conn.id,
             "node": get_runtime().name,
-            "user": {"id": self.conn.user_id, "username": self.conn.username},
+            "user": self.user_repr,
             "heartbeat": {
                 "interval": settings.HEARTBEAT_INTERVAL,
                 "timeout": settings.PING_TIMEOUT,

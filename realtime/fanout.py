@@ -18,6 +18,7 @@ from realtime.db import in_pool
 from realtime.hub import PRESENCE_GROUP, Hub, hub_layer
 from realtime.layer_compat import group_send_many
 from realtime.protocol import encode, now_ms
+from realtime.representations import user_repr
 
 log = logging.getLogger("tether.fanout")
 
@@ -74,7 +75,7 @@ def _presence_change(user_id: int) -> tuple[str | None, dict[str, Any], list[int
     user = get_user_model().objects.get(pk=user_id)
     return (
         status,
-        {"id": user.pk, "username": user.get_username()},
+        user_repr(user),
         conversations.co_members(user_id),
     )
 

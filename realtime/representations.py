@@ -8,6 +8,7 @@ from realtime.models import Conversation, Message
 
 
 def user_repr(user: Any) -> dict[str, Any]:
+    """The user as every frame and response shows one (PROTOCOL 9): built here only."""
     return {"id": user.pk, "username": user.get_username()}
 
 
