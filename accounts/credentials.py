@@ -13,7 +13,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 
 from accounts.models import ApiToken, User, WsTicket
-from realtime.db import any_of, bound_cursor
+from realtime.node.db import any_of, bound_cursor
 
 TOKEN_PREFIX = "tt_"
 TICKET_PREFIX = "tk_"

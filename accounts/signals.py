@@ -12,7 +12,7 @@ from django.dispatch import receiver
 
 from accounts import credentials
 from accounts.models import ApiToken, User
-from realtime.control import close_connections_where
+from realtime.node.control import close_connections_where
 from realtime.protocol import Close
 
 log = logging.getLogger("tether.accounts")

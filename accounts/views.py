@@ -24,8 +24,8 @@ from accounts.serializers import (
     UserSerializer,
 )
 from accounts.throttles import AUTH_THROTTLES, AuthAddressThrottle
-from project import openapi as doc
-from project.api_errors import error_response
+from realtime.rest import openapi as doc
+from realtime.rest.errors import error_response
 
 
 def auth_ref_of(request: Request) -> str:

@@ -17,9 +17,9 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from accounts import credentials
-from realtime.batching import Batcher
-from realtime.db import in_pool
-from realtime.origin import header
+from realtime.node.batching import Batcher
+from realtime.node.db import in_pool
+from realtime.transport.origin import header
 
 log = logging.getLogger("tether.auth")
 
@@ -69,11 +69,6 @@ def _users_for_tokens(raws: list[str]) -> list[tuple[Any, SocketAuth] | None]:
 # Handshakes that arrive together have their tokens checked together: one thread
 # hop and one query per batch instead of per socket (issue 5, accepts per second).
 _token_checks: Batcher[str, tuple[Any, SocketAuth] | None] = Batcher(_users_for_tokens)
-
-
-def token_checks_waiting() -> int:
-    """Token checks queued for the next batch (the node's figures)."""
-    return _token_checks.waiting
 
 
 async def _user_for_token(raw: str) -> tuple[Any, SocketAuth] | None:

@@ -50,7 +50,7 @@ def seed(database_url: str, conversations: int, members: int) -> list[dict]:
     django.setup()
     from accounts import credentials
     from accounts.models import User
-    from realtime.conversations import new_conversation_id
+    from realtime.chat.conversations import new_conversation_id
     from realtime.models import Conversation, Membership
 
     tag = os.urandom(3).hex()

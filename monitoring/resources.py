@@ -1,16 +1,12 @@
 """What a node holds, each of which must stay bounded under sustained load.
 
-Database and Redis connections (from their pools' own books), asyncio tasks,
-the hub's queue and the per-connection and per-node state of the runtime.
-Read by `/metrics` at scrape time and by the stats snapshot that
-`GET /api/stats/` serves; `bench/soak.py` samples them to show they stay flat
-(docs/deployment.md, "Connection budget"; docs/benchmarks.md, "Soak").
+Database and Redis connections, from their pools' own books (the runtime's own
+state is read by realtime/node/collector.py). Read by `/metrics` at scrape time
+and by the stats snapshot that `GET /api/stats/` serves; `bench/soak.py` samples
+them to show they stay flat (docs/deployment.md, "Connection budget"; docs/benchmarks.md, "Soak").
 """
 
 from __future__ import annotations
-
-import asyncio
-from typing import Any
 
 
 def db_pool() -> dict[str, int] | None:
@@ -34,53 +30,22 @@ def db_pool() -> dict[str, int] | None:
 
 
 def cache_pool() -> dict[str, int] | None:
-    """The Redis cache's one pool (project/cache_pool.py): connections open and its cap
-    (None when the cache is not Redis)."""
+    """The Redis cache's pool: connections open and its cap (None when the cache is
+    not Redis or its `pool_class` keeps no books, as project/cache_pool.py does)."""
     from django.conf import settings
-
-    from project import cache_pool as shared
+    from django.utils.module_loading import import_string
 
     options = settings.CACHES["default"].get("OPTIONS", {})
-    if options.get("pool_class") != "project.cache_pool.SharedPool":
+    # The class settings name, loaded as Django loads it: monitoring reads any pool
+    # class that lists its pools, without importing the project that chose it.
+    pools = (
+        getattr(import_string(options["pool_class"]), "pools", None)
+        if options.get("pool_class")
+        else None
+    )
+    if pools is None:
         return None
-    pools = shared.pools()  # none until the cache is first used
     return {
-        "open": sum(len(getattr(p, "_connections", ())) for p in pools),
+        "open": sum(len(getattr(p, "_connections", ())) for p in pools()),
         "max": options.get("max_connections", 0),
     }
-
-
-def _tasks(loop: asyncio.AbstractEventLoop | None) -> int | None:
-    if loop is None or loop.is_closed():
-        return None
-    try:
-        return len(asyncio.all_tasks(loop))
-    except RuntimeError:  # the set changed under a reader on another thread
-        return None
-
-
-def runtime_state(runtime: Any) -> dict[str, Any]:
-    """Sizes of what the runtime keeps per connection and per node."""
-    from accounts import ws_auth
-    from realtime import registry
-
-    conns = list(runtime.connections.values())
-    return {
-        "asyncio_tasks": _tasks(runtime._loop),
-        "hub_queue": runtime.hub_depth,
-        "hub_groups": len(runtime.hub.groups),
-        "connections": len(conns),
-        "cursors": sum(len(c.cursors) for c in conns),
-        "sent_runs": sum(len(r.closed) + 1 for c in conns for r in list(c.sent_runs.values())),
-        "subscriptions": sum(len(c.epochs) for c in conns),
-        "typing_seen": len(runtime.typing_seen),
-        "pending_tasks": len(runtime._pending),
-        "batches_waiting": runtime.sends.waiting
-        + registry.admissions_waiting()
-        + ws_auth.token_checks_waiting(),
-    }
-
-
-def node_resources(runtime: Any) -> dict[str, Any]:
-    """Everything above in one dict (the `resources` of a stats snapshot)."""
-    return {"db": db_pool(), "redis_cache": cache_pool(), "runtime": runtime_state(runtime)}

@@ -28,11 +28,11 @@ migrate_if_needed()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.ws_auth import SessionIfCookie, WebSocketAuthMiddleware  # noqa: E402
-from realtime.origin import OriginCheckMiddleware  # noqa: E402
+from realtime.node.runtime import NodeStartMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
-from realtime.runtime import NodeStartMiddleware  # noqa: E402
 from realtime.transport.backpressure import RawSendMiddleware  # noqa: E402
 from realtime.transport.daphne_compat import patch_daphne_close_codes  # noqa: E402
+from realtime.transport.origin import OriginCheckMiddleware  # noqa: E402
 from realtime.transport.uvicorn_compat import patch_uvicorn_upgrade_leftovers  # noqa: E402
 
 patch_daphne_close_codes()

@@ -33,8 +33,8 @@ class SharedPool(redis.BlockingConnectionPool):
                 pool = _pools[key] = super().from_url(url, **kwargs)
             return pool
 
-
-def pools() -> list[redis.BlockingConnectionPool]:
-    """Every shared pool of this process (for the node's figures)."""
-    with _lock:
-        return list(_pools.values())
+    @classmethod
+    def pools(cls) -> list[redis.BlockingConnectionPool]:
+        """Every shared pool of this process (the node's figures read them)."""
+        with _lock:
+            return list(_pools.values())

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from realtime.protocol import valid_topic
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -161,25 +163,11 @@ def parse_topic_namespaces(raw: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-# Used with fullmatch: `$` alone also matches before a final newline ("a:b\n").
-TOPIC_RE = re.compile(r"^[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}$")
-
-
 def parse_topic(raw: str) -> str:
     value = raw.strip()
-    if value and not TOPIC_RE.fullmatch(value):
+    if value and not valid_topic(value):
         raise ValueError(f"{value!r} is not a topic name like prices:DEMO")
     return value
-
-
-def normalize_origin(origin: str) -> str:
-    """`scheme://host:port` with the default port made explicit, lower-cased."""
-    parts = urlsplit(origin.strip())
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    host = (parts.hostname or "").lower()
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return f"{parts.scheme.lower()}://{host}:{port}"
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ INSTALLED_APPS = [
     "accounts",
     "realtime",
     "monitoring",
+    # The project itself: the commands that span the apps (seed_demo, publish, config_table).
+    "project",
 ]
 
 MIDDLEWARE = [
@@ -82,7 +84,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "project.api_input.RefuseNulInUrl",
+    "realtime.rest.parsing.RefuseNulInUrl",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -217,13 +219,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["project.api_input.JSONParser"],
-    "EXCEPTION_HANDLER": "project.api_errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["realtime.rest.parsing.JSONParser"],
+    "EXCEPTION_HANDLER": "realtime.rest.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Client address is REMOTE_ADDR (set from X-Forwarded-For by daphne's
     # --proxy-headers behind nginx), never a header a client could forge.
     "NUM_PROXIES": 0,
-    "DEFAULT_SCHEMA_CLASS": "project.openapi.TetherAutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "realtime.rest.openapi.TetherAutoSchema",
 }
 
 # OpenAPI 3 schema at /api/schema/, Swagger UI at /api/docs/ (project/openapi.py).
@@ -238,7 +240,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "project.openapi.add_plain_django_paths",
+        "realtime.rest.openapi.add_plain_django_paths",
     ],
 }
 
@@ -289,7 +291,7 @@ LOGGING = {
         "psycopg": {"filters": ["secondary_pipeline_error"]},
     },
 }
-CSRF_FAILURE_VIEW = "project.api_errors.csrf_failure"
+CSRF_FAILURE_VIEW = "realtime.rest.errors.csrf_failure"
 
 # Content-Security-Policy on every response (django-csp): scripts and styles
 # only from our own origin, so no inline script (and no injected markup) can run.

@@ -4,16 +4,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts import views as account_views
-from monitoring import admin_api
 from monitoring import views as monitoring_views
-from project import pages
-from realtime import api as chat_api
-from realtime import topic_api
+from project import config_api, pages
+from realtime.chat import api as chat_api
+from realtime.node import admin_api
+from realtime.topics import api as topic_api
 
-handler400 = "project.api_errors.bad_request_view"
-handler403 = "project.api_errors.permission_denied"
-handler404 = "project.api_errors.not_found"
-handler500 = "project.api_errors.server_error"
+handler400 = "realtime.rest.errors.bad_request_view"
+handler403 = "realtime.rest.errors.permission_denied"
+handler404 = "realtime.rest.errors.not_found"
+handler500 = "realtime.rest.errors.server_error"
 
 api_patterns = [
     # Public, like the API it describes (project/openapi.py).
@@ -39,7 +39,7 @@ api_patterns = [
     path("topics/<str:topic>/publish/", topic_api.PublishView.as_view()),
     path("topics/<str:topic>/history/", topic_api.HistoryView.as_view()),
     path("stats/", admin_api.StatsView.as_view()),
-    path("admin/config/", admin_api.ConfigView.as_view()),
+    path("admin/config/", config_api.ConfigView.as_view()),
     path("admin/connections/", admin_api.ConnectionsView.as_view()),
     path("admin/connections/cleanup/", admin_api.CleanupView.as_view()),
     path("admin/connections/<str:connection_id>/", admin_api.ConnectionDetailView.as_view()),

@@ -20,10 +20,10 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from realtime import control
 from realtime.models import Conversation, LiveConnection, Membership, Message, Node
-from realtime.registry import is_alive, silent_after
-from realtime.topics import namespaces
+from realtime.node import control
+from realtime.node.registry import is_alive, silent_after
+from realtime.topics.service import namespaces
 
 # How many choices a "who" filter offers besides the selected one: the list of
 # users or conversations is unbounded, so the filter shows the busiest few and

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,13 @@ class Frame:
 
 
 MAX_ID_CHARS = 64
+# `namespace:name` (PROTOCOL 7); static/tether.js keeps a copy, checked by tests.
+TOPIC_RE = re.compile(r"[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}")
+
+
+def valid_topic(value: Any) -> bool:
+    """A topic name (PROTOCOL 7): the one rule for sockets, REST, settings and the CLI."""
+    return isinstance(value, str) and TOPIC_RE.fullmatch(value) is not None
 
 
 def _finite(literal: str) -> float:
@@ -235,3 +243,8 @@ def utf8_length_exceeds(text: str, limit: int) -> bool:
     if len(text) > limit:
         return True
     return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def user_repr(user: Any) -> dict[str, Any]:
+    """The user as every frame and response shows one (PROTOCOL 9): built here only."""
+    return {"id": user.pk, "username": user.get_username()}

@@ -1,7 +1,8 @@
 from channels.security.websocket import WebsocketDenier
 from django.urls import path, re_path
 
-from realtime.consumers import ChatConsumer, StreamConsumer
+from realtime.chat.consumer import ChatConsumer
+from realtime.topics.consumer import StreamConsumer
 
 websocket_urlpatterns = [
     path("ws/chat/", ChatConsumer.as_asgi()),

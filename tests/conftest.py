@@ -77,7 +77,7 @@ def unique(prefix: str = "u") -> str:
 @pytest.fixture
 async def runtime() -> AsyncIterator[object]:
     """The node runtime for focused consumer tests, stopped with the test's loop."""
-    from realtime.runtime import get_runtime
+    from realtime.node.runtime import get_runtime
 
     rt = get_runtime()
     yield rt

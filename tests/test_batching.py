@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from realtime.batching import Batcher
+from realtime.node.batching import Batcher
 
 
 async def test_calls_arriving_during_a_batch_form_the_next_one() -> None:

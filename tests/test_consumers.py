@@ -16,9 +16,9 @@ from accounts import credentials
 from accounts.models import User
 from monitoring import metrics
 from project.asgi import application
-from realtime import control
-from realtime import runtime as node_runtime
 from realtime.models import LiveConnection
+from realtime.node import control
+from realtime.node import runtime as node_runtime
 from realtime.protocol import Close
 from tests.waiting import eventually
 
@@ -301,7 +301,7 @@ async def test_a_flood_is_closed_4429_after_ten_seconds(runtime, settings, monke
     settings.RATE_LIMIT_PER_SECOND = 5
     settings.RATE_LIMIT_BURST = 5
     clock = [1000.0]
-    monkeypatch.setattr("realtime.consumers.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("realtime.transport.consumer.time.monotonic", lambda: clock[0])
     comm, _ = await connected(runtime)
     codes = []
     closed = None
@@ -332,7 +332,7 @@ async def test_malformed_frames_are_rate_limited_too(runtime, settings) -> None:
 
 
 async def test_the_hub_joins_a_conversation_group_once_per_node(runtime) -> None:
-    from realtime import conversations
+    from realtime.chat import conversations
 
     token = await make_token()
     user = await User.objects.aget(username="alice")

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from realtime import delivery
-from realtime.connection import Connection
-from realtime.ratelimit import TokenBucket
-from realtime.registry import ConnectionInfo
+from realtime.node import delivery
+from realtime.node.connection import Connection
+from realtime.node.registry import ConnectionInfo
+from realtime.transport.ratelimit import TokenBucket
 
 STORE = {n: f"m{n}" for n in range(1, 201)}
 

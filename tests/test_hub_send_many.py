@@ -12,7 +12,7 @@ import redis.exceptions
 from channels.layers import InMemoryChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from realtime.layer_compat import group_send_many
+from realtime.node.layer_compat import group_send_many
 
 
 @pytest.fixture(params=["memory", "redis"])

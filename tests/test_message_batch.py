@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from accounts.models import User
-from realtime import message_batch
-from realtime.conversations import new_conversation_id
-from realtime.message_batch import SendRequest, store_sends
-from realtime.messages import Sent, check_send
+from realtime.chat import message_batch
+from realtime.chat.conversations import new_conversation_id
+from realtime.chat.message_batch import SendRequest, store_sends
+from realtime.chat.messages import Sent, check_send
+from realtime.chat.send_queue import SendQueue
 from realtime.models import Conversation, Membership, Message
 from realtime.protocol import Code, TetherError
-from realtime.send_queue import SendQueue
 from tests.services import postgres_service, rerun_on_postgresql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from realtime.protocol import Code, TetherError, parse_frame, utf8_length_exceeds
-from realtime.ratelimit import TokenBucket
+from realtime.transport.ratelimit import TokenBucket
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import User
-from realtime import registry
 from realtime.models import LiveConnection, Node
+from realtime.node import registry
 from tests.services import postgres_service, rerun_on_postgresql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from realtime.topic_store import MemoryStore, Namespace, RedisStore, TopicStore
+from realtime.topics.store import MemoryStore, Namespace, RedisStore, TopicStore
 
 NS = Namespace("prices", history_size=3, history_ttl=3600, access="open")
 

@@ -1,7 +1,7 @@
 """After a WebSocket upgrade, uvicorn's HTTP protocol and its httptools parser keep
 pointing at each other (the parser holds the protocol's callbacks): about a dozen
 objects per handshake that only a full collection of the garbage collector frees,
-and a node runs those rarely (`realtime.runtime._tune_interpreter`). The upgrade now
+and a node runs those rarely (`realtime.node.runtime._tune_interpreter`). The upgrade now
 unlinks them, so they go at once (issue 5: memory per idle socket under uvicorn).
 Patched once at import of `project.asgi`; nothing happens where uvicorn is absent."""
 

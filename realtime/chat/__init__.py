@@ -1,0 +1,1 @@
+"""Chat (PROTOCOL 6): the /ws/chat/ consumer, conversations, messages, presence, REST."""

@@ -1,0 +1,195 @@
+"""Frame handlers of `/ws/chat/` (PROTOCOL 6): each parses, calls one service, replies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.core.cache import cache
+
+from monitoring import metrics
+from realtime.chat import conversations, fanout, message_batch, messages, presence
+from realtime.node import delivery
+from realtime.node.db import in_pool
+from realtime.protocol import Frame, bad_request
+
+if TYPE_CHECKING:
+    from realtime.transport.consumer import TetherConsumer
+
+MAX_PRESENCE_QUERY = 500
+TYPING_EVERY_SECONDS = 1.0
+
+
+async def starting_positions(consumer: TetherConsumer) -> dict[str, int]:
+    """Before `welcome`: the head of each of the user's conversations. Messages stored
+    later (after the client hears `welcome`) are delivered live."""
+    conn = consumer.conn
+    assert conn is not None
+    return await database_sync_to_async(conversations.conversation_heads)(conn.user_id)
+
+
+async def subscribe_all(consumer: TetherConsumer, heads: dict[str, int]) -> None:
+    """After `welcome`: receive every conversation of the user from `heads` on (what
+    was stored meanwhile is filled from the store when the next message shows the
+    gap, or by the node's head check)."""
+    conn = consumer.conn
+    assert conn is not None
+    delivery.hold(conn)
+    asyncio.get_running_loop().call_later(
+        delivery.RESUME_WINDOW_SECONDS, delivery.release, conn, fanout.read_messages
+    )
+    hub = consumer.runtime.hub
+    for cid, head in heads.items():
+        delivery.start(conn, cid, head)
+        await hub.subscribe(fanout.conversation_group(cid), conn)
+
+
+async def unsubscribe_all(consumer: TetherConsumer) -> None:
+    conn = consumer.conn
+    assert conn is not None
+    hub = consumer.runtime.hub
+    for cid in list(conn.cursors):
+        await hub.unsubscribe(fanout.conversation_group(cid), conn)
+        delivery.forget(conn, cid)
+
+
+async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    started = time.monotonic()
+    request = message_batch.request(
+        consumer.user, frame.get("conversation"), frame.id, frame.get("body")
+    )
+    # Stored with whatever else arrived meanwhile, and published, before the ack.
+    sent = await consumer.runtime.sends.send(request)
+    metrics.SEND_ACK.observe(time.monotonic() - started)
+    return sent.ack(None)
+
+
+def _positions(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise bad_request("positions", "must be an object of conversation id → seq")
+    for cid, seq in value.items():
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise bad_request(f"positions.{cid[:64]}", "must be an integer >= 0")
+    return value
+
+
+async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    positions = _positions(frame.get("positions"))
+    conn = consumer.conn
+    assert conn is not None
+    heads = await database_sync_to_async(conversations.conversation_heads)(conn.user_id)
+    result: dict[str, Any] = {}
+    for cid, position in positions.items():
+        head = heads.get(cid)
+        if head is None:
+            continue  # not a member: never replayed
+        if cid not in conn.cursors:  # joined a moment ago
+            delivery.start(conn, cid, head)
+            await consumer.runtime.hub.subscribe(fanout.conversation_group(cid), conn)
+        replayed, cursor, complete = await delivery.replay(
+            conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages
+        )
+        result[cid] = {"seq": max(head, cursor), "replayed": replayed, "complete": complete}
+        metrics.SYNC_REPLAYED.inc(replayed)
+    unlisted = [cid for cid in heads if cid not in positions]
+    if unlisted:
+        reprs = await database_sync_to_async(conversations.conversation_reprs)(
+            conn.user_id, unlisted
+        )
+        for conversation in reprs:
+            await consumer.send_frame({"type": "joined", "conversation": conversation})
+    delivery.release(conn, fanout.read_messages)
+    metrics.SYNCS.inc()
+    return {"type": "synced", "conversations": result}
+
+
+async def handle_history(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    data = await database_sync_to_async(messages.history)(
+        consumer.user.id,
+        frame.get("conversation"),
+        frame.get("before"),
+        frame.get("after"),
+        frame.get("limit"),
+    )
+    return {"type": "result", "data": data}
+
+
+async def handle_conversations(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    items, has_more = await database_sync_to_async(conversations.list_conversations)(
+        consumer.user.id, 1000, 0
+    )
+    return {"type": "result", "data": {"conversations": items, "has_more": has_more}}
+
+
+async def handle_presence_query(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    users = frame.get("users")
+    if (
+        not isinstance(users, list)
+        or len(users) > MAX_PRESENCE_QUERY
+        or not all(isinstance(u, int) and not isinstance(u, bool) for u in users)
+    ):
+        raise bad_request("users", f"must be a list of at most {MAX_PRESENCE_QUERY} user ids")
+    data = await database_sync_to_async(presence.query)(users)
+    return {"type": "result", "data": data}
+
+
+async def handle_read(consumer: TetherConsumer, frame: Frame) -> None:
+    cid = frame.get("conversation")
+    moved = await database_sync_to_async(messages.mark_read)(
+        consumer.user.id, cid, frame.get("seq")
+    )
+    if moved is not None:
+        receipt = {
+            "type": "receipt",
+            "conversation": cid,
+            "user": consumer.user_repr,
+            "seq": moved,
+        }
+        await fanout.publish_conversation_event(cid, receipt, exclude_user=consumer.user.id)
+
+
+@in_pool
+def _first_typing_everywhere(user_id: int, cid: str) -> bool:
+    """Whether no node passed on this user's typing in `cid` within the last second:
+    the shared cache (Redis in production) adds the key only if absent (SET NX EX)."""
+    return cache.add(f"tether:typing:{user_id}:{cid}", 1, timeout=int(TYPING_EVERY_SECONDS))
+
+
+async def handle_typing(consumer: TetherConsumer, frame: Frame) -> None:
+    cid = frame.get("conversation")
+    conn = consumer.conn
+    assert conn is not None
+    if not isinstance(cid, str) or cid not in conn.cursors:
+        await database_sync_to_async(conversations.access_conversation)(consumer.user.id, cid)
+    # At most one a second per user and conversation: first on this node (no I/O),
+    # then across nodes (the user's sockets may sit on several).
+    now = time.monotonic()
+    last = consumer.runtime.typing_seen.get((conn.user_id, cid), 0.0)
+    if now - last < TYPING_EVERY_SECONDS:
+        return
+    consumer.runtime.typing_seen[(conn.user_id, cid)] = now
+    if not await _first_typing_everywhere(conn.user_id, cid):
+        return
+    frame_out = {"type": "typing", "conversation": cid, "user": consumer.user_repr}
+    await fanout.publish_conversation_event(cid, frame_out, exclude_user=consumer.user.id)
+
+
+async def before_frame(consumer: TetherConsumer, frame: Frame) -> None:
+    """A first frame other than `sync` means the client is not resuming: stop holding."""
+    conn = consumer.conn
+    if conn is not None and conn.holding and frame.type not in ("sync", "ping", "pong"):
+        delivery.release(conn, fanout.read_messages)
+
+
+CHAT_HANDLERS = {
+    "send": handle_send,
+    "sync": handle_sync,
+    "history": handle_history,
+    "conversations": handle_conversations,
+    "presence.query": handle_presence_query,
+    "read": handle_read,
+    "typing": handle_typing,
+}

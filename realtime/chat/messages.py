@@ -1,0 +1,226 @@
+"""Messages: idempotent send with gap-free seq, history, ranges for sync and gap fill."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+
+from monitoring import metrics
+from realtime.chat.conversations import access_conversation, forbidden, is_member
+from realtime.chat.representations import message_frame, message_repr
+from realtime.models import Conversation, Membership, Message
+from realtime.protocol import Code, TetherError, bad_request, encode, now_ms
+
+MAX_HISTORY_LIMIT = 100
+DEFAULT_HISTORY_LIMIT = 50
+
+
+def new_message_id() -> str:
+    return "m_" + secrets.token_hex(10)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A stored message and whether this send repeated an earlier one."""
+
+    message: Message
+    duplicate: bool
+
+    def ack(self, request_id: str | None) -> dict[str, Any]:
+        m = self.message
+        out: dict[str, Any] = {"type": "ack"}
+        if request_id is not None:
+            out["id"] = request_id
+        out.update(
+            conversation=m.conversation_id,
+            seq=m.seq,
+            message_id=m.id,
+            ts=m.ts,
+            duplicate=self.duplicate,
+        )
+        return out
+
+
+def _stored(sender_id: int, client_id: str) -> Message | None:
+    return (
+        Message.objects.select_related("sender")
+        .filter(sender_id=sender_id, client_id=client_id)
+        .first()
+    )
+
+
+def validate_send(client_id: Any, body: Any) -> None:
+    """The checks of a `send` that need no database (PROTOCOL 6)."""
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
+        raise bad_request("id", "is required on send: a string of 1 to 64 characters")
+    if not isinstance(body, str):
+        raise bad_request("body", "is required: a string")
+    if not body.strip():
+        raise bad_request("body", "must not be empty")
+    # PostgreSQL cannot store NUL in text (a 500 otherwise); no key or message needs it.
+    if "\x00" in client_id:
+        raise bad_request("id", "must not contain NUL characters")
+    if "\x00" in body:
+        raise bad_request("body", "must not contain NUL characters")
+    if len(body) > settings.MAX_BODY_CHARS:
+        raise TetherError(
+            Code.TOO_LARGE,
+            f"body: {len(body)} characters, at most {settings.MAX_BODY_CHARS}",
+            max_body_chars=settings.MAX_BODY_CHARS,
+        )
+
+
+def check_send(
+    sender: Any, conversation_id: Any, client_id: Any, body: Any, *, publish: bool = True
+) -> Sent:
+    """Validate, authorize and store; the same `client_id` again returns the first message.
+
+    With `publish=False` the caller publishes (`encoded_frame`) itself once this
+    returns, which is after the commit.
+    """
+    validate_send(client_id, body)
+    if not is_member(sender.id, conversation_id):
+        existing = _stored(sender.id, client_id)  # sent before leaving: still the same key
+        if existing is not None:
+            return Sent(existing, True)
+        raise forbidden()
+    return do_send(sender, conversation_id, client_id, body, publish=publish)
+
+
+def table_sql(template: str) -> str:
+    """Fill in quoted table names: the send path is raw SQL, the hottest code here."""
+    names = {
+        "conversation": Conversation._meta.db_table,
+        "message": Message._meta.db_table,
+        "membership": Membership._meta.db_table,
+    }
+    return template.format(**{k: connection.ops.quote_name(v) for k, v in names.items()})
+
+
+def do_send(
+    sender: Any, conversation_id: str, client_id: str, body: str, *, publish: bool = True
+) -> Sent:
+    """Bump `last_seq` and insert the row in one transaction; publish after commit.
+
+    Four statements, no ORM query building: a send is the one hot write path.
+    """
+    message = Message(
+        id=new_message_id(),
+        conversation_id=conversation_id,
+        sender=sender,
+        client_id=client_id,
+        body=body,
+        ts=now_ms(),
+    )
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # The UPDATE locks the conversation row: concurrent senders take turns,
+            # so seqs are 1, 2, 3… with no gap (a failed insert rolls the bump back).
+            cursor.execute(
+                table_sql(
+                    "UPDATE {conversation} SET last_seq = last_seq + 1 WHERE id = %s "
+                    "RETURNING last_seq"
+                ),
+                [conversation_id],
+            )
+            message.seq = cursor.fetchone()[0]
+            cursor.execute(
+                table_sql(
+                    "INSERT INTO {message} (id, conversation_id, seq, sender_id, client_id, "
+                    "body, ts) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                ),
+                [message.id, conversation_id, message.seq, sender.id, client_id, body, message.ts],
+            )
+            # Sending implies having read up to here.
+            cursor.execute(
+                table_sql(
+                    "UPDATE {membership} SET read_seq = %s WHERE conversation_id = %s "
+                    "AND user_id = %s AND read_seq < %s"
+                ),
+                [message.seq, conversation_id, sender.id, message.seq],
+            )
+            if publish:
+                transaction.on_commit(lambda: publish_message(message))
+    except IntegrityError:
+        # The same client_id again, or racing in on another connection or node.
+        existing = _stored(sender.id, client_id)
+        if existing is None:
+            raise
+        return Sent(existing, True)
+    metrics.MESSAGES_STORED.inc()
+    return Sent(message, False)
+
+
+def encoded_frame(message: Message) -> str:
+    """The `message` frame, encoded once for every node and socket."""
+    return encode(message_frame(message))
+
+
+def publish_message(message: Message) -> None:
+    """From sync code (REST): tell every node with members online."""
+    from asgiref.sync import async_to_sync
+
+    from realtime.chat.fanout import publish_conversation_message
+
+    async_to_sync(publish_conversation_message)(
+        message.conversation_id, message.seq, encoded_frame(message)
+    )
+
+
+def read_range(conversation_id: str, after: int, upto: int) -> list[tuple[int, str]]:
+    """Encoded `message` frames with after < seq <= upto, in order (sync and gap fill)."""
+    messages = (
+        Message.objects.select_related("sender")
+        .filter(conversation_id=conversation_id, seq__gt=after, seq__lte=upto)
+        .order_by("seq")
+    )
+    return [(m.seq, encode(message_frame(m))) for m in messages]
+
+
+def _position(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_request(name, "must be an integer >= 0")
+    return value
+
+
+def history(
+    user_id: int, conversation_id: Any, before: Any, after: Any, limit: Any
+) -> dict[str, Any]:
+    """Messages in increasing seq: before a seq (the latest by default) or after one."""
+    before = _position(before, "before")
+    after = _position(after, "after")
+    if limit is None:
+        limit = DEFAULT_HISTORY_LIMIT
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise bad_request("limit", f"must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+    conversation, _ = access_conversation(user_id, conversation_id)
+    rows = Message.objects.select_related("sender").filter(conversation=conversation)
+    if after is not None:
+        if before is not None:
+            rows = rows.filter(seq__lt=before)
+        page = list(rows.filter(seq__gt=after).order_by("seq")[: limit + 1])
+        has_more = len(page) > limit
+        page = page[:limit]
+    else:
+        if before is not None:
+            rows = rows.filter(seq__lt=before)
+        page = list(rows.order_by("-seq")[: limit + 1])
+        has_more = len(page) > limit
+        page = list(reversed(page[:limit]))
+    return {"messages": [message_repr(m) for m in page], "has_more": has_more}
+
+
+def mark_read(user_id: int, conversation_id: Any, seq: Any) -> int | None:
+    """Store a read position that never moves backwards; the new one if it moved."""
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise bad_request("seq", "must be an integer >= 0")
+    conversation, membership = access_conversation(user_id, conversation_id)
+    seq = min(seq, conversation.last_seq)
+    moved = Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)
+    return seq if moved else None

@@ -1,0 +1,43 @@
+"""Online/offline across nodes, decided under the user's Presence row lock.
+
+Each transition is evaluated from the live connection records, so two sockets
+of one user opening or closing at once on two nodes give exactly one `online`
+or `offline` (ARCHITECTURE: presence), and a reaped node's users go offline.
+"""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from realtime.chat.conversations import storable_id
+from realtime.models import LiveConnection, Presence
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+def update(user_id: int) -> str | None:
+    """Re-evaluate a user's status; the new status if it changed, else None."""
+    try:
+        Presence.objects.get_or_create(user_id=user_id)
+    except IntegrityError:
+        pass  # created concurrently
+    with transaction.atomic():
+        row = Presence.objects.select_for_update().get(user_id=user_id)
+        online = LiveConnection.objects.filter(user_id=user_id, endpoint="chat").exists()
+        if online == row.online:
+            return None
+        row.online = online
+        row.changed_at = timezone.now()
+        row.save(update_fields=["online", "changed_at"])
+    return ONLINE if online else OFFLINE
+
+
+def query(user_ids: list[int]) -> dict[str, str]:
+    """`{"<id>": "online" | "offline"}` for each asked user (no such user: offline)."""
+    stored = [uid for uid in user_ids if storable_id(uid)]
+    online = set(
+        Presence.objects.filter(user_id__in=stored, online=True).values_list("user_id", flat=True)
+    )
+    return {str(uid): ONLINE if uid in online else OFFLINE for uid in user_ids}

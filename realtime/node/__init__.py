@@ -1,0 +1,1 @@
+"""The node: runtime, hub, registry of live sockets, control messages, delivery cursors."""

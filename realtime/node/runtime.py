@@ -1,0 +1,370 @@
+"""The node runtime: one per process. Tracks local sockets, runs the heartbeat
+sweeper, refreshes the node record and reaps nodes that went silent.
+
+One sweeper walks every local connection once a second instead of a timer per
+connection (ARCHITECTURE: heartbeat without a timer per connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+
+from monitoring import metrics
+from monitoring.stats import OPS_TOPIC, NodeStats
+from realtime.chat import fanout
+from realtime.chat.send_queue import SendQueue
+from realtime.node import collector, control, registry
+from realtime.node.connection import Connection
+from realtime.node.db import in_pool, server_max_connections
+from realtime.node.hub import Hub
+from realtime.protocol import Close, TetherError, now_ms
+from realtime.topics import fanout as topic_fanout
+from realtime.topics.demo_feed import run_demo_feed
+
+log = logging.getLogger("tether.runtime")
+
+# Upper bound on closing every socket at SIGTERM before the node's records go.
+DRAIN_SECONDS = 10.0
+
+
+class NodeRuntime:
+    """Local connections and the background tasks of this node."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, Connection] = {}
+        self.draining = False
+        self.node_id: int | None = None
+        self.name: str = ""
+        self.loop_lag: float = 0.0
+        self.stats = NodeStats()
+        self.hub_depth = 0  # read by metrics from another thread: kept current by the sweeper
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._start_lock: asyncio.Lock | None = None
+        self._shutdown_hooked = False
+        self._pending: set[asyncio.Task[Any]] = set()
+        self.hub = Hub()
+        self.sends = SendQueue()
+        # (user id, conversation) → when a `typing` was last passed on (PROTOCOL 6).
+        self.typing_seen: dict[tuple[int, str], float] = {}
+        # PostgreSQL's max_connections, read at start (the connection alert's bound).
+        self.db_max_connections: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.node_id is not None and self._loop is asyncio.get_running_loop()
+
+    async def ensure_started(self) -> None:
+        """Register the node and start the background tasks, once per event loop."""
+        if self.started:
+            return
+        loop = asyncio.get_running_loop()
+        if self._start_lock is None or self._loop is not loop:
+            # A new loop (tests run one per test): forget the old loop's state.
+            self._start_lock = asyncio.Lock()
+            self._loop = loop
+            self.node_id = None
+            self.draining = False
+            self.connections.clear()
+            self._tasks = []
+        async with self._start_lock:
+            if self.node_id is not None:
+                return
+            self.name = settings.NODE_NAME
+            self.stats = NodeStats()
+            node, stale_users = await registry.register_node(self.name)
+            self.db_max_connections = await in_pool(server_max_connections)()
+            self.hub = Hub()
+            self.sends = SendQueue()
+            await self.hub.start()
+            fanout.install(self.hub, lambda: list(self.connections.values()))
+            control.install(self.hub, self.connections.get)
+            topic_fanout.install(self.hub)
+            self.node_id = node.id
+            for user_id in stale_users:  # their sockets died with our previous run
+                await fanout.announce_presence(user_id)
+            self._tasks = [
+                loop.create_task(self._sweep_forever(), name="tether-sweeper"),
+                loop.create_task(self._maintain_forever(), name="tether-maintenance"),
+            ]
+            if settings.DEMO_FEED:
+                self._tasks.append(
+                    loop.create_task(run_demo_feed(settings.DEMO_FEED), name="tether-demo-feed")
+                )
+            self._hook_daphne_shutdown()
+            _tune_interpreter()
+            log.info("node %s started", self.name)
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and remove the node's records."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.hub.stop()
+        if self.node_id is not None:
+            await registry.unregister_node(self.name)
+        self.node_id = None
+        self.connections.clear()
+
+    async def shutdown(self) -> None:
+        """Drain (SIGTERM): refuse new sockets, close every local one with 1012 so
+        clients resume on another node, remove the records; bounded by DRAIN_SECONDS."""
+        self.draining = True
+        conns = list(self.connections.values())
+        if conns:
+            log.info("node %s draining: closing %d sockets with 1012", self.name, len(conns))
+            closing = asyncio.gather(
+                *(conn.close(Close.RESTART) for conn in conns), return_exceptions=True
+            )
+            try:
+                await asyncio.wait_for(closing, DRAIN_SECONDS)
+            except TimeoutError:
+                # Whatever is left goes with the node row (its records cascade).
+                log.warning(
+                    "node %s: drain took over %.0fs; removing the rest", self.name, DRAIN_SECONDS
+                )
+        await self.stop()
+
+    async def _stop_logged(self) -> None:
+        try:
+            await self.shutdown()
+        except BaseException:
+            log.exception("node %s: shutdown cleanup failed", self.name)
+            raise
+        log.info("node %s records removed", self.name)
+
+    def _hook_daphne_shutdown(self) -> None:
+        """Under daphne, remove this node's records when the reactor stops."""
+        if self._shutdown_hooked:
+            return
+        try:
+            from twisted.internet import defer, reactor
+        except ImportError:
+            return
+        if not reactor.running:
+            log.debug("twisted reactor not running: no shutdown hook")
+            return
+
+        def on_shutdown() -> Any:
+            # "before", like daphne's own cancelling of the consumers: by the
+            # "during" phase the asyncio loop is stopping and would never finish this.
+            log.info("node %s shutting down: removing its records", self.name)
+            return defer.Deferred.fromFuture(asyncio.ensure_future(self._stop_logged()))
+
+        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+        self._shutdown_hooked = True
+
+    # --- local connections -------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+
+    def discard(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+
+    def load(self) -> float:
+        """How busy the node is, in [0, 1]: connections against the limit, loop lag."""
+        by_connections = len(self.connections) / max(1, settings.MAX_CONNECTIONS)
+        by_lag = self.loop_lag / 1.0  # a second of lag is fully loaded
+        return round(min(1.0, max(by_connections, by_lag)), 3)
+
+    # --- background tasks --------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        period = settings.TETHER_SWEEP_SECONDS
+        expected = time.monotonic() + period
+        while True:
+            await asyncio.sleep(max(0.0, expected - time.monotonic()))
+            now = time.monotonic()
+            self.loop_lag = max(0.0, now - expected)
+            self.hub_depth = self.hub.queue_depth()
+            expected = now + period
+            try:
+                await self.sweep(now)
+            except Exception:
+                log.exception("heartbeat sweep failed")
+
+    async def sweep(self, now: float) -> None:
+        """Ping quiet sockets and close silent ones with 4408."""
+        interval = settings.HEARTBEAT_INTERVAL
+        timeout = settings.PING_TIMEOUT
+        for conn in list(self.connections.values()):
+            if conn.closing:
+                continue
+            if now - conn.last_in >= timeout:
+                log.info(
+                    "connection %s silent for %.1fs: closing 4408", conn.id, now - conn.last_in
+                )
+                metrics.HEARTBEAT_TIMEOUTS.inc()
+                self.spawn(conn.close(Close.HEARTBEAT_TIMEOUT))
+            elif now - conn.last_out >= interval:
+                self.spawn(conn.send_frame({"type": "ping", "server_time": now_ms()}))
+
+    def spawn(self, coro: Any) -> None:
+        """Run a per-connection action without letting one slow socket hold the sweep."""
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _maintain_forever(self) -> None:
+        period = settings.TETHER_MAINTENANCE_SECONDS
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.maintain()
+            except Exception:
+                log.exception("node maintenance failed")
+
+    async def maintain(self) -> None:
+        """Node heartbeat, batched `last_seen`, and the reaper."""
+        if self.node_id is None:
+            return
+        seen = [c for c in self.connections.values() if c.last_in > c.last_flushed_in]
+        stats = self.stats.snapshot(list(self.connections.values()), self.loop_lag)
+        stats["resources"] = collector.node_resources(self)
+        # The liveness rule, for the /ops/ page that draws these figures.
+        stats["silent_after_ms"] = int(registry.silent_after().total_seconds() * 1000)
+        updated = await registry.node_heartbeat(
+            self.node_id, [c.id for c in seen], len(self.connections), stats
+        )
+        await self._publish_stats(stats)
+        for conn in seen:
+            conn.last_flushed_in = conn.last_in
+        if not updated:
+            # Another node reaped us (we were silent too long): register again
+            # and re-record our sockets so operators and limits see them.
+            log.warning("node %s record was reaped; registering again", self.name)
+            await self._reregister()
+        reaped = await in_pool(registry.reap_silent_nodes)(registry.reap_after())
+        for user_id in reaped.user_ids:
+            await fanout.announce_presence(user_id)
+        await fanout.check_heads(self.hub)
+        await topic_fanout.check_heads(self.hub)
+        for job in list(_maintenance_jobs):
+            try:
+                await in_pool(job)()
+            except Exception:
+                log.exception("maintenance job %s failed", getattr(job, "__qualname__", job))
+        cutoff = time.monotonic() - 5
+        self.typing_seen = {k: t for k, t in self.typing_seen.items() if t > cutoff}
+
+    async def _publish_stats(self, stats: dict[str, Any]) -> None:
+        """Feed the staff topic behind `/ops/` (skipped if `ops` is not a namespace)."""
+        from realtime.topics import apublish
+
+        try:
+            await apublish(OPS_TOPIC, {"node": self.name, **stats})
+        except TetherError:
+            pass  # the operator configured no `ops` namespace
+        except Exception:
+            log.warning("could not publish node stats", exc_info=True)
+
+    async def _reregister(self) -> None:
+        node, _ = await registry.register_node(self.name)
+        self.node_id = node.id
+        for conn in list(self.connections.values()):
+            await registry.add_connection(conn.info, node.id)
+        for user_id in {conn.user_id for conn in self.connections.values()}:
+            await fanout.announce_presence(user_id)  # they were announced offline
+
+
+_runtime = NodeRuntime()
+
+
+def get_runtime() -> NodeRuntime:
+    """This process's node runtime."""
+    return _runtime
+
+
+collector.register(get_runtime)
+
+
+# Work other apps add to every maintenance pass, each run on a pool thread: the
+# node's periodic chores without the node importing them (docs/architecture.md).
+_maintenance_jobs: list[Callable[[], Any]] = []
+
+
+def on_maintenance(job: Callable[[], Any]) -> None:
+    """Run the sync callable `job` on each maintenance pass (once, however often added)."""
+    if job not in _maintenance_jobs:
+        _maintenance_jobs.append(job)
+
+
+_heap_frozen = False
+GIL_SWITCH_SECONDS = 0.001
+# Collections of the middle generation between two full ones, at least (Python's default: 10).
+FULL_COLLECTION_EVERY = 100
+
+
+def _tune_interpreter() -> None:
+    """Once per process: move what start-up allocated (Django, the app registry,
+    modules: most of the heap) out of the cyclic collector's reach, run full
+    collections less often, and switch threads sooner.
+
+    Full collections of that heap paused a busy node for 60 to 170 ms a few times a
+    minute: the tail of send→delivery at 1,000 msg/s (issue 4). What is allocated
+    later is still collected as usual."""
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
+    gc.collect()
+    gc.freeze()
+    # Sockets opening by the thousand (a reconnect storm) grow the heap steadily,
+    # and Python runs a full collection each time it grew by a quarter: 7 of
+    # them, 160 ms each, in a ramp to 5,000 sockets, a sixth of the node's time
+    # (issue 5, accepts per second). Garbage cycles are still collected: young
+    # ones as before, old ones at the next full collection, which now comes
+    # after 100 collections of the middle generation (about 700,000 net
+    # allocations of tracked objects) rather than 10.
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+    # A pool thread whose database reply has arrived waits for the event loop's
+    # thread to hand over the GIL, up to the switch interval each time (5 ms by
+    # default), and a batch of sends waits for the database twice.
+    # 1 ms: about 3 ms less per batch at 1,000 msg/s, and a shorter tail.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+
+
+class NodeStartMiddleware:
+    """Start the node runtime on the first ASGI call (daphne has no lifespan); under
+    servers with lifespan events (uvicorn) also at startup, and drain at shutdown."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if scope["type"] in ("http", "websocket") and not _runtime.started:
+            try:
+                await _runtime.ensure_started()
+            except Exception:
+                # Database down: keep serving /health/ and /ready/ (which says
+                # what failed); sockets are refused with 1011 and retry later.
+                log.exception("node runtime could not start; will retry")
+        return await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await _runtime.ensure_started()
+                except Exception:
+                    log.exception("node runtime could not start; will retry on first request")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if _runtime.started:
+                    await _runtime._stop_logged()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,123 @@
+"""REST for topics (PROTOCOL 9): publish, and read history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from realtime.chat.api import _body, _int_param
+from realtime.protocol import Code, TetherError, bad_request
+from realtime.rest import openapi as doc
+from realtime.topics import service as topics
+from realtime.topics.store import get_store
+
+TOPIC = doc.path(
+    "topic",
+    {"type": "string", "pattern": "^[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}$"},
+    "`namespace:name`",
+)
+BAD_TOPIC = "`bad_request`: `topic` is not `namespace:name`"
+
+
+def may_publish(request: Request) -> bool:
+    """Staff, or an API token issued with the publish right (`issue_token --publish`)."""
+    # The credential says so itself (accounts' ApiToken.can_publish): realtime does not
+    # know how credentials are kept (docs/architecture.md, "Packages").
+    if getattr(request.auth, "can_publish", False) is True:
+        return True
+    return bool(request.user.is_staff)
+
+
+class PublishView(APIView):
+    @extend_schema(
+        summary="Publish to a topic",
+        tags=["topics"],
+        parameters=[TOPIC],
+        request=doc.PublishBody,
+        responses={
+            201: doc.Published,
+            400: doc.error(
+                f"{BAD_TOPIC}; `data` missing; `too_large`: `data` over MAX_FRAME_BYTES"
+            ),
+            403: doc.error(
+                "`forbidden`: neither staff nor a token with the publish right; "
+                "an unknown namespace"
+            ),
+        },
+    )
+    def post(self, request: Request, topic: str) -> Response:
+        if not may_publish(request):
+            raise TetherError(
+                Code.FORBIDDEN, "publishing needs a staff account or an API token with publish"
+            )
+        data = _body(request)
+        if "data" not in data:
+            raise bad_request("data", "is required")
+        return Response(topics.publish(topic, data["data"]), status=status.HTTP_201_CREATED)
+
+
+# A page of history: PROTOCOL 9 lists are paged ("has_more"); history can hold
+# up to a namespace's history_size publications of up to 64 KiB each.
+HISTORY_PAGE = 100
+MAX_HISTORY_PAGE = 1000
+
+
+@async_to_sync
+async def _history(topic: str, ns: Any, since: int | None, limit: int) -> dict[str, Any]:
+    store = get_store()
+    snap = await store.snapshot(topic, ns, None, None)
+    after = since if since is not None else max(0, snap.offset - ns.history_size)
+    epoch, entries = await store.read_range(topic, ns, after, snap.offset)
+    return {
+        "topic": topic,
+        "epoch": epoch or snap.epoch,
+        "offset": snap.offset,
+        "publications": [topics.publication(e) for e in entries[:limit]],
+        # The next page: `since` = the last publication's offset.
+        "has_more": len(entries) > limit,
+        # Addition to PROTOCOL 9: whether history still holds every publication
+        # after `since` (the older ones may have been trimmed or expired).
+        "complete": len(entries) == max(0, snap.offset - after),
+    }
+
+
+def _page_size(request: Request) -> int:
+    limit = _int_param(request, "limit", HISTORY_PAGE) or HISTORY_PAGE
+    if limit > MAX_HISTORY_PAGE:
+        raise bad_request("limit", f"must be from 1 to {MAX_HISTORY_PAGE}")
+    return limit
+
+
+class HistoryView(APIView):
+    @extend_schema(
+        summary="A topic's history",
+        description="What history holds after `since` (by default all it holds), "
+        f"oldest first, {HISTORY_PAGE} a page unless `limit` says otherwise; with "
+        "`has_more`, the next page is `since` = the last publication's offset.",
+        tags=["topics"],
+        parameters=[
+            TOPIC,
+            doc.query("since", doc.INTEGER_GE0, "an offset"),
+            doc.query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_PAGE},
+                f"publications a page (default {HISTORY_PAGE})",
+            ),
+        ],
+        responses={
+            200: doc.TopicHistory,
+            400: doc.error(
+                f"{BAD_TOPIC}; `since` not an integer >= 0; `limit` not 1 to {MAX_HISTORY_PAGE}"
+            ),
+            403: doc.error("`forbidden`: may not subscribe to it; an unknown namespace"),
+        },
+    )
+    def get(self, request: Request, topic: str) -> Response:
+        ns = topics.readable_namespace(request.user, topic)
+        return Response(_history(topic, ns, _int_param(request, "since"), _page_size(request)))
