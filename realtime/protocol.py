@@ -116,6 +116,10 @@ class Frame:
 
 
 MAX_ID_CHARS = 64
+# The largest integer a database column holds (BIGINT). A larger id names nothing,
+# and asking the database about it fails (SQLite: OverflowError) instead of
+# finding nothing, so such ids are answered without a query.
+MAX_STORABLE_INT = 2**63 - 1
 # `namespace:name` (PROTOCOL 7); static/tether.js keeps a copy, checked by tests.
 TOPIC_RE = re.compile(r"[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}")
 
@@ -173,8 +177,22 @@ def _out_of_range(text: str) -> tuple[str, Any] | None:
     return None
 
 
-def _valid_id(value: Any) -> bool:
+def valid_id(value: Any) -> bool:
+    """An id of 1 to 64 characters (request ids, client ids, conversation ids)."""
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS
+
+
+def non_negative(value: Any, name: str) -> int:
+    """An integer >= 0 from a frame or a JSON body (seq, offset, positions), or
+    `bad_request` naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_request(name, "must be an integer >= 0")
+    return value
+
+
+def storable_int(value: int) -> bool:
+    """Whether a database column can hold `value` (an id beyond it names nothing)."""
+    return -MAX_STORABLE_INT <= value <= MAX_STORABLE_INT
 
 
 def loads(text: str, what: str = "the frame") -> Any:
@@ -192,7 +210,7 @@ def loads(text: str, what: str = "the frame") -> Any:
             field_name, data = found
             refused = bad_request(field_name, "number out of range")
             request_id = data.get("id") if isinstance(data, dict) else None
-            refused.request_id = request_id if _valid_id(request_id) else None
+            refused.request_id = request_id if valid_id(request_id) else None
             raise refused from None
         # The decoder's own words say where (`Expecting value: line 1 column 5`).
         raise TetherError(Code.BAD_JSON, f"{what} is not valid JSON: {error}") from None
@@ -207,7 +225,7 @@ def parse_frame(text: str) -> Frame:
         # JSON allows "\ud800" alone, but it is not text: no database can store it.
         raise TetherError(Code.BAD_JSON, "the frame contains an unpaired UTF-16 surrogate escape")
     request_id = data.get("id")
-    if request_id is not None and not _valid_id(request_id):
+    if request_id is not None and not valid_id(request_id):
         raise bad_request("id", f"must be a string of 1 to {MAX_ID_CHARS} characters")
     frame_type = data.get("type")
     if frame_type is None or not isinstance(frame_type, str):

@@ -11,10 +11,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from realtime.chat import conversations, messages
-from realtime.chat.conversations import MAX_ID
 from realtime.chat.representations import message_repr
 from realtime.models import Conversation
-from realtime.protocol import bad_request, user_repr
+from realtime.protocol import MAX_STORABLE_INT, bad_request, user_repr
 from realtime.rest import openapi as doc
 
 MAX_PAGE = 200
@@ -36,8 +35,8 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int |
         raise bad_request(name, "must be an integer") from None
     if value < 0:
         raise bad_request(name, "must be >= 0")
-    if value > MAX_ID:  # beyond what the database can compare with (a 500 otherwise)
-        raise bad_request(name, f"must be at most {MAX_ID}")
+    if value > MAX_STORABLE_INT:  # beyond what the database can compare with (a 500 otherwise)
+        raise bad_request(name, f"must be at most {MAX_STORABLE_INT}")
     return value
 
 

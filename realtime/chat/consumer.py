@@ -7,7 +7,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from realtime.chat import conversations, fanout
+from realtime.chat import conversations, events
 from realtime.chat import handlers as chat_handlers
 from realtime.node import delivery
 from realtime.protocol import Frame
@@ -54,7 +54,7 @@ class ChatConsumer(TetherConsumer):
     async def on_open(self) -> None:
         await chat_handlers.subscribe_all(self, self._heads or {})
         self._heads = None
-        await fanout.announce_presence(self.user.pk)
+        await events.presence_changed(self.user.pk)
 
     async def on_leave(self) -> None:
         await chat_handlers.unsubscribe_all(self)
@@ -63,7 +63,7 @@ class ChatConsumer(TetherConsumer):
         await chat_handlers.before_frame(self, frame)
 
     async def after_removed(self) -> None:
-        await fanout.announce_presence(self.user.pk)
+        await events.presence_changed(self.user.pk)
 
     async def tether_joined(self, message: dict[str, Any]) -> None:
         """Added to a conversation (on any node): receive it from now on."""
@@ -75,7 +75,7 @@ class ChatConsumer(TetherConsumer):
             return  # removed again meanwhile
         if cid not in self.conn.cursors:
             delivery.start(self.conn, cid, reprs[0]["last_seq"])
-            await self.runtime.hub.subscribe(fanout.conversation_group(cid), self.conn)
+            await self.runtime.hub.subscribe(events.conversation_group(cid), self.conn)
         await self.send_frame({"type": "joined", "conversation": reprs[0]})
 
     async def tether_left(self, message: dict[str, Any]) -> None:
@@ -83,6 +83,6 @@ class ChatConsumer(TetherConsumer):
         if self.conn is None or self.conn.closing:
             return
         cid = message["conversation"]
-        await self.runtime.hub.unsubscribe(fanout.conversation_group(cid), self.conn)
+        await self.runtime.hub.unsubscribe(events.conversation_group(cid), self.conn)
         delivery.forget(self.conn, cid)
         await self.send_frame({"type": "left", "conversation": cid})

@@ -12,32 +12,20 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 
+from realtime.chat import events
 from realtime.chat.representations import conversation_repr
 from realtime.models import Conversation, Membership
-from realtime.node import control
-from realtime.protocol import Code, TetherError, bad_request
+from realtime.protocol import Code, TetherError, bad_request, storable_int, valid_id
 
 User = get_user_model()
 
 MAX_GROUP_MEMBERS = 1000
 MAX_TITLE_CHARS = 200
-# The largest id a database column holds (BIGINT). A larger one names no user,
-# and asking the database about it fails (SQLite: OverflowError) instead of
-# finding nothing, so such ids are answered without a query.
-MAX_ID = 2**63 - 1
 
 
-def storable_id(value: int) -> bool:
-    return -MAX_ID <= value <= MAX_ID
-
-
-def valid_id(conversation_id: Any) -> bool:
+def valid_conversation_id(conversation_id: Any) -> bool:
     # No id holds NUL, and PostgreSQL refuses NUL in any query (a 500, not "no such").
-    return (
-        isinstance(conversation_id, str)
-        and 1 <= len(conversation_id) <= 64
-        and "\x00" not in conversation_id
-    )
+    return valid_id(conversation_id) and "\x00" not in conversation_id
 
 
 def new_conversation_id() -> str:
@@ -51,7 +39,7 @@ def forbidden() -> TetherError:
 
 def access_conversation(user_id: int, conversation_id: Any) -> tuple[Conversation, Membership]:
     """The conversation and the caller's membership, or `forbidden`."""
-    if not valid_id(conversation_id):
+    if not valid_conversation_id(conversation_id):
         raise bad_request("conversation", "must be a conversation id (a string)")
     membership = (
         Membership.objects.select_related("conversation", "conversation__created_by")
@@ -65,7 +53,7 @@ def access_conversation(user_id: int, conversation_id: Any) -> tuple[Conversatio
 
 def is_member(user_id: int, conversation_id: Any) -> bool:
     """Whether the user belongs to the conversation (one indexed lookup)."""
-    if not valid_id(conversation_id):
+    if not valid_conversation_id(conversation_id):
         raise bad_request("conversation", "must be a conversation id (a string)")
     with connection.cursor() as cursor:
         cursor.execute(
@@ -95,7 +83,7 @@ def _users(ids: Any, field: str) -> list[Any]:
     ):
         raise bad_request(field, "must be a list of user ids (integers)")
     unique = sorted(set(ids))
-    users = list(User.objects.filter(id__in=[i for i in unique if storable_id(i)], is_active=True))
+    users = list(User.objects.filter(id__in=[i for i in unique if storable_int(i)], is_active=True))
     if len(users) != len(unique):
         missing = sorted(set(unique) - {u.id for u in users})
         raise TetherError(Code.NOT_FOUND, f"{field}: no such user(s): {missing}", field=field)
@@ -144,7 +132,7 @@ def do_create(
         Membership.objects.bulk_create(
             [Membership(conversation=conversation, user_id=uid) for uid in users]
         )
-        transaction.on_commit(lambda: control.announce_joined(conversation.id, list(users)))
+        events.members_joined(conversation.id, list(users))
     return conversation
 
 
@@ -154,7 +142,9 @@ def check_add_member(actor: Any, conversation_id: str, user_id: Any) -> tuple[An
         raise bad_request("user", "a direct conversation always has exactly two members")
     if isinstance(user_id, bool) or not isinstance(user_id, int):
         raise bad_request("user", "must be a user id (an integer)")
-    user = User.objects.filter(id=user_id, is_active=True).first() if storable_id(user_id) else None
+    user = (
+        User.objects.filter(id=user_id, is_active=True).first() if storable_int(user_id) else None
+    )
     if user is None:
         raise TetherError(Code.NOT_FOUND, f"user: no such user: {user_id}", field="user")
     if Membership.objects.filter(conversation=conversation, user=user).exists():
@@ -169,7 +159,7 @@ def do_add_member(conversation: Conversation, user: Any) -> None:
     with transaction.atomic():
         _, created = Membership.objects.get_or_create(conversation=conversation, user=user)
         if created:
-            transaction.on_commit(lambda: control.announce_joined(conversation.id, [user.id]))
+            events.members_joined(conversation.id, [user.id])
 
 
 def check_remove_member(actor: Any, conversation_id: str, user_id: int) -> None:
@@ -181,7 +171,7 @@ def check_remove_member(actor: Any, conversation_id: str, user_id: int) -> None:
     if conversation.kind == Conversation.DIRECT:
         raise bad_request("user", "members cannot leave a direct conversation")
     if (
-        not storable_id(user_id)
+        not storable_int(user_id)
         or not Membership.objects.filter(conversation=conversation, user_id=user_id).exists()
     ):
         raise TetherError(Code.NOT_FOUND, f"user {user_id} is not a member")
@@ -192,7 +182,7 @@ def do_remove_member(conversation: Conversation, user_id: int) -> None:
     with transaction.atomic():
         deleted, _ = Membership.objects.filter(conversation=conversation, user_id=user_id).delete()
         if deleted:
-            transaction.on_commit(lambda: control.announce_left(conversation.id, user_id))
+            events.member_left(conversation.id, user_id)
 
 
 def list_conversations(user_id: int, limit: int, offset: int) -> tuple[list[dict], bool]:
@@ -237,14 +227,4 @@ def conversation_heads(user_id: int) -> dict[str, int]:
         Membership.objects.filter(user_id=user_id).values_list(
             "conversation_id", "conversation__last_seq"
         )
-    )
-
-
-def co_members(user_id: int) -> list[int]:
-    """Users who share at least one conversation with `user_id`."""
-    return list(
-        Membership.objects.filter(conversation__memberships__user_id=user_id)
-        .exclude(user_id=user_id)
-        .values_list("user_id", flat=True)
-        .distinct()
     )

@@ -1,7 +1,7 @@
-"""What travels over the node hub for chat, and how each node hands it to its sockets.
+"""How each node hands chat news arriving over its hub to its sockets.
 
-Publishers encode a frame once; each node receives one layer message per
-conversation group and loops over its local sockets.
+The news leaves through chat/events.py, encoded once; each node receives one
+layer message per conversation group and loops over its local sockets.
 """
 
 from __future__ import annotations
@@ -10,85 +10,18 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.contrib.auth import get_user_model
 
 from monitoring import metrics
-from realtime.chat import conversations, messages, presence
+from realtime.chat import messages
+from realtime.chat.events import HUB_EVENT, HUB_MESSAGE, HUB_PRESENCE, conversation_group
 from realtime.node import delivery
 from realtime.node.db import in_pool
-from realtime.node.hub import PRESENCE_GROUP, Hub, hub_layer
-from realtime.node.layer_compat import group_send_many
-from realtime.protocol import encode, now_ms, user_repr
+from realtime.node.hub import Hub
 
 log = logging.getLogger("tether.fanout")
 
 
-def conversation_group(conversation_id: str) -> str:
-    return f"conv.{conversation_id}"
-
-
 read_messages = in_pool(messages.read_range)
-
-
-async def publish_conversation_messages(conversation_id: str, items: list[tuple[int, str]]) -> None:
-    """Stored messages of one conversation, (seq, encoded frame) in increasing seq:
-    one layer message per node for all of them."""
-    await publish_many_conversations({conversation_id: items})
-
-
-async def publish_many_conversations(items_by_id: dict[str, list[tuple[int, str]]]) -> None:
-    """Stored messages of several conversations (a batch): one layer message per
-    conversation and node, sent together."""
-    await group_send_many(
-        hub_layer(),
-        [
-            (conversation_group(cid), {"type": "hub.message", "key": cid, "items": items})
-            for cid, items in items_by_id.items()
-        ],
-    )
-
-
-async def publish_conversation_message(conversation_id: str, seq: int, text: str) -> None:
-    await publish_conversation_messages(conversation_id, [(seq, text)])
-
-
-async def publish_conversation_event(
-    conversation_id: str, frame: dict[str, Any], exclude_user: int | None
-) -> None:
-    """A frame for the members' sockets, not sequenced (receipts, typing)."""
-    await hub_layer().group_send(
-        conversation_group(conversation_id),
-        {
-            "type": "hub.event",
-            "key": conversation_id,
-            "text": encode(frame),
-            "exclude_user": exclude_user,
-        },
-    )
-
-
-@database_sync_to_async
-def _presence_change(user_id: int) -> tuple[str | None, dict[str, Any], list[int]]:
-    status = presence.update(user_id)
-    if status is None:
-        return None, {}, []
-    user = get_user_model().objects.get(pk=user_id)
-    return (
-        status,
-        user_repr(user),
-        conversations.co_members(user_id),
-    )
-
-
-async def announce_presence(user_id: int) -> None:
-    """Evaluate a user's status and, on a change, tell everyone sharing a conversation."""
-    status, user, audience = await _presence_change(user_id)
-    if status is None or not audience:
-        return
-    frame = {"type": "presence", "user": user, "status": status, "ts": now_ms()}
-    await hub_layer().group_send(
-        PRESENCE_GROUP, {"type": "hub.presence", "text": encode(frame), "audience": audience}
-    )
 
 
 def install(hub: Hub, local_connections: Any) -> None:
@@ -113,9 +46,9 @@ def install(hub: Hub, local_connections: Any) -> None:
             if conn.info.endpoint == "chat" and conn.user_id in audience and not conn.closing:
                 await conn.send_text(message["text"])
 
-    hub.on("hub.message", on_message)
-    hub.on("hub.event", on_event)
-    hub.on("hub.presence", on_presence)
+    hub.on(HUB_MESSAGE, on_message)
+    hub.on(HUB_EVENT, on_event)
+    hub.on(HUB_PRESENCE, on_presence)
 
 
 @database_sync_to_async

@@ -11,10 +11,10 @@ from django.conf import settings
 from django.core.cache import cache
 
 from monitoring import metrics
-from realtime.chat import conversations, fanout, message_batch, messages, presence
+from realtime.chat import conversations, events, fanout, message_batch, messages, presence
 from realtime.node import delivery
 from realtime.node.db import in_pool
-from realtime.protocol import Frame, bad_request
+from realtime.protocol import Frame, bad_request, non_negative
 
 if TYPE_CHECKING:
     from realtime.transport.consumer import TetherConsumer
@@ -44,7 +44,7 @@ async def subscribe_all(consumer: TetherConsumer, heads: dict[str, int]) -> None
     hub = consumer.runtime.hub
     for cid, head in heads.items():
         delivery.start(conn, cid, head)
-        await hub.subscribe(fanout.conversation_group(cid), conn)
+        await hub.subscribe(events.conversation_group(cid), conn)
 
 
 async def unsubscribe_all(consumer: TetherConsumer) -> None:
@@ -52,7 +52,7 @@ async def unsubscribe_all(consumer: TetherConsumer) -> None:
     assert conn is not None
     hub = consumer.runtime.hub
     for cid in list(conn.cursors):
-        await hub.unsubscribe(fanout.conversation_group(cid), conn)
+        await hub.unsubscribe(events.conversation_group(cid), conn)
         delivery.forget(conn, cid)
 
 
@@ -71,8 +71,7 @@ def _positions(value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
         raise bad_request("positions", "must be an object of conversation id → seq")
     for cid, seq in value.items():
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise bad_request(f"positions.{cid[:64]}", "must be an integer >= 0")
+        non_negative(seq, f"positions.{cid[:64]}")
     return value
 
 
@@ -88,7 +87,7 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
             continue  # not a member: never replayed
         if cid not in conn.cursors:  # joined a moment ago
             delivery.start(conn, cid, head)
-            await consumer.runtime.hub.subscribe(fanout.conversation_group(cid), conn)
+            await consumer.runtime.hub.subscribe(events.conversation_group(cid), conn)
         replayed, cursor, complete = await delivery.replay(
             conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages
         )
@@ -142,13 +141,7 @@ async def handle_read(consumer: TetherConsumer, frame: Frame) -> None:
         consumer.user.id, cid, frame.get("seq")
     )
     if moved is not None:
-        receipt = {
-            "type": "receipt",
-            "conversation": cid,
-            "user": consumer.user_repr,
-            "seq": moved,
-        }
-        await fanout.publish_conversation_event(cid, receipt, exclude_user=consumer.user.id)
+        await events.read_receipt(cid, consumer.user, moved)
 
 
 @in_pool
@@ -173,8 +166,7 @@ async def handle_typing(consumer: TetherConsumer, frame: Frame) -> None:
     consumer.runtime.typing_seen[(conn.user_id, cid)] = now
     if not await _first_typing_everywhere(conn.user_id, cid):
         return
-    frame_out = {"type": "typing", "conversation": cid, "user": consumer.user_repr}
-    await fanout.publish_conversation_event(cid, frame_out, exclude_user=consumer.user.id)
+    await events.typing(cid, consumer.user)
 
 
 async def before_frame(consumer: TetherConsumer, frame: Frame) -> None:

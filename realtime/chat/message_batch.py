@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 
 from monitoring import metrics
 from realtime.chat import messages
-from realtime.chat.conversations import forbidden, valid_id
+from realtime.chat.conversations import forbidden, valid_conversation_id
 from realtime.chat.messages import Sent, table_sql
 from realtime.models import Message
 from realtime.node.db import bound_cursor, is_postgres, values_table
@@ -281,6 +281,6 @@ def store_sends(requests: list[SendRequest]) -> list[Result]:
 def request(sender: Any, conversation_id: Any, client_id: Any, body: Any) -> SendRequest:
     """A `SendRequest` from a frame's fields, or the protocol error to answer."""
     messages.validate_send(client_id, body)
-    if not valid_id(conversation_id):
+    if not valid_conversation_id(conversation_id):
         raise bad_request("conversation", "must be a conversation id (a string)")
     return SendRequest(sender, conversation_id, client_id, body)

@@ -10,10 +10,11 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
 from monitoring import metrics
+from realtime.chat import events
 from realtime.chat.conversations import access_conversation, forbidden, is_member
 from realtime.chat.representations import message_frame, message_repr
 from realtime.models import Conversation, Membership, Message
-from realtime.protocol import Code, TetherError, bad_request, encode, now_ms
+from realtime.protocol import Code, TetherError, bad_request, encode, non_negative, now_ms
 
 MAX_HISTORY_LIMIT = 100
 DEFAULT_HISTORY_LIMIT = 50
@@ -144,7 +145,7 @@ def do_send(
                 [message.seq, conversation_id, sender.id, message.seq],
             )
             if publish:
-                transaction.on_commit(lambda: publish_message(message))
+                events.message_stored(message, encoded_frame(message))
     except IntegrityError:
         # The same client_id again, or racing in on another connection or node.
         existing = _stored(sender.id, client_id)
@@ -160,17 +161,6 @@ def encoded_frame(message: Message) -> str:
     return encode(message_frame(message))
 
 
-def publish_message(message: Message) -> None:
-    """From sync code (REST): tell every node with members online."""
-    from asgiref.sync import async_to_sync
-
-    from realtime.chat.fanout import publish_conversation_message
-
-    async_to_sync(publish_conversation_message)(
-        message.conversation_id, message.seq, encoded_frame(message)
-    )
-
-
 def read_range(conversation_id: str, after: int, upto: int) -> list[tuple[int, str]]:
     """Encoded `message` frames with after < seq <= upto, in order (sync and gap fill)."""
     messages = (
@@ -182,11 +172,7 @@ def read_range(conversation_id: str, after: int, upto: int) -> list[tuple[int, s
 
 
 def _position(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise bad_request(name, "must be an integer >= 0")
-    return value
+    return None if value is None else non_negative(value, name)
 
 
 def history(
@@ -218,8 +204,7 @@ def history(
 
 def mark_read(user_id: int, conversation_id: Any, seq: Any) -> int | None:
     """Store a read position that never moves backwards; the new one if it moved."""
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise bad_request("seq", "must be an integer >= 0")
+    non_negative(seq, "seq")
     conversation, membership = access_conversation(user_id, conversation_id)
     seq = min(seq, conversation.last_seq)
     moved = Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from realtime.chat.conversations import storable_id
-from realtime.models import LiveConnection, Presence
+from realtime.models import LiveConnection, Membership, Presence
+from realtime.protocol import storable_int
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -36,8 +36,18 @@ def update(user_id: int) -> str | None:
 
 def query(user_ids: list[int]) -> dict[str, str]:
     """`{"<id>": "online" | "offline"}` for each asked user (no such user: offline)."""
-    stored = [uid for uid in user_ids if storable_id(uid)]
+    stored = [uid for uid in user_ids if storable_int(uid)]
     online = set(
         Presence.objects.filter(user_id__in=stored, online=True).values_list("user_id", flat=True)
     )
     return {str(uid): ONLINE if uid in online else OFFLINE for uid in user_ids}
+
+
+def audience(user_id: int) -> list[int]:
+    """Who hears of `user_id`'s presence: users sharing at least one conversation."""
+    return list(
+        Membership.objects.filter(conversation__memberships__user_id=user_id)
+        .exclude(user_id=user_id)
+        .values_list("user_id", flat=True)
+        .distinct()
+    )

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from monitoring import metrics
-from realtime.chat import fanout, message_batch, messages
+from realtime.chat import events, message_batch, messages
 from realtime.chat.messages import Sent
 from realtime.node.batching import Batcher
 from realtime.node.db import in_pool
@@ -40,9 +40,7 @@ async def publish_batch(results: list[Result]) -> None:
             m = result.message
             by_conversation[m.conversation_id].append((m.seq, messages.encoded_frame(m)))
     if by_conversation:
-        await fanout.publish_many_conversations(
-            {cid: sorted(items) for cid, items in by_conversation.items()}
-        )
+        await events.messages_stored({cid: sorted(items) for cid, items in by_conversation.items()})
 
 
 Publish = Callable[[list["Result"]], Awaitable[None]]

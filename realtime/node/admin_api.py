@@ -15,11 +15,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from realtime.chat import fanout
-from realtime.chat.conversations import MAX_ID
+from realtime.chat import events
 from realtime.models import LiveConnection, Node
 from realtime.node import control, registry
-from realtime.protocol import Code, TetherError, bad_request, user_repr
+from realtime.protocol import MAX_STORABLE_INT, Code, TetherError, bad_request, user_repr
 from realtime.rest import openapi as doc
 
 MAX_PAGE = 500
@@ -99,7 +98,7 @@ class ConnectionsView(StaffView):
         if user:
             # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
             is_id = user.isascii() and user.isdigit()
-            if is_id and int(user) > MAX_ID:
+            if is_id and int(user) > MAX_STORABLE_INT:
                 rows = rows.none()  # no user has it; the database could not compare it
             elif is_id:
                 rows = rows.filter(user_id=int(user))
@@ -164,7 +163,7 @@ class CleanupView(StaffView):
         users = set(stale.values_list("user_id", flat=True)) | set(reaped.user_ids)
         removed, _ = stale.delete()
         for user_id in users:
-            async_to_sync(fanout.announce_presence)(user_id)
+            async_to_sync(events.presence_changed)(user_id)
         return Response(
             {
                 "removed": removed + reaped.connections,

@@ -1,4 +1,5 @@
-"""Control messages to sockets on any node (kick, revoked credential, joined, left).
+"""Control messages to sockets on any node (kick, revoked credential; joined and left
+from chat/events.py).
 
 A socket has no channel-layer channel of its own: its record names its node's
 control channel (`LiveConnection.channel_name`, read by the node hub), and one
@@ -39,7 +40,7 @@ async def send_control(targets: list[tuple[str, str]], message: dict[str, Any]) 
             log.warning("could not reach %d sockets on %s with %s", len(ids), channel, message)
 
 
-def _send_where(message: dict[str, Any], **filters: Any) -> int:
+def send_where(message: dict[str, Any], **filters: Any) -> int:
     targets = list(LiveConnection.objects.filter(**filters).values_list("channel_name", "id"))
     if targets:
         async_to_sync(send_control)(targets, message)
@@ -48,7 +49,7 @@ def _send_where(message: dict[str, Any], **filters: Any) -> int:
 
 def close_connections_where(code: int, **filters: Any) -> int:
     """Close every live socket matching the registry filters; how many were asked."""
-    return _send_where({"type": "tether.close", "code": code}, **filters)
+    return send_where({"type": "tether.close", "code": code}, **filters)
 
 
 def disconnect(connection_ids: list[str]) -> int:
@@ -60,19 +61,6 @@ def disconnect(connection_ids: list[str]) -> int:
     if not connection_ids:
         return 0
     return close_connections_where(Close.FORBIDDEN, id__in=list(connection_ids))
-
-
-def announce_joined(conversation_id: str, user_ids: list[int]) -> None:
-    """Every open chat socket of these users subscribes and receives `joined`."""
-    message = {"type": "tether.joined", "conversation": conversation_id}
-    _send_where(message, user_id__in=user_ids, endpoint="chat")
-
-
-def announce_left(conversation_id: str, user_id: int) -> None:
-    """Every open chat socket of this user unsubscribes and receives `left`."""
-    _send_where(
-        {"type": "tether.left", "conversation": conversation_id}, user_id=user_id, endpoint="chat"
-    )
 
 
 def install(hub: Hub, local: Callable[[str], Connection | None]) -> None:

@@ -19,7 +19,7 @@ from django.conf import settings
 
 from monitoring import metrics
 from monitoring.stats import OPS_TOPIC, NodeStats
-from realtime.chat import fanout
+from realtime.chat import events, fanout
 from realtime.chat.send_queue import SendQueue
 from realtime.node import collector, control, registry
 from realtime.node.connection import Connection
@@ -90,7 +90,7 @@ class NodeRuntime:
             topic_fanout.install(self.hub)
             self.node_id = node.id
             for user_id in stale_users:  # their sockets died with our previous run
-                await fanout.announce_presence(user_id)
+                await events.presence_changed(user_id)
             self._tasks = [
                 loop.create_task(self._sweep_forever(), name="tether-sweeper"),
                 loop.create_task(self._maintain_forever(), name="tether-maintenance"),
@@ -246,7 +246,7 @@ class NodeRuntime:
             await self._reregister()
         reaped = await in_pool(registry.reap_silent_nodes)(registry.reap_after())
         for user_id in reaped.user_ids:
-            await fanout.announce_presence(user_id)
+            await events.presence_changed(user_id)
         await fanout.check_heads(self.hub)
         await topic_fanout.check_heads(self.hub)
         for job in list(_maintenance_jobs):
@@ -274,7 +274,7 @@ class NodeRuntime:
         for conn in list(self.connections.values()):
             await registry.add_connection(conn.info, node.id)
         for user_id in {conn.user_id for conn in self.connections.values()}:
-            await fanout.announce_presence(user_id)  # they were announced offline
+            await events.presence_changed(user_id)  # they were announced offline
 
 
 _runtime = NodeRuntime()

@@ -15,7 +15,8 @@ from monitoring import metrics
 from realtime.node import delivery
 from realtime.node.connection import Connection
 from realtime.node.hub import Hub
-from realtime.topics.service import HUB_MESSAGE, group_name, namespace_of, pub_text
+from realtime.topics.events import HUB_MESSAGE, group_name, pub_text
+from realtime.topics.service import namespace_of
 from realtime.topics.store import get_store
 
 log = logging.getLogger("tether.topics")

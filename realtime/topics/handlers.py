@@ -8,9 +8,10 @@ from django.conf import settings
 
 from monitoring import metrics
 from realtime.node import delivery, registry
-from realtime.protocol import Code, Frame, TetherError, bad_request
+from realtime.protocol import Code, Frame, TetherError, bad_request, non_negative
 from realtime.topics import fanout as topic_fanout
-from realtime.topics.service import group_name, publication, readable_namespace
+from realtime.topics.events import group_name
+from realtime.topics.service import publication, readable_namespace
 from realtime.topics.store import get_store
 
 if TYPE_CHECKING:
@@ -25,8 +26,7 @@ def _since(value: Any) -> tuple[int | None, str | None]:
     if not isinstance(value, dict):
         raise bad_request("since", "must be an object {offset, epoch}")
     offset, epoch = value.get("offset"), value.get("epoch")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise bad_request("since.offset", "must be an integer >= 0")
+    non_negative(offset, "since.offset")
     if not isinstance(epoch, str) or not 1 <= len(epoch) <= MAX_EPOCH_CHARS:
         raise bad_request("since.epoch", f"must be a string of 1 to {MAX_EPOCH_CHARS} characters")
     return offset, epoch

@@ -7,13 +7,12 @@
     publish("prices:BTC-USD", {"bid": 101.5})  # {"topic", "offset", "epoch"}
 
 A publication is stored first (offset, history, epoch in one step) and then
-handed to every node once through the hub; a node that misses it catches up
+leaves through topics/events.py, once to every node over the hub; a node that misses it catches up
 from history (delivery cursors).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from functools import lru_cache
@@ -22,7 +21,6 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from realtime.node.hub import hub_layer
 from realtime.protocol import (
     Code,
     TetherError,
@@ -32,11 +30,10 @@ from realtime.protocol import (
     utf8_length_exceeds,
     valid_topic,
 )
+from realtime.topics import events
 from realtime.topics.store import Entry, Namespace, get_store
 
 log = logging.getLogger("tether.topics")
-
-HUB_MESSAGE = "hub.pub"
 
 
 @lru_cache(maxsize=64)
@@ -87,20 +84,6 @@ def readable_namespace(user: Any, topic: Any, field: str = "topic") -> Namespace
     return ns
 
 
-@lru_cache(maxsize=100_000)
-def group_name(topic: str) -> str:
-    """The hub group of a topic (channel-layer group names allow neither `:` nor `@`)."""
-    return "topic." + hashlib.blake2b(topic.encode(), digest_size=12).hexdigest()
-
-
-def pub_text(topic: str, offset: int, epoch: str, data: str, ts: int) -> str:
-    """The encoded `pub` frame, built around the already-encoded data (one encoding)."""
-    return (
-        f'{{"type":"pub","topic":{json.dumps(topic)},"offset":{offset},'
-        f'"epoch":{json.dumps(epoch)},"data":{data},"ts":{ts}}}'
-    )
-
-
 def publication(entry: Entry) -> dict[str, Any]:
     offset, ts, data = entry
     return {"offset": offset, "data": json.loads(data), "ts": ts}
@@ -129,21 +112,7 @@ async def apublish(topic: str, data: Any) -> dict[str, Any]:
     text = encode_data(data)
     ts = now_ms()
     offset, epoch = await get_store().publish(topic, ns, text, ts)
-    try:
-        await hub_layer().group_send(
-            group_name(topic),
-            {
-                "type": HUB_MESSAGE,
-                "topic": topic,
-                "offset": offset,
-                "epoch": epoch,
-                "ts": ts,
-                "text": pub_text(topic, offset, epoch, text, ts),
-            },
-        )
-    except Exception:
-        # Stored: the nodes' head checks deliver it from history.
-        log.warning("publication %s@%d stored but not fanned out", topic, offset, exc_info=True)
+    await events.published(topic, offset, epoch, text, ts)
     return {"topic": topic, "offset": offset, "epoch": epoch}
 
 
