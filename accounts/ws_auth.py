@@ -67,7 +67,7 @@ def _users_for_tokens(raws: list[str]) -> list[tuple[Any, SocketAuth] | None]:
 
 
 # Handshakes that arrive together have their tokens checked together: one thread
-# hop and one query per batch instead of per socket (issue 5, accepts per second).
+# hop and one query per batch instead of per socket (docs/benchmarks.md, accepts per second).
 _token_checks: Batcher[str, tuple[Any, SocketAuth] | None] = Batcher(_users_for_tokens)
 
 
@@ -107,7 +107,7 @@ class SessionIfCookie:
     """channels' session middleware, only for sockets that could use a session: one
     with a session cookie and an allowed Origin (a session is trusted only then).
     Others (tokens, tickets) skip parsing cookies, a session store per socket and
-    a wrapper around every `send` (issue 5: accepts per second, memory per socket)."""
+    a wrapper around every `send` (docs/benchmarks.md: accepts per second, memory per socket)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

@@ -7,7 +7,7 @@ saturation. Every receiving socket checks it got each message once, in order.
     .venv/bin/python bench/chat_bench.py --nodes 1 --rate 1000 --duration 10
     .venv/bin/python bench/chat_bench.py --nodes 1 --saturate --duration 10
 
-Uses DATABASE_URL / REDIS_URL when set, else throwaway servers (tests/services.py).
+Uses DATABASE_URL / REDIS_URL when set, else throwaway servers (tests/support/services.py).
 Loopback only; stops by itself.
 """
 
@@ -251,8 +251,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from tests.live import DaphneNode, Stack
-    from tests.services import PostgresServer, RedisServer
+    from tests.support.live import DaphneNode, Stack
+    from tests.support.services import PostgresServer, RedisServer
 
     redis = RedisServer()
     postgres = PostgresServer()

@@ -90,7 +90,7 @@ def redis_cpu(url: str) -> float:
 
 def bench_tokens(env: dict[str, str], users: int) -> list[str]:
     """`users` users, each with an API token (the first through `manage.py issue_token`)."""
-    from tests.live import manage
+    from tests.support.live import manage
 
     names = [BENCH_USER] + [f"{BENCH_USER}-{i}" for i in range(1, users)]
     manage(
@@ -168,8 +168,8 @@ class BenchNode:
         return self.proc.pid
 
     def start(self, name: str) -> BenchNode:
-        from tests.live import http
-        from tests.services import free_port
+        from tests.support.live import http
+        from tests.support.services import free_port
 
         self.port = free_port()
         env = self.stack.env(NODE_NAME=name, **self.settings)
@@ -654,7 +654,7 @@ def main() -> None:
     scenarios = set(args.scenarios.split(","))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from tests.live import Stack
+    from tests.support.live import Stack
 
     logs = Path(tempfile.mkdtemp(prefix="tether-feeds-bench-"))
     log(f"logs in {logs}; fresh database {args.db}, flushing {args.redis}")

@@ -14,7 +14,7 @@ second half exceeds the first half's by more than its margin, when a node holds
 more database connections than DB_POOL_SIZE, when the connections do not go
 back down once the load stops, when a request fails, or when an acknowledged
 message is not stored once and delivered once to every client. Figures, not a
-timed test: `tests/test_soak_live.py` runs a short version in `make test`.
+timed test: `tests/node/test_soak_live.py` runs a short version in `make test`.
 """
 
 from __future__ import annotations
@@ -181,8 +181,8 @@ def _quiet(probe: Probe, targets: list[Target], wait: float, rows: list[dict]) -
 
 def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Start services and nodes, run the load, and judge it; the result as a dict."""
-    from tests.live import DaphneNode, Stack
-    from tests.services import PostgresServer, RedisServer
+    from tests.support.live import DaphneNode, Stack
+    from tests.support.services import PostgresServer, RedisServer
 
     owned: list[Any] = []
     database_url, redis_url = args.database_url, args.redis_url
@@ -341,7 +341,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=float, default=5)
     p.add_argument("--warmup", type=float, default=0.1, help="share of samples ignored first")
     p.add_argument("--quiet-wait", type=float, default=60)
-    p.add_argument("--database-url", default="", help="default: a fresh database (tests.services)")
+    p.add_argument(
+        "--database-url", default="", help="default: a fresh database (tests.support.services)"
+    )
     p.add_argument("--redis-url", default="", help="default: REDIS_URL or a throwaway server")
     p.add_argument("--json", help="write the result (with every sample) here")
     return p

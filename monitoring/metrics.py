@@ -1,4 +1,4 @@
-"""Tether's own Prometheus metrics, declared in one place (issue 7, point 3).
+"""Tether's own Prometheus metrics, declared in one place (docs/deployment.md, "Monitoring").
 
 django-prometheus adds HTTP and database metrics to the same registry and
 serves them all at `/metrics`. Hot paths count in batches (one `inc(n)` per

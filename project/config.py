@@ -1,7 +1,7 @@
 """Every Tether setting, declared once: env var, type, default, meaning.
 
 Django settings, `GET /api/admin/config/` and the README's configuration table
-all come from `DECLARATIONS` (ARCHITECTURE rule 6).
+all come from `DECLARATIONS` (docs/architecture.md, rule 6).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class SecondaryPipelineErrorFilter(logging.Filter):
     pipeline's own clean-up then fails too ("pipeline aborted"). The block's
     exception is the one that matters and Tether handles it: a batch whose key
     another node stored meanwhile fails with IntegrityError and is stored send
-    by send (message_batch.store_sends). Every such race logged a WARNING.
+    by send (sends.store_sends). Every such race logged a WARNING.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

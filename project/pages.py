@@ -85,7 +85,7 @@ def feeds(request: HttpRequest) -> HttpResponse:
 @login_required
 @ensure_csrf_cookie
 def ops(request: HttpRequest) -> HttpResponse:
-    """Live per-node charts fed by the staff topic `ops:stats` (issue 7, point 4).
+    """Live per-node charts fed by the staff topic `ops:stats` (docs/deployment.md, "Monitoring").
 
     Anonymous visitors go to the login form (login_required); a signed-in user who
     is not staff gets 403 rather than a login loop, since logging in again cannot help.

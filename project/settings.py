@@ -161,7 +161,7 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 # socket_timeout None: redis-py >= 5 would otherwise abort the
-                # layer's blocking pop (channels_redis issue 422).
+                # layer's blocking pop (https://github.com/django/channels_redis/issues/422).
                 # max_connections: redis-py 8 caps a pool at 100 and then fails
                 # commands with MaxConnectionsError instead of waiting.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 2000}],
@@ -228,7 +228,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "realtime.rest.openapi.TetherAutoSchema",
 }
 
-# OpenAPI 3 schema at /api/schema/, Swagger UI at /api/docs/ (project/openapi.py).
+# OpenAPI 3 schema at /api/schema/, Swagger UI at /api/docs/ (realtime/rest/openapi.py).
 # Public: it describes the public API, nothing more. Swagger UI comes from the
 # sidecar package, so the docs page needs no CDN and fits our script-src 'self'.
 SPECTACULAR_SETTINGS = {
@@ -254,7 +254,7 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Serve straight from the app directories too, so static files work without
-# collectstatic (tests) and without DEBUG (both modes, issue 3).
+# collectstatic (tests) and without DEBUG (both modes).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

@@ -16,7 +16,7 @@ handler404 = "realtime.rest.errors.not_found"
 handler500 = "realtime.rest.errors.server_error"
 
 api_patterns = [
-    # Public, like the API it describes (project/openapi.py).
+    # Public, like the API it describes (realtime/rest/openapi.py).
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path(
         "docs/",

@@ -99,7 +99,7 @@ class Membership(models.Model):
 
 
 class Message(models.Model):
-    """A stored message. It exists once its row is committed (ARCHITECTURE rule 2)."""
+    """A stored message. It exists once its row is committed (docs/architecture.md, rule 2)."""
 
     id = models.CharField(max_length=24, primary_key=True)
     conversation = models.ForeignKey(

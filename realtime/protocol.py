@@ -120,7 +120,7 @@ MAX_ID_CHARS = 64
 # and asking the database about it fails (SQLite: OverflowError) instead of
 # finding nothing, so such ids are answered without a query.
 MAX_STORABLE_INT = 2**63 - 1
-# `namespace:name` (PROTOCOL 7); static/tether.js keeps a copy, checked by tests.
+# `namespace:name` (PROTOCOL 7); static/tether/feeds.js keeps a copy (tests check both agree).
 TOPIC_RE = re.compile(r"[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,128}")
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import DaphneNode, Stack
-from tests.services import postgres_service, redis_service  # noqa: F401 - fixtures
+from tests.support.live import DaphneNode, Stack
+from tests.support.services import postgres_service, redis_service  # noqa: F401 - fixtures
 
 MODES = ("embedded", "production")
 
@@ -68,10 +68,6 @@ def two_nodes(
 ) -> tuple[DaphneNode, DaphneNode]:
     """Two daphne processes on one PostgreSQL and one Redis (reused by later issues)."""
     return make_node(production_stack, "node-a"), make_node(production_stack, "node-b")
-
-
-def unique(prefix: str = "u") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from realtime.protocol import Code, TetherError, parse_frame, utf8_length_exceeds
+from realtime.protocol import (
+    Code,
+    TetherError,
+    non_negative,
+    parse_frame,
+    storable_int,
+    user_repr,
+    utf8_length_exceeds,
+    valid_id,
+)
 from realtime.transport.ratelimit import TokenBucket
 
 
@@ -101,3 +110,37 @@ def test_unpaired_surrogate_escapes_are_bad_json_and_pairs_are_fine() -> None:
         parse_frame('{"type":"send","nested":{"k":["\\uDFFF"]}}')
     frame = parse_frame('{"type":"send","body":"\\ud83d\\ude00"}')
     assert frame.get("body") == "\U0001f600"
+
+
+@pytest.mark.parametrize("value", [0, 1, 2**63 - 1, 10**30])
+def test_non_negative_accepts_integers_from_zero(value: int) -> None:
+    assert non_negative(value, "seq") == value
+
+
+@pytest.mark.parametrize("value", [-1, True, False, 1.0, "1", None, [1], {"a": 1}])
+def test_non_negative_refuses_the_rest_naming_the_field(value: object) -> None:
+    with pytest.raises(TetherError) as refused:
+        non_negative(value, "since.offset")
+    assert refused.value.code == Code.BAD_REQUEST
+    assert "since.offset" in str(refused.value) and "integer >= 0" in str(refused.value)
+
+
+def test_ids_are_strings_of_1_to_64_characters() -> None:
+    assert valid_id("a") and valid_id("x" * 64) and valid_id("é" * 64)
+    assert not valid_id("") and not valid_id("x" * 65)
+    assert not valid_id(1) and not valid_id(None) and not valid_id(b"a")
+
+
+def test_storable_integers_are_those_a_bigint_column_holds() -> None:
+    assert storable_int(2**63 - 1) and storable_int(-(2**63 - 1)) and storable_int(0)
+    assert not storable_int(2**63) and not storable_int(-(2**64))
+
+
+def test_the_user_shape_is_id_and_username() -> None:
+    class Someone:
+        pk = 7
+
+        def get_username(self) -> str:
+            return "ann"
+
+    assert user_repr(Someone()) == {"id": 7, "username": "ann"}

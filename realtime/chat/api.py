@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from realtime.chat import conversations, messages
+from realtime.chat import conversations, messages, sends
 from realtime.chat.representations import message_repr
 from realtime.models import Conversation
 from realtime.protocol import MAX_STORABLE_INT, bad_request, user_repr
@@ -212,7 +212,7 @@ class MessagesView(APIView):
     )
     def post(self, request: Request, conversation_id: str) -> Response:
         data = _body(request)
-        sent = messages.check_send(request.user, conversation_id, data.get("id"), data.get("body"))
+        sent = sends.send(request.user, conversation_id, data.get("id"), data.get("body"))
         body = message_repr(sent.message)
         body["duplicate"] = sent.duplicate
         return Response(body, status=status.HTTP_200_OK if sent.duplicate else 201)

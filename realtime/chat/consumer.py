@@ -30,7 +30,7 @@ class ChatConsumer(TetherConsumer):
     async def dispatch_frame(self, frame: Frame) -> None:
         """Pipelined sends: a `send` joins the node's next batch at once and is answered
         when stored, so the socket's following sends can join the same batch (one at a
-        time, a client with several sends in flight got one per batch: issue 4,
+        time, a client with several sends in flight got one per batch: docs/benchmarks.md, "Chat",
         throughput at saturation). Sends keep their order (each joins the queue in
         arrival order); any other frame waits until the earlier sends are answered,
         so it sees them stored."""

@@ -1,7 +1,7 @@
 """Conversations and membership: access, create, add, remove, list (sync ORM services).
 
 `access_*` fetch or raise `forbidden`; `check_*` validate and authorize, then
-call `do_*`, which change state and publish after commit (ARCHITECTURE).
+call `do_*`, which change state and publish after commit (docs/architecture.md, rule 8).
 """
 
 from __future__ import annotations

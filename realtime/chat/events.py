@@ -51,7 +51,7 @@ async def messages_stored(runs: dict[str, Run]) -> None:
 
 
 def message_stored(message: Message, text: str) -> None:
-    """From sync code inside the storing transaction (REST): out once it commits."""
+    """From sync code (REST, commands): out once the storing transaction commits."""
     run = {message.conversation_id: [(message.seq, text)]}
     transaction.on_commit(lambda: async_to_sync(messages_stored)(run))
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from monitoring import metrics
-from realtime.chat import conversations, events, fanout, message_batch, messages, presence
+from realtime.chat import conversations, events, fanout, messages, presence, sends
 from realtime.node import delivery
 from realtime.node.db import in_pool
 from realtime.protocol import Frame, bad_request, non_negative
@@ -58,9 +58,7 @@ async def unsubscribe_all(consumer: TetherConsumer) -> None:
 
 async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
     started = time.monotonic()
-    request = message_batch.request(
-        consumer.user, frame.get("conversation"), frame.id, frame.get("body")
-    )
+    request = sends.request(consumer.user, frame.get("conversation"), frame.id, frame.get("body"))
     # Stored with whatever else arrived meanwhile, and published, before the ack.
     sent = await consumer.runtime.sends.send(request)
     metrics.SEND_ACK.observe(time.monotonic() - started)

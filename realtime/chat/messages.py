@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection
 
-from monitoring import metrics
-from realtime.chat import events
-from realtime.chat.conversations import access_conversation, forbidden, is_member
+from realtime.chat.conversations import access_conversation
 from realtime.chat.representations import message_frame, message_repr
 from realtime.models import Conversation, Membership, Message
-from realtime.protocol import Code, TetherError, bad_request, encode, non_negative, now_ms
+from realtime.protocol import Code, TetherError, bad_request, encode, non_negative
 
 MAX_HISTORY_LIMIT = 100
 DEFAULT_HISTORY_LIMIT = 50
@@ -46,7 +44,7 @@ class Sent:
         return out
 
 
-def _stored(sender_id: int, client_id: str) -> Message | None:
+def stored(sender_id: int, client_id: str) -> Message | None:
     return (
         Message.objects.select_related("sender")
         .filter(sender_id=sender_id, client_id=client_id)
@@ -75,23 +73,6 @@ def validate_send(client_id: Any, body: Any) -> None:
         )
 
 
-def check_send(
-    sender: Any, conversation_id: Any, client_id: Any, body: Any, *, publish: bool = True
-) -> Sent:
-    """Validate, authorize and store; the same `client_id` again returns the first message.
-
-    With `publish=False` the caller publishes (`encoded_frame`) itself once this
-    returns, which is after the commit.
-    """
-    validate_send(client_id, body)
-    if not is_member(sender.id, conversation_id):
-        existing = _stored(sender.id, client_id)  # sent before leaving: still the same key
-        if existing is not None:
-            return Sent(existing, True)
-        raise forbidden()
-    return do_send(sender, conversation_id, client_id, body, publish=publish)
-
-
 def table_sql(template: str) -> str:
     """Fill in quoted table names: the send path is raw SQL, the hottest code here."""
     names = {
@@ -100,60 +81,6 @@ def table_sql(template: str) -> str:
         "membership": Membership._meta.db_table,
     }
     return template.format(**{k: connection.ops.quote_name(v) for k, v in names.items()})
-
-
-def do_send(
-    sender: Any, conversation_id: str, client_id: str, body: str, *, publish: bool = True
-) -> Sent:
-    """Bump `last_seq` and insert the row in one transaction; publish after commit.
-
-    Four statements, no ORM query building: a send is the one hot write path.
-    """
-    message = Message(
-        id=new_message_id(),
-        conversation_id=conversation_id,
-        sender=sender,
-        client_id=client_id,
-        body=body,
-        ts=now_ms(),
-    )
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            # The UPDATE locks the conversation row: concurrent senders take turns,
-            # so seqs are 1, 2, 3… with no gap (a failed insert rolls the bump back).
-            cursor.execute(
-                table_sql(
-                    "UPDATE {conversation} SET last_seq = last_seq + 1 WHERE id = %s "
-                    "RETURNING last_seq"
-                ),
-                [conversation_id],
-            )
-            message.seq = cursor.fetchone()[0]
-            cursor.execute(
-                table_sql(
-                    "INSERT INTO {message} (id, conversation_id, seq, sender_id, client_id, "
-                    "body, ts) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                ),
-                [message.id, conversation_id, message.seq, sender.id, client_id, body, message.ts],
-            )
-            # Sending implies having read up to here.
-            cursor.execute(
-                table_sql(
-                    "UPDATE {membership} SET read_seq = %s WHERE conversation_id = %s "
-                    "AND user_id = %s AND read_seq < %s"
-                ),
-                [message.seq, conversation_id, sender.id, message.seq],
-            )
-            if publish:
-                events.message_stored(message, encoded_frame(message))
-    except IntegrityError:
-        # The same client_id again, or racing in on another connection or node.
-        existing = _stored(sender.id, client_id)
-        if existing is None:
-            raise
-        return Sent(existing, True)
-    metrics.MESSAGES_STORED.inc()
-    return Sent(message, False)
 
 
 def encoded_frame(message: Message) -> str:

@@ -2,7 +2,7 @@
 
 Each transition is evaluated from the live connection records, so two sockets
 of one user opening or closing at once on two nodes give exactly one `online`
-or `offline` (ARCHITECTURE: presence), and a reaped node's users go offline.
+or `offline` (docs/architecture.md, rule 9), and a reaped node's users go offline.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from monitoring import metrics
-from realtime.chat import events, message_batch, messages
+from realtime.chat import events, messages, sends
 from realtime.chat.messages import Sent
 from realtime.node.batching import Batcher
 from realtime.node.db import in_pool
 
-if TYPE_CHECKING:  # message_batch → metrics → runtime → here: names only at runtime
-    from realtime.chat.message_batch import Result, SendRequest
+if TYPE_CHECKING:  # sends → metrics → runtime → here: names only at runtime
+    from realtime.chat.sends import Result, SendRequest
 
 log = logging.getLogger("tether.sends")
 
@@ -28,8 +28,8 @@ Store = Callable[[list["SendRequest"]], Awaitable[list["Result"]]]
 
 
 async def store_in_pool(requests: list[SendRequest]) -> list[Result]:
-    """`message_batch.store_sends` on a pool thread (bound at call time: import cycle)."""
-    return await in_pool(message_batch.store_sends)(requests)
+    """`sends.store_sends` on a pool thread (bound at call time: import cycle)."""
+    return await in_pool(sends.store_sends)(requests)
 
 
 async def publish_batch(results: list[Result]) -> None:

@@ -1,7 +1,7 @@
 """Per-connection state: heartbeat clock, rate bucket, violation counts, close hook.
 
 The consumer owns the socket; this object is what the node runtime's sweeper
-reads, so there is no timer per connection (ARCHITECTURE: heartbeat).
+reads, so there is no timer per connection (docs/architecture.md, rule 4).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ class Connection:
     last_refused: float = 0.0
     closing: bool = False
     holding: bool = False  # delivery.hold: live frames wait for the resume `sync`
-    # Delivery cursors: stream key → last position delivered on this socket.
+    # Delivery cursors: sequence key → last position delivered on this socket.
     cursors: dict[str, int] = field(default_factory=dict, repr=False)
-    # What this socket was sent of each stream, where a cursor moved without sending
-    # (stream key → delivery.SentRuns): a `sync` sends each message once per socket.
+    # What this socket was sent of each sequence, where a cursor moved without sending
+    # (sequence key → delivery.SentRuns): a `sync` sends each message once per socket.
     sent_runs: dict[str, Any] = field(default_factory=dict, repr=False)
-    streams: dict[str, Any] = field(default_factory=dict, repr=False)  # delivery.StreamState
+    sequences: dict[str, Any] = field(default_factory=dict, repr=False)  # delivery.SequenceState
     outbound: Any = field(default=None, repr=False)  # backpressure.Outbound, under daphne
     # Topics: topic → epoch of what this socket was sent (None while subscribing).
     epochs: dict[str, str | None] = field(default_factory=dict, repr=False)

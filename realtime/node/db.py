@@ -3,7 +3,7 @@
 channels' `database_sync_to_async` funnels every call of a process through one
 shared thread; the hot paths (send, gap fill) use a small pool of threads
 instead, so one slow query does not queue every other socket behind it
-(ARCHITECTURE rule 7). On PostgreSQL each call takes a connection from the
+(docs/architecture.md, rule 7). On PostgreSQL each call takes a connection from the
 node's connection pool and hands it back when it returns, so an idle thread
 holds none (docs/deployment.md, "Connection budget"); on SQLite a thread keeps
 its connection.
@@ -123,7 +123,7 @@ def in_pool(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     Straight `run_in_executor` (in a copy of the caller's context, as asgiref
     does): asgiref's `sync_to_async` wraps each call in machinery these calls do
     not use (thread-sensitive routing, nested `async_to_sync` support), and a
-    handshake makes two of them (issue 5, accepts per second)."""
+    handshake makes two of them (docs/benchmarks.md, accepts per second)."""
 
     def run(*args: Any, **kwargs: Any) -> R:
         _before_call()

@@ -1,10 +1,11 @@
 """Delivery cursors: every message a socket receives, live or replayed, goes through here.
 
-Per socket and stream the cursor is the last position delivered. A position at
-or below it is a duplicate and dropped; the next one is sent; a jump means the
-channel layer lost or reordered something, and the missing range is read from
-the store first (ARCHITECTURE: delivery cursors). While the store is being
-read, live arrivals wait in `pending`, so nothing is lost, doubled or reordered.
+Per socket and sequence (a conversation or a topic) the cursor is the last
+position delivered. A position at or below it is a duplicate and dropped; the
+next one is sent; a jump means the channel layer lost or reordered something,
+and the missing range is read from the store first (docs/architecture.md,
+"Delivery cursors"). While the store is being read, live arrivals wait in
+`pending`, so nothing is lost, doubled or reordered.
 """
 
 from __future__ import annotations
@@ -20,24 +21,24 @@ from realtime.transport.backpressure import text_frame
 
 log = logging.getLogger("tether.delivery")
 
-# Reads the store: (stream key, after, up to) → [(position, encoded frame)] in order.
+# Reads the store: (sequence key, after, up to) → [(position, encoded frame)] in order.
 RangeReader = Callable[[str, int, int], Awaitable[list[tuple[int, str]]]]
 
 
 @dataclass
-class StreamState:
-    """Per socket and stream: the lock held while reading the store, and arrivals meanwhile."""
+class SequenceState:
+    """Per socket and sequence: the lock held while reading the store, and arrivals meanwhile."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: list[tuple[int, str]] = field(default_factory=list)
     filler: asyncio.Task[None] | None = None
 
 
-def stream_state(conn: Connection, key: str) -> StreamState:
-    """The socket's per-stream lock and pending arrivals (created on first use)."""
-    state = conn.streams.get(key)
+def sequence_state(conn: Connection, key: str) -> SequenceState:
+    """The socket's per-sequence lock and pending arrivals (created on first use)."""
+    state = conn.sequences.get(key)
     if state is None:
-        state = conn.streams[key] = StreamState()
+        state = conn.sequences[key] = SequenceState()
     return state
 
 
@@ -48,16 +49,16 @@ RESUME_WINDOW_SECONDS = 1.5
 
 
 def hold(conn: Connection) -> None:
-    """Queue live frames (in each stream's `pending`) until `release`."""
+    """Queue live frames (in each sequence's `pending`) until `release`."""
     conn.holding = True
 
 
 def release(conn: Connection, read_range: RangeReader) -> None:
-    """Deliver what was held, per stream, in order."""
+    """Deliver what was held, per sequence, in order."""
     if not conn.holding:
         return
     conn.holding = False
-    for key, state in list(conn.streams.items()):
+    for key, state in list(conn.sequences.items()):
         if state.pending and not state.lock.locked():
             state.filler = asyncio.ensure_future(catch_up(conn, key, read_range))
 
@@ -68,7 +69,7 @@ MAX_SENT_RUNS = 32
 
 @dataclass
 class SentRuns:
-    """Which positions of a stream a socket was sent: every run in `closed`, each
+    """Which positions of a sequence a socket was sent: every run in `closed`, each
     (after, up to), and the current one from `mark` to the cursor. A cursor moves
     without sending when a socket starts at the head and when a `sync` moves it."""
 
@@ -117,7 +118,7 @@ def start(conn: Connection, key: str, position: int) -> None:
 def forget(conn: Connection, key: str) -> None:
     """Stop delivering `key` on this socket."""
     conn.cursors.pop(key, None)
-    conn.streams.pop(key, None)
+    conn.sequences.pop(key, None)
     conn.sent_runs.pop(key, None)
 
 
@@ -136,7 +137,7 @@ async def _send_next(
 ) -> None:
     """Send, in order, each item that is exactly the next position.
 
-    A `lossy` stream (topic history is capped and expires) sends what it has in
+    A `lossy` sequence (topic history is capped and expires) sends what it has in
     order and skips what the store no longer holds, instead of waiting for it.
     """
     for position, text in items:
@@ -154,7 +155,7 @@ def ready_for(conn: Connection, key: str, position: int) -> bool:
     cursor = conn.cursors.get(key)
     if cursor is None or position != cursor + 1 or conn.holding or conn.closing:
         return False
-    state = conn.streams.get(key)
+    state = conn.sequences.get(key)
     if state is not None and (
         state.pending
         or state.lock.locked()
@@ -173,7 +174,7 @@ async def deliver(
     read_range: RangeReader,
     lossy: bool = False,
 ) -> None:
-    """Deliver one live frame at `position` of stream `key` to `conn`, in order, once.
+    """Deliver one live frame at `position` of sequence `key` to `conn`, in order, once.
 
     Never waits for the store: a gap is filled by a task of this socket's own,
     so the hub goes on serving every other socket meanwhile.
@@ -184,7 +185,7 @@ async def deliver(
     cursor = conn.cursors.get(key)
     if cursor is None or conn.closing or position <= cursor:
         return
-    state = stream_state(conn, key)
+    state = sequence_state(conn, key)
     busy = state.lock.locked() or (state.filler is not None and not state.filler.done())
     state.pending.append((position, text))
     if not busy and not conn.holding:
@@ -199,7 +200,7 @@ async def deliver_all(
     read_range: RangeReader,
     lossy: bool = False,
 ) -> None:
-    """`deliver` to every local socket of a stream, framing the text once for all."""
+    """`deliver` to every local socket of a sequence, framing the text once for all."""
     await deliver_run(conns, key, [(position, text)], read_range, lossy)
 
 
@@ -210,7 +211,7 @@ async def deliver_run(
     read_range: RangeReader,
     lossy: bool = False,
 ) -> None:
-    """Deliver consecutive positions of a stream to every local socket.
+    """Deliver consecutive positions of a sequence to every local socket.
 
     Each item is framed once for all sockets. A socket whose transport takes
     ready-made frames gets every item it is exactly ready for in one write (one
@@ -245,7 +246,7 @@ async def catch_up(
     lossy: bool = False,
 ) -> None:
     """Fill the gap up to the pending arrivals (or `head`) from the store, then send them."""
-    state = stream_state(conn, key)
+    state = sequence_state(conn, key)
     if state.lock.locked() or conn.holding:
         # The running fill picks everything up; a held socket waits for its `sync`
         # (sending now would put live messages before the replay, or twice).
@@ -297,7 +298,7 @@ async def replay(
     cursor moves to `head` so live frames continue, and the client pages the
     rest with `history` (PROTOCOL 6, `complete: false`).
     """
-    state = stream_state(conn, key)
+    state = sequence_state(conn, key)
     async with state.lock:
         # Live frames may have moved the cursor past the head read before the lock.
         cursor = conn.cursors.get(key, head)

@@ -1,6 +1,6 @@
 """The node hub: one channel-layer membership per group per node, local fan-out.
 
-A connection never joins a layer group itself (ARCHITECTURE rule 3). The hub
+A connection never joins a layer group itself (docs/architecture.md, rule 3). The hub
 joins `conv.<id>` with the node's own channel when the first local socket needs
 it and leaves when the last one goes; a published frame is encoded once by the
 publisher and costs one layer message per node.

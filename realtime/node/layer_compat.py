@@ -17,7 +17,7 @@ async def group_send_many(layer: Any, sends: list[tuple[str, dict[str, Any]]]) -
 
     channels-redis publishes each `group_send` under a per-shard lock and waits for
     Redis before the next one, so a batch of sends to 30 conversations cost 30
-    round trips in a row, each waiting for a turn of a busy event loop (issue 4:
+    round trips in a row, each waiting for a turn of a busy event loop (docs/benchmarks.md, "Chat":
     most of the send→delivery tail). Here the same PUBLISH commands, with the
     layer's own channel names and serialization, go out in one pipeline.
     """

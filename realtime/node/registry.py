@@ -1,6 +1,6 @@
 """Live connection and node records: the only code that writes them.
 
-Every exit path of a socket ends in `remove_connection` (ARCHITECTURE rule 5);
+Every exit path of a socket ends in `remove_connection` (docs/architecture.md, rule 5);
 the reaper on every node removes what a crashed node left behind.
 """
 
@@ -150,7 +150,7 @@ async def add_connection(info: ConnectionInfo, node_id: int) -> None:
 
 
 # Handshakes that arrive together are recorded together: one thread hop and two
-# statements per batch instead of per socket (issue 5, accepts per second).
+# statements per batch instead of per socket (docs/benchmarks.md, accepts per second).
 _admissions: Batcher[Admission, bool] = Batcher(in_pool(admit_connections))
 
 

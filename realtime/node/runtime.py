@@ -2,7 +2,7 @@
 sweeper, refreshes the node record and reaps nodes that went silent.
 
 One sweeper walks every local connection once a second instead of a timer per
-connection (ARCHITECTURE: heartbeat without a timer per connection).
+connection (docs/architecture.md, rule 4).
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def _tune_interpreter() -> None:
     collections less often, and switch threads sooner.
 
     Full collections of that heap paused a busy node for 60 to 170 ms a few times a
-    minute: the tail of send→delivery at 1,000 msg/s (issue 4). What is allocated
+    minute: the tail of send→delivery at 1,000 msg/s (docs/benchmarks.md, "Chat"). What is allocated
     later is still collected as usual."""
     global _heap_frozen
     if _heap_frozen:
@@ -322,7 +322,7 @@ def _tune_interpreter() -> None:
     # Sockets opening by the thousand (a reconnect storm) grow the heap steadily,
     # and Python runs a full collection each time it grew by a quarter: 7 of
     # them, 160 ms each, in a ramp to 5,000 sockets, a sixth of the node's time
-    # (issue 5, accepts per second). Garbage cycles are still collected: young
+    # (docs/benchmarks.md, accepts per second). Garbage cycles are still collected: young
     # ones as before, old ones at the next full collection, which now comes
     # after 100 collections of the middle generation (about 700,000 net
     # allocations of tracked objects) rather than 10.

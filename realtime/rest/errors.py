@@ -102,13 +102,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
-def _is_api(request: Any) -> bool:
+def is_api(request: Any) -> bool:
     return request.path.startswith(("/api/", "/health", "/ready", "/metrics"))
 
 
 def not_found(request: Any, exception: Exception | None = None) -> Any:
     """handler404: JSON under /api/, Django's page elsewhere."""
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse(
             {"error": "not_found", "detail": f"no such path: {request.path}"}, status=404
         )
@@ -117,19 +117,19 @@ def not_found(request: Any, exception: Exception | None = None) -> Any:
 
 def server_error(request: Any) -> Any:
     """handler500: never a traceback; JSON under /api/."""
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse({"error": "internal", "detail": "the server failed"}, status=500)
     return defaults.server_error(request)
 
 
 def bad_request_view(request: Any, exception: Exception | None = None) -> Any:
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse({"error": "bad_request", "detail": "bad request"}, status=400)
     return defaults.bad_request(request, exception)
 
 
 def permission_denied(request: Any, exception: Exception | None = None) -> Any:
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse(
             {"error": "forbidden", "detail": str(exception or "forbidden")}, status=403
         )
@@ -138,7 +138,7 @@ def permission_denied(request: Any, exception: Exception | None = None) -> Any:
 
 def csrf_failure(request: Any, reason: str = "") -> Any:
     """CSRF_FAILURE_VIEW: the REST shape for API callers."""
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse(
             {"error": "forbidden", "detail": f"CSRF check failed: {reason}"}, status=403
         )

@@ -4,7 +4,7 @@ Served at `/api/schema/` (YAML; `?format=json` for JSON) and browsable at
 `/api/docs/` (Swagger UI). The views are APIViews that build their answers by
 hand, because the shapes are shared with the sockets; the serializers below
 only describe those shapes for the schema and never validate or render a
-request. `tests/test_openapi_live.py` fuzzes a live node against this schema,
+request. `tests/project/test_openapi_live.py` fuzzes a live node against this schema,
 so a description that drifts from what a view does fails there.
 
 What every operation shares is added here rather than repeated on each view:

@@ -75,11 +75,11 @@ class RefuseNulInUrl(MiddlewareMixin):
     """
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
-        # Imported here: api_errors imports DRF's views, which import this module's
+        # Imported here: errors.py imports DRF's views, which import this module's
         # parser through DEFAULT_PARSER_CLASSES.
-        from realtime.rest.errors import _is_api
+        from realtime.rest.errors import is_api
 
-        if not _is_api(request):
+        if not is_api(request):
             return None
         if "\x00" in request.path:
             return _nul("path", "the URL path must not contain NUL characters")

@@ -44,8 +44,8 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
             f"at most {settings.MAX_SUBSCRIPTIONS_PER_CLIENT} topics per connection",
         )
     group = group_name(topic)
-    state = delivery.stream_state(conn, topic)
-    # Under the stream's lock, live publications queue in `pending` while the
+    state = delivery.sequence_state(conn, topic)
+    # Under the sequence's lock, live publications queue in `pending` while the
     # position is read and the reply sent; the cursor then lets through exactly
     # those after it (nothing missed, nothing twice between reply and live).
     async with state.lock:

@@ -1,4 +1,4 @@
-"""Topic history: offsets, capped history and an epoch per topic (sequenced streams).
+"""Topic history: offsets, capped history and an epoch per topic (sequences: docs/architecture.md).
 
 Two stores behind one interface. With Redis, one Lua script moves offset,
 history and epoch together, so no reader ever sees one without the others; the

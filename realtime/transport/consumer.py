@@ -1,7 +1,7 @@
 """The two socket endpoints. Thin: frame in → protocol.parse → handler → frames out.
 
 Everything a socket does on its way out, whatever the reason, ends in
-`TetherConsumer.cleanup` (ARCHITECTURE rule 5).
+`TetherConsumer.cleanup` (docs/architecture.md, rule 5).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
 
         The handshake is answered only once the socket is recorded, in the same turn of
         the event loop as the `welcome`: both leave in one write (a reconnect storm is
-        thousands of handshakes; issue 5, accepts per second)."""
+        thousands of handshakes; docs/benchmarks.md, accepts per second)."""
         user = self.scope.get("user")
         auth = self.scope.get("tether_auth")
         if auth is not None and auth.failed:
@@ -468,7 +468,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
         duration = time.monotonic() - conn.connected_at
         metrics.DISCONNECTS.labels(conn.info.endpoint, str(code)).inc()
         reason = CLOSE_REASONS.get(code, "abnormal" if code == 1006 else "other")
-        # One line per disconnect (issue 7): who, where, how long, how it ended.
+        # One line per disconnect (README, runbook): who, where, how long, how it ended.
         log.info(
             "disconnect %s user=%s node=%s endpoint=%s duration=%.1fs code=%s reason=%s (%s)",
             conn.id,

@@ -13,12 +13,13 @@ exit while garbage-collecting them. The patched version skips those entries.
 
 daphne's access log writes query strings (where `?ticket=` lives) straight to
 stdout; it is routed through Python logging so the redaction filter and
-LOG_FORMAT apply (issue 3: tickets and tokens never in logs).
+LOG_FORMAT apply (README, runbook: tickets and tokens never in logs).
 
 autobahn builds the text of its debug log lines on every new connection,
 whether debug logging is on or not: it pretty-prints its whole configuration
-(a sixth of the event loop's time while sockets open, issue 5) and colours
-names through click. That text is now built only when a line is written.
+(a sixth of the event loop's time while sockets open: docs/benchmarks.md,
+accepts per second) and colours names through click. That text is now built
+only when a line is written.
 
 After a WebSocket upgrade, daphne leaves Twisted's HTTP channel and its request
 pointing at each other, about twenty objects per handshake that only a full

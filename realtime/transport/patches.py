@@ -12,7 +12,7 @@ stops the node at start (`project/asgi.py`) with one line naming the package,
 its version and the patch, and `manage.py check` reports it as `tether.E001`.
 The replacements themselves live beside this module (`daphne_compat.py`,
 `uvicorn_compat.py`, `backpressure.py`) and channels-redis' beside the hub
-(`realtime/layer_compat.py`); each applies itself through `replace()`, which
+(`realtime/node/layer_compat.py`); each applies itself through `replace()`, which
 checks first. docs/architecture.md, "Server internals".
 """
 

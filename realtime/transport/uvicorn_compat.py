@@ -1,8 +1,9 @@
 """After a WebSocket upgrade, uvicorn's HTTP protocol and its httptools parser keep
 pointing at each other (the parser holds the protocol's callbacks): about a dozen
 objects per handshake that only a full collection of the garbage collector frees,
-and a node runs those rarely (`realtime.node.runtime._tune_interpreter`). The upgrade now
-unlinks them, so they go at once (issue 5: memory per idle socket under uvicorn).
+and a node runs those rarely (`realtime.node.runtime._tune_interpreter`). The
+upgrade now unlinks them, so they go at once (docs/deployment.md, "uvicorn
+instead of daphne": memory per idle socket).
 Patched once at import of `project.asgi`; nothing happens where uvicorn is absent."""
 
 from __future__ import annotations

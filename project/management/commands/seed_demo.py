@@ -61,11 +61,11 @@ class Command(BaseCommand):
 
 def _demo_conversation() -> str:
     """The direct conversation of alice and bob, with a first message once."""
-    from realtime.chat import conversations, messages
+    from realtime.chat import conversations, sends
 
     alice = User.objects.get(username="alice")
     bob = User.objects.get(username="bob")
     conversation, _ = conversations.check_create_direct(alice, [bob.id])
     if conversation.last_seq == 0:
-        messages.check_send(alice, conversation.id, "demo-hello", "Hi Bob! This is Tether.")
+        sends.send(alice, conversation.id, "demo-hello", "Hi Bob! This is Tether.")
     return conversation.id

@@ -1,0 +1,1 @@
+"""What the tests share: live nodes and services, socket clients, waiting, names."""
