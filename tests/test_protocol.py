@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from realtime.node.ratelimit import TokenBucket
 from realtime.protocol import (
     Code,
     TetherError,
@@ -14,7 +15,6 @@ from realtime.protocol import (
     utf8_length_exceeds,
     valid_id,
 )
-from realtime.transport.ratelimit import TokenBucket
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -13,8 +11,9 @@ from rest_framework.views import APIView
 from realtime.chat import conversations, messages, sends
 from realtime.chat.representations import message_repr
 from realtime.models import Conversation
-from realtime.protocol import MAX_STORABLE_INT, bad_request, user_repr
+from realtime.protocol import bad_request, user_repr
 from realtime.rest import openapi as doc
+from realtime.rest.parsing import int_param, json_body
 
 MAX_PAGE = 200
 
@@ -23,27 +22,6 @@ NOT_MEMBER = doc.error(
     "`forbidden`: not a member of that conversation, or no such conversation (the same answer)"
 )
 BAD_ID = "`bad_request`: `conversation` is not an id (1 to 64 characters)"
-
-
-def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(name, "must be an integer") from None
-    if value < 0:
-        raise bad_request(name, "must be >= 0")
-    if value > MAX_STORABLE_INT:  # beyond what the database can compare with (a 500 otherwise)
-        raise bad_request(name, f"must be at most {MAX_STORABLE_INT}")
-    return value
-
-
-def _body(request: Request) -> dict[str, Any]:
-    if not isinstance(request.data, dict):
-        raise bad_request("body", "must be a JSON object")
-    return request.data
 
 
 class ConversationsView(APIView):
@@ -64,10 +42,10 @@ class ConversationsView(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", 50) or 50
+        limit = int_param(request, "limit", 50) or 50
         if limit > MAX_PAGE:
             raise bad_request("limit", f"must be at most {MAX_PAGE}")
-        offset = _int_param(request, "offset", 0) or 0
+        offset = int_param(request, "offset", 0) or 0
         items, has_more = conversations.list_conversations(request.user.id, limit, offset)
         return Response({"conversations": items, "has_more": has_more})
 
@@ -83,7 +61,7 @@ class ConversationsView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = _body(request)
+        data = json_body(request)
         kind = data.get("kind")
         if kind == Conversation.GROUP:
             conversation = conversations.check_create_group(
@@ -132,7 +110,7 @@ class MembersView(APIView):
     )
     def post(self, request: Request, conversation_id: str) -> Response:
         user, added = conversations.check_add_member(
-            request.user, conversation_id, _body(request).get("user")
+            request.user, conversation_id, json_body(request).get("user")
         )
         return Response(
             {"conversation": conversation_id, "user": user_repr(user)},
@@ -188,9 +166,9 @@ class MessagesView(APIView):
         data = messages.history(
             request.user.id,
             conversation_id,
-            _int_param(request, "before"),
-            _int_param(request, "after"),
-            _int_param(request, "limit", messages.DEFAULT_HISTORY_LIMIT),
+            int_param(request, "before"),
+            int_param(request, "after"),
+            int_param(request, "limit", messages.DEFAULT_HISTORY_LIMIT),
         )
         return Response(data)
 
@@ -211,7 +189,7 @@ class MessagesView(APIView):
         },
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        data = _body(request)
+        data = json_body(request)
         sent = sends.send(request.user, conversation_id, data.get("id"), data.get("body"))
         body = message_repr(sent.message)
         body["duplicate"] = sent.duplicate

@@ -12,6 +12,7 @@ from django.core.cache import cache
 
 from monitoring import metrics
 from realtime.chat import conversations, events, fanout, messages, presence, sends
+from realtime.chat.node import chat_node
 from realtime.node import delivery
 from realtime.node.db import in_pool
 from realtime.protocol import Frame, bad_request, non_negative
@@ -60,7 +61,7 @@ async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
     started = time.monotonic()
     request = sends.request(consumer.user, frame.get("conversation"), frame.id, frame.get("body"))
     # Stored with whatever else arrived meanwhile, and published, before the ack.
-    sent = await consumer.runtime.sends.send(request)
+    sent = await chat_node.sends.send(request)
     metrics.SEND_ACK.observe(time.monotonic() - started)
     return sent.ack(None)
 
@@ -158,10 +159,10 @@ async def handle_typing(consumer: TetherConsumer, frame: Frame) -> None:
     # At most one a second per user and conversation: first on this node (no I/O),
     # then across nodes (the user's sockets may sit on several).
     now = time.monotonic()
-    last = consumer.runtime.typing_seen.get((conn.user_id, cid), 0.0)
+    last = chat_node.typing_seen.get((conn.user_id, cid), 0.0)
     if now - last < TYPING_EVERY_SECONDS:
         return
-    consumer.runtime.typing_seen[(conn.user_id, cid)] = now
+    chat_node.typing_seen[(conn.user_id, cid)] = now
     if not await _first_typing_everywhere(conn.user_id, cid):
         return
     await events.typing(cid, consumer.user)

@@ -1,6 +1,6 @@
-"""Group commit of sends (`batching.Batcher`): sends that arrive while a batch is
+"""Group commit of sends (`node/batching.py`): sends that arrive while a batch is
 being stored go in the next. Each batch is published before its sends are
-acknowledged, one hub message per conversation.
+acknowledged, one hub message per conversation, through chat/events.py.
 """
 
 from __future__ import annotations
@@ -8,27 +8,24 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from monitoring import metrics
 from realtime.chat import events, messages, sends
 from realtime.chat.messages import Sent
+from realtime.chat.sends import Result, SendRequest
 from realtime.node.batching import Batcher
 from realtime.node.db import in_pool
-
-if TYPE_CHECKING:  # sends → metrics → runtime → here: names only at runtime
-    from realtime.chat.sends import Result, SendRequest
 
 log = logging.getLogger("tether.sends")
 
 # Bounded so one transaction stays short and its statement within any driver's limits.
 MAX_BATCH = 256
 
-Store = Callable[[list["SendRequest"]], Awaitable[list["Result"]]]
+Store = Callable[[list[SendRequest]], Awaitable[list[Result]]]
 
 
 async def store_in_pool(requests: list[SendRequest]) -> list[Result]:
-    """`sends.store_sends` on a pool thread (bound at call time: import cycle)."""
+    """`sends.store_sends` on a pool thread (docs/architecture.md, rule 7)."""
     return await in_pool(sends.store_sends)(requests)
 
 
@@ -43,7 +40,7 @@ async def publish_batch(results: list[Result]) -> None:
         await events.messages_stored({cid: sorted(items) for cid, items in by_conversation.items()})
 
 
-Publish = Callable[[list["Result"]], Awaitable[None]]
+Publish = Callable[[list[Result]], Awaitable[None]]
 
 
 class SendQueue:

@@ -15,9 +15,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from realtime.chat import events
 from realtime.models import LiveConnection, Node
 from realtime.node import control, registry
+from realtime.node.runtime import get_runtime
 from realtime.protocol import MAX_STORABLE_INT, Code, TetherError, bad_request, user_repr
 from realtime.rest import openapi as doc
 
@@ -162,8 +162,7 @@ class CleanupView(StaffView):
         stale = LiveConnection.objects.filter(last_seen__lt=cutoff)
         users = set(stale.values_list("user_id", flat=True)) | set(reaped.user_ids)
         removed, _ = stale.delete()
-        for user_id in users:
-            async_to_sync(events.presence_changed)(user_id)
+        async_to_sync(get_runtime().recheck_users)(users)
         return Response(
             {
                 "removed": removed + reaped.connections,

@@ -39,9 +39,9 @@ def runtime_state(runtime: Any) -> dict[str, Any]:
         "cursors": sum(len(c.cursors) for c in conns),
         "sent_runs": sum(len(r.closed) + 1 for c in conns for r in list(c.sent_runs.values())),
         "subscriptions": sum(len(c.epochs) for c in conns),
-        "typing_seen": len(runtime.typing_seen),
         "pending_tasks": len(runtime._pending),
         "batches_waiting": Batcher.waiting_everywhere(),
+        **runtime.part_sizes(),
     }
 
 

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from realtime.node.ratelimit import TokenBucket
 from realtime.node.registry import ConnectionInfo
-from realtime.transport.ratelimit import TokenBucket
 
 # Repeated protocol violations close with 4400 (PROTOCOL 4). A second binary
 # frame is "repeated"; bad JSON gets some slack for a client fixing itself.

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from realtime.node.connection import Connection
-from realtime.transport.backpressure import text_frame
 
 log = logging.getLogger("tether.delivery")
 
@@ -226,7 +225,7 @@ async def deliver_run(
         if outbound is not None and outbound.direct and not outbound.blocked:
             while ready < len(items) and ready_for(conn, key, items[ready][0]):
                 if ready == len(framed):
-                    framed.append(text_frame(items[ready][1]))
+                    framed.append(outbound.frame(items[ready][1]))
                 ready += 1
             if ready:
                 conn.last_out = now

@@ -12,27 +12,41 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 from django.conf import settings
 
 from monitoring import metrics
-from monitoring.stats import OPS_TOPIC, NodeStats
-from realtime.chat import events, fanout
-from realtime.chat.send_queue import SendQueue
+from monitoring.stats import NodeStats
 from realtime.node import collector, control, registry
 from realtime.node.connection import Connection
 from realtime.node.db import in_pool, server_max_connections
 from realtime.node.hub import Hub
-from realtime.protocol import Close, TetherError, now_ms
-from realtime.topics import fanout as topic_fanout
-from realtime.topics.demo_feed import run_demo_feed
+from realtime.protocol import Close, now_ms
 
 log = logging.getLogger("tether.runtime")
 
 # Upper bound on closing every socket at SIGTERM before the node's records go.
 DRAIN_SECONDS = 10.0
+
+
+class NodePart(Protocol):
+    """What a domain runs on every node (chat, topics), added by realtime/apps.py: the
+    runtime knows no domain (docs/architecture.md, "The house")."""
+
+    def start(self, runtime: NodeRuntime) -> None:
+        """At every start (once per event loop): hub handlers, fresh per-node state."""
+
+    async def maintain(self, runtime: NodeRuntime) -> None:
+        """Each maintenance pass, after the heartbeat and the reaper."""
+
+    async def recheck_users(self, user_ids: Iterable[int]) -> None:
+        """These users' sockets ended without their own cleanup (a reaped node, this
+        node's previous run, an operator's cleanup): re-evaluate what rests on them."""
+
+    def sizes(self) -> dict[str, int]:
+        """What the part keeps per node (the node's figures; each must stay bounded)."""
 
 
 class NodeRuntime:
@@ -52,9 +66,8 @@ class NodeRuntime:
         self._shutdown_hooked = False
         self._pending: set[asyncio.Task[Any]] = set()
         self.hub = Hub()
-        self.sends = SendQueue()
-        # (user id, conversation) → when a `typing` was last passed on (PROTOCOL 6).
-        self.typing_seen: dict[tuple[int, str], float] = {}
+        # The last maintenance pass's figures (published on `ops:stats` by topics).
+        self.last_stats: dict[str, Any] | None = None
         # PostgreSQL's max_connections, read at start (the connection alert's bound).
         self.db_max_connections: int | None = None
 
@@ -80,25 +93,19 @@ class NodeRuntime:
                 return
             self.name = settings.NODE_NAME
             self.stats = NodeStats()
+            self.last_stats = None
             node, stale_users = await registry.register_node(self.name)
             self.db_max_connections = await in_pool(server_max_connections)()
             self.hub = Hub()
-            self.sends = SendQueue()
             await self.hub.start()
-            fanout.install(self.hub, lambda: list(self.connections.values()))
             control.install(self.hub, self.connections.get)
-            topic_fanout.install(self.hub)
+            self._tasks = []
+            for part in _parts:
+                part.start(self)
             self.node_id = node.id
-            for user_id in stale_users:  # their sockets died with our previous run
-                await events.presence_changed(user_id)
-            self._tasks = [
-                loop.create_task(self._sweep_forever(), name="tether-sweeper"),
-                loop.create_task(self._maintain_forever(), name="tether-maintenance"),
-            ]
-            if settings.DEMO_FEED:
-                self._tasks.append(
-                    loop.create_task(run_demo_feed(settings.DEMO_FEED), name="tether-demo-feed")
-                )
+            await self.recheck_users(stale_users)  # their sockets died with our previous run
+            self.run_in_background(self._sweep_forever(), "tether-sweeper")
+            self.run_in_background(self._maintain_forever(), "tether-maintenance")
             self._hook_daphne_shutdown()
             _tune_interpreter()
             log.info("node %s started", self.name)
@@ -162,6 +169,21 @@ class NodeRuntime:
 
         reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
         self._shutdown_hooked = True
+
+    def run_in_background(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """A task that lives as long as the node (cancelled by `stop`)."""
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    async def recheck_users(self, user_ids: Iterable[int]) -> None:
+        """See `NodePart.recheck_users`."""
+        ids = list(user_ids)
+        if ids:
+            for part in _parts:
+                await part.recheck_users(ids)
+
+    def part_sizes(self) -> dict[str, int]:
+        """Every part's `sizes`, for the node's figures."""
+        return {name: n for part in _parts for name, n in part.sizes().items()}
 
     # --- local connections -------------------------------------------------
 
@@ -236,7 +258,7 @@ class NodeRuntime:
         updated = await registry.node_heartbeat(
             self.node_id, [c.id for c in seen], len(self.connections), stats
         )
-        await self._publish_stats(stats)
+        self.last_stats = stats
         for conn in seen:
             conn.last_flushed_in = conn.last_in
         if not updated:
@@ -245,36 +267,22 @@ class NodeRuntime:
             log.warning("node %s record was reaped; registering again", self.name)
             await self._reregister()
         reaped = await in_pool(registry.reap_silent_nodes)(registry.reap_after())
-        for user_id in reaped.user_ids:
-            await events.presence_changed(user_id)
-        await fanout.check_heads(self.hub)
-        await topic_fanout.check_heads(self.hub)
+        await self.recheck_users(reaped.user_ids)
+        for part in _parts:
+            await part.maintain(self)
         for job in list(_maintenance_jobs):
             try:
                 await in_pool(job)()
             except Exception:
                 log.exception("maintenance job %s failed", getattr(job, "__qualname__", job))
-        cutoff = time.monotonic() - 5
-        self.typing_seen = {k: t for k, t in self.typing_seen.items() if t > cutoff}
-
-    async def _publish_stats(self, stats: dict[str, Any]) -> None:
-        """Feed the staff topic behind `/ops/` (skipped if `ops` is not a namespace)."""
-        from realtime.topics import apublish
-
-        try:
-            await apublish(OPS_TOPIC, {"node": self.name, **stats})
-        except TetherError:
-            pass  # the operator configured no `ops` namespace
-        except Exception:
-            log.warning("could not publish node stats", exc_info=True)
 
     async def _reregister(self) -> None:
         node, _ = await registry.register_node(self.name)
         self.node_id = node.id
         for conn in list(self.connections.values()):
             await registry.add_connection(conn.info, node.id)
-        for user_id in {conn.user_id for conn in self.connections.values()}:
-            await events.presence_changed(user_id)  # they were announced offline
+        # They were announced offline when the record went.
+        await self.recheck_users({conn.user_id for conn in self.connections.values()})
 
 
 _runtime = NodeRuntime()
@@ -285,7 +293,15 @@ def get_runtime() -> NodeRuntime:
     return _runtime
 
 
-collector.register(get_runtime)
+
+# The domains' work on every node (realtime/apps.py adds chat's and topics').
+_parts: list[NodePart] = []
+
+
+def add_part(part: NodePart) -> None:
+    """Run `part` on this node from its next start (once, however often added)."""
+    if part not in _parts:
+        _parts.append(part)
 
 
 # Work other apps add to every maintenance pass, each run on a pool thread: the
@@ -368,3 +384,7 @@ class NodeStartMiddleware:
                     await _runtime._stop_logged()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+# Last: scraping reads the runtime and its parts, all defined by now.
+collector.register(get_runtime)

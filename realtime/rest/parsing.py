@@ -9,6 +9,9 @@
 - PostgreSQL refuses NUL characters in text, so a NUL in a path or query
   parameter (a conversation id, `?username=`) failed as a 500 there. No id or
   name can hold one, so such URLs are refused with `bad_request`.
+
+And what every view reads the same way: a JSON object body (`json_body`) and
+integer query parameters (`int_param`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
+from rest_framework.request import Request
 
 from realtime import protocol
-from realtime.protocol import Code, TetherError
+from realtime.protocol import MAX_STORABLE_INT, Code, TetherError, bad_request
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -91,3 +95,26 @@ class RefuseNulInUrl(MiddlewareMixin):
 
 def _nul(field: str, detail: str) -> JsonResponse:
     return JsonResponse({"error": "bad_request", "detail": detail, "field": field}, status=400)
+
+
+def int_param(request: Request, name: str, default: int | None = None) -> int | None:
+    """A query parameter holding an integer >= 0 a database can compare (`bad_request` else)."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(name, "must be an integer") from None
+    if value < 0:
+        raise bad_request(name, "must be >= 0")
+    if value > MAX_STORABLE_INT:  # beyond what the database can compare with (a 500 otherwise)
+        raise bad_request(name, f"must be at most {MAX_STORABLE_INT}")
+    return value
+
+
+def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object (`bad_request` for any other JSON value)."""
+    if not isinstance(request.data, dict):
+        raise bad_request("body", "must be a JSON object")
+    return request.data

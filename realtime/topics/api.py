@@ -11,9 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from realtime.chat.api import _body, _int_param
 from realtime.protocol import Code, TetherError, bad_request
 from realtime.rest import openapi as doc
+from realtime.rest.parsing import int_param, json_body
 from realtime.topics import service as topics
 from realtime.topics.store import get_store
 
@@ -56,7 +56,7 @@ class PublishView(APIView):
             raise TetherError(
                 Code.FORBIDDEN, "publishing needs a staff account or an API token with publish"
             )
-        data = _body(request)
+        data = json_body(request)
         if "data" not in data:
             raise bad_request("data", "is required")
         return Response(topics.publish(topic, data["data"]), status=status.HTTP_201_CREATED)
@@ -88,7 +88,7 @@ async def _history(topic: str, ns: Any, since: int | None, limit: int) -> dict[s
 
 
 def _page_size(request: Request) -> int:
-    limit = _int_param(request, "limit", HISTORY_PAGE) or HISTORY_PAGE
+    limit = int_param(request, "limit", HISTORY_PAGE) or HISTORY_PAGE
     if limit > MAX_HISTORY_PAGE:
         raise bad_request("limit", f"must be from 1 to {MAX_HISTORY_PAGE}")
     return limit
@@ -120,4 +120,4 @@ class HistoryView(APIView):
     )
     def get(self, request: Request, topic: str) -> Response:
         ns = topics.readable_namespace(request.user, topic)
-        return Response(_history(topic, ns, _int_param(request, "since"), _page_size(request)))
+        return Response(_history(topic, ns, int_param(request, "since"), _page_size(request)))

@@ -58,6 +58,9 @@ def text_frame(text: str) -> bytes:
 class Outbound:
     """One socket's bounded queue of frames held while its transport is paused."""
 
+    # Fan-out frames a text once for every socket that takes ready-made frames.
+    frame = staticmethod(text_frame)
+
     def __init__(
         self, max_frames: int, max_bytes: int, flush: Callable[[str], Awaitable[None]]
     ) -> None:

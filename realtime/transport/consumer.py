@@ -21,6 +21,7 @@ from django.conf import settings
 from monitoring import metrics
 from realtime.node import registry
 from realtime.node.connection import Connection
+from realtime.node.ratelimit import TokenBucket
 from realtime.node.runtime import NodeRuntime, get_runtime
 from realtime.protocol import (
     CLOSE_REASONS,
@@ -37,7 +38,6 @@ from realtime.protocol import (
 )
 from realtime.transport import backpressure
 from realtime.transport.origin import header
-from realtime.transport.ratelimit import TokenBucket
 
 log = logging.getLogger("tether.consumers")
 

@@ -10,8 +10,8 @@ import pytest
 
 from realtime.node import delivery
 from realtime.node.connection import Connection
+from realtime.node.ratelimit import TokenBucket
 from realtime.node.registry import ConnectionInfo
-from realtime.transport.ratelimit import TokenBucket
 
 STORE = {n: f"m{n}" for n in range(1, 201)}
 
