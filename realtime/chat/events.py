@@ -11,6 +11,7 @@ in here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -50,24 +51,29 @@ async def messages_stored(runs: dict[str, Run]) -> None:
     )
 
 
+def _after_commit(send: Callable[[], Any]) -> None:
+    # Robust: once committed, a layer that fails loses only the news, which the
+    # nodes' head checks and the clients' next `sync` make good; the request that
+    # made the change must not fail for it (Django logs the error).
+    transaction.on_commit(send, robust=True)
+
+
 def message_stored(message: Message, text: str) -> None:
     """From sync code (REST, commands): out once the storing transaction commits."""
     run = {message.conversation_id: [(message.seq, text)]}
-    transaction.on_commit(lambda: async_to_sync(messages_stored)(run))
+    _after_commit(lambda: async_to_sync(messages_stored)(run))
 
 
 def members_joined(conversation_id: str, user_ids: list[int]) -> None:
     """After commit, every open chat socket of these users subscribes and gets `joined`."""
     message = {"type": "tether.joined", "conversation": conversation_id}
-    transaction.on_commit(
-        lambda: control.send_where(message, user_id__in=user_ids, endpoint="chat")
-    )
+    _after_commit(lambda: control.send_where(message, user_id__in=user_ids, endpoint="chat"))
 
 
 def member_left(conversation_id: str, user_id: int) -> None:
     """After commit, every open chat socket of this user unsubscribes and gets `left`."""
     message = {"type": "tether.left", "conversation": conversation_id}
-    transaction.on_commit(lambda: control.send_where(message, user_id=user_id, endpoint="chat"))
+    _after_commit(lambda: control.send_where(message, user_id=user_id, endpoint="chat"))
 
 
 async def _to_members(conversation_id: str, frame: dict[str, Any], exclude_user: int) -> None:

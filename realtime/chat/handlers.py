@@ -15,7 +15,7 @@ from realtime.chat import conversations, events, fanout, messages, presence, sen
 from realtime.chat.node import chat_node
 from realtime.node import delivery
 from realtime.node.db import in_pool
-from realtime.protocol import Frame, bad_request, non_negative
+from realtime.protocol import MAX_ID_CHARS, Frame, bad_request, non_negative
 
 if TYPE_CHECKING:
     from realtime.transport.consumer import TetherConsumer
@@ -70,7 +70,7 @@ def _positions(value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
         raise bad_request("positions", "must be an object of conversation id → seq")
     for cid, seq in value.items():
-        non_negative(seq, f"positions.{cid[:64]}")
+        non_negative(seq, f"positions.{cid[:MAX_ID_CHARS]}")
     return value
 
 

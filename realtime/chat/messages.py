@@ -12,7 +12,15 @@ from django.db import connection
 from realtime.chat.conversations import access_conversation
 from realtime.chat.representations import message_frame, message_repr
 from realtime.models import Conversation, Membership, Message
-from realtime.protocol import Code, TetherError, bad_request, encode, non_negative
+from realtime.protocol import (
+    MAX_ID_CHARS,
+    Code,
+    TetherError,
+    bad_request,
+    encode,
+    non_negative,
+    valid_id,
+)
 
 MAX_HISTORY_LIMIT = 100
 DEFAULT_HISTORY_LIMIT = 50
@@ -54,8 +62,8 @@ def stored(sender_id: int, client_id: str) -> Message | None:
 
 def validate_send(client_id: Any, body: Any) -> None:
     """The checks of a `send` that need no database (PROTOCOL 6)."""
-    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
-        raise bad_request("id", "is required on send: a string of 1 to 64 characters")
+    if not valid_id(client_id):
+        raise bad_request("id", f"is required on send: a string of 1 to {MAX_ID_CHARS} characters")
     if not isinstance(body, str):
         raise bad_request("body", "is required: a string")
     if not body.strip():

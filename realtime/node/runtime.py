@@ -293,7 +293,6 @@ def get_runtime() -> NodeRuntime:
     return _runtime
 
 
-
 # The domains' work on every node (realtime/apps.py adds chat's and topics').
 _parts: list[NodePart] = []
 

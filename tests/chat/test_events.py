@@ -10,50 +10,20 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import transaction
 
-from accounts import credentials
-from accounts.models import User
-from project.asgi import application
 from realtime.chat import conversations, events, messages
 from realtime.models import Conversation, LiveConnection, Membership, Message
 from realtime.node import control
 from realtime.protocol import now_ms
+from tests.support.focused import WAIT, chat, group, person
 from tests.support.names import unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUIET = 0.3  # how long "nothing arrives" is watched for
-WAIT = 5  # the longest a frame that should come may take (a busy machine)
 
 
 class Rollback(Exception):
     """Raised to roll a test's transaction back."""
-
-
-@database_sync_to_async
-def person() -> tuple[User, str]:
-    """A user and an API token for it."""
-    user = User.objects.create_user(username=unique("e"), password="pw-Not-common-123")
-    return user, credentials.issue_token(user)[1]
-
-
-async def chat(token: str) -> WebsocketCommunicator:
-    """A `/ws/chat/` socket past `welcome` and an empty `sync` (live delivery released)."""
-    comm = WebsocketCommunicator(
-        application, "/ws/chat/", headers=[(b"authorization", f"Bearer {token}".encode())]
-    )
-    ok, _ = await comm.connect()
-    assert ok
-    assert (await comm.receive_json_from(WAIT))["type"] == "welcome"
-    await comm.send_json_to({"type": "sync", "id": "s", "positions": {}})
-    while (await comm.receive_json_from(WAIT))["type"] != "synced":
-        pass  # `joined` for each conversation the user already has
-    return comm
-
-
-async def group(creator: User, *others: User) -> Conversation:
-    """A group conversation created (and committed) through the service."""
-    create = database_sync_to_async(conversations.check_create_group)
-    return await create(creator, unique("t"), [u.pk for u in others])
 
 
 async def joined(*comms: WebsocketCommunicator) -> None:
@@ -91,7 +61,7 @@ def send_where_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 async def test_membership_news_leaves_only_after_commit(runtime, send_where_calls) -> None:
     """`joined`/`left` are sent once the change commits, never for a rolled-back one."""
     (alice, a_token), (bob, b_token) = await person(), await person()
-    a, b = await chat(a_token), await chat(b_token)
+    a, b = await chat(a_token, synced=True), await chat(b_token, synced=True)
     cid = conversations.new_conversation_id()
     inside: list[int] = []  # control messages sent by the time the change returns
 
@@ -131,7 +101,7 @@ async def test_membership_news_leaves_only_after_commit(runtime, send_where_call
 async def test_a_stored_message_is_delivered_only_after_commit(runtime) -> None:
     """`message_stored` inside a rolled-back transaction reaches no socket."""
     (alice, a_token), (bob, b_token) = await person(), await person()
-    a, b = await chat(a_token), await chat(b_token)
+    a, b = await chat(a_token, synced=True), await chat(b_token, synced=True)
     conv = await group(alice, bob)
     await joined(a, b)
 
@@ -166,7 +136,9 @@ async def test_receipts_and_typing_reach_the_other_members_not_the_author(runtim
     (alice, a_token), (bob, b_token), (carol, c_token), (_, s_token) = [
         await person() for _ in range(4)
     ]
-    a1, a2, b, c, stranger = [await chat(t) for t in (a_token, a_token, b_token, c_token, s_token)]
+    a1, a2, b, c, stranger = [
+        await chat(t, synced=True) for t in (a_token, a_token, b_token, c_token, s_token)
+    ]
     conv = await group(alice, bob, carol)
     await joined(a1, a2, b, c)
     await events.read_receipt(conv.pk, alice, 3)
@@ -189,8 +161,8 @@ async def test_presence_tells_co_members_once_and_not_strangers(runtime) -> None
     """Online/offline of a user reach who shares a conversation with them, once per change."""
     (alice, a_token), (bob, b_token), (_, s_token) = [await person() for _ in range(3)]
     await group(alice, bob)
-    b, stranger = await chat(b_token), await chat(s_token)
-    a = await chat(a_token)
+    b, stranger = await chat(b_token, synced=True), await chat(s_token, synced=True)
+    a = await chat(a_token, synced=True)
     online = await b.receive_json_from(WAIT)
     assert online["type"] == "presence" and online["status"] == "online"
     assert online["user"] == {"id": alice.pk, "username": alice.username}

@@ -8,42 +8,13 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from accounts import credentials
-from accounts.models import User
-from project.asgi import application
-from realtime.chat import conversations
 from realtime.models import Membership, Message
-from tests.support.names import unique
+from tests.support.focused import WAIT, chat, group, person
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUIET = 0.3  # how long "nothing arrives" is watched for
-WAIT = 5  # the longest a frame that should come may take (a busy machine)
 NOT_A_MEMBER = "you are not a member of that conversation"
-
-
-@database_sync_to_async
-def person() -> tuple[User, str]:
-    """A user and an API token for it."""
-    user = User.objects.create_user(username=unique("h"), password="pw-Not-common-123")
-    return user, credentials.issue_token(user)[1]
-
-
-async def group(creator: User, *others: User) -> str:
-    """The id of a group conversation created through the service."""
-    create = database_sync_to_async(conversations.check_create_group)
-    return (await create(creator, unique("t"), [u.pk for u in others])).pk
-
-
-async def chat(token: str) -> WebsocketCommunicator:
-    """A `/ws/chat/` socket past its `welcome`."""
-    comm = WebsocketCommunicator(
-        application, "/ws/chat/", headers=[(b"authorization", f"Bearer {token}".encode())]
-    )
-    ok, _ = await comm.connect()
-    assert ok
-    assert (await comm.receive_json_from(WAIT))["type"] == "welcome"
-    return comm
 
 
 async def until(comm: WebsocketCommunicator, frame_type: str) -> tuple[dict, list[dict]]:
@@ -83,7 +54,7 @@ def bad_request(request_id: str, field: str) -> dict[str, Any]:
 async def test_send_acks_with_seq_and_a_repeated_id_is_the_stored_duplicate(runtime) -> None:
     """The same `id` again answers the stored message's ack, `duplicate: true`, stores nothing."""
     alice, token = await person()
-    cid = await group(alice)
+    cid = (await group(alice)).pk
     comm = await chat(token)
     await comm.send_json_to({"type": "send", "id": "m1", "conversation": cid, "body": "hello"})
     ack, before = await until(comm, "ack")
@@ -107,7 +78,7 @@ async def test_send_acks_with_seq_and_a_repeated_id_is_the_stored_duplicate(runt
 async def test_read_with_a_bad_seq_is_bad_request_and_keeps_the_socket(runtime, seq: Any) -> None:
     """`seq` must be an integer >= 0: the error names it and the socket stays open."""
     alice, token = await person()
-    cid = await group(alice)
+    cid = (await group(alice)).pk
     comm = await chat(token)
     await comm.send_json_to({"type": "read", "id": "r1", "conversation": cid, "seq": seq})
     assert await comm.receive_json_from(WAIT) == bad_request("r1", "seq")
@@ -118,7 +89,7 @@ async def test_read_with_a_bad_seq_is_bad_request_and_keeps_the_socket(runtime, 
 async def test_read_has_no_reply_and_the_receipt_goes_to_the_others(runtime) -> None:
     """A valid `read` is stored up to `last_seq` and told to the other members only."""
     (alice, a_token), (bob, b_token) = await person(), await person()
-    cid = await group(alice, bob)
+    cid = (await group(alice, bob)).pk
     b = await chat(b_token)
     a = await chat(a_token)
     await a.send_json_to({"type": "send", "id": "m1", "conversation": cid, "body": "x"})
@@ -138,7 +109,7 @@ async def test_read_has_no_reply_and_the_receipt_goes_to_the_others(runtime) -> 
 async def test_sync_with_a_bad_position_names_it(runtime, position: Any) -> None:
     """Each position is an integer >= 0: `bad_request` with `field: positions.<id>`."""
     alice, token = await person()
-    cid = await group(alice)
+    cid = (await group(alice)).pk
     comm = await chat(token)
     await comm.send_json_to({"type": "sync", "id": "s2", "positions": {cid: position}})
     assert await comm.receive_json_from(WAIT) == bad_request("s2", f"positions.{cid}")
@@ -155,7 +126,7 @@ async def test_sync_with_a_bad_position_names_it(runtime, position: Any) -> None
 async def test_typing_outside_ones_conversations_is_forbidden(runtime) -> None:
     """Not a member and no such conversation give the same `forbidden`; nobody hears."""
     (alice, a_token), (bob, _), (_, c_token) = [await person() for _ in range(3)]
-    cid = await group(alice, bob)
+    cid = (await group(alice, bob)).pk
     a = await chat(a_token)
     c = await chat(c_token)
     for target in (cid, "k0000000000000000"):

@@ -293,3 +293,44 @@ async def test_a_send_is_answered_only_after_its_batch_is_published() -> None:
     release.set()
     with pytest.raises(TetherError):
         await asyncio.wait_for(sending, 5)
+
+
+def test_a_send_alone_is_stored_checked_and_published_once(
+    people: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, c = people
+    cid = conversation(a, b)
+    published: list[dict[str, Any]] = []
+
+    async def record(runs: dict[str, Any]) -> None:
+        published.append(runs)
+
+    monkeypatch.setattr("realtime.chat.events.messages_stored", record)
+    first = sends.send(a, cid, "k1", "hello")
+    assert not first.duplicate and first.message.seq == 1
+    again = sends.send(a, cid, "k1", "other body")
+    assert again.duplicate and again.message.id == first.message.id
+    assert [list(run) for run in published] == [[cid]]  # the duplicate is not news
+    assert published[0][cid][0][0] == 1
+    with pytest.raises(TetherError) as refused:
+        sends.send(c, cid, "k2", "not a member")
+    assert refused.value.code == Code.FORBIDDEN
+    with pytest.raises(TetherError) as bad:
+        sends.send(a, cid, "", "no key")
+    assert bad.value.code == Code.BAD_REQUEST
+
+
+def test_a_send_is_answered_even_when_its_news_cannot_leave(
+    people: list[User], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b, _ = people
+    cid = conversation(a, b)
+
+    async def layer_down(runs: dict[str, Any]) -> None:
+        raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr("realtime.chat.events.messages_stored", layer_down)
+    sent = sends.send(a, cid, "k1", "stored all the same")
+    assert not sent.duplicate and sent.message.seq == 1
+    assert Message.objects.filter(conversation_id=cid).count() == 1
+    assert any("Redis is away" in str(r.exc_info) for r in caplog.records if r.exc_info)
