@@ -54,6 +54,15 @@ class LiveConnectionInline(admin.TabularInline):
 @admin.register(User)
 class TetherUserAdmin(UserAdmin):
     inlines = [LiveConnectionInline, ApiTokenInline]
+    list_display = (*UserAdmin.list_display, "external_id")
+    search_fields = (*UserAdmin.search_fields, "external_id")
+    # The application's user id (PROTOCOL 11): set when the user first came in with
+    # a connection token, and what later tokens are matched on.
+    readonly_fields = ("external_id",)
+    fieldsets = (
+        *UserAdmin.fieldsets,
+        ("From the application's backend", {"fields": ("external_id",)}),
+    )
 
 
 @admin.register(ApiToken)

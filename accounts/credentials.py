@@ -6,7 +6,7 @@ import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -161,14 +161,23 @@ def _token_from_row(query: _TokenQuery, row: tuple[Any, ...]) -> ApiToken:
     return token
 
 
-def issue_ticket(user: User, auth_ref: str) -> str:
-    """A single-use ticket valid for TICKET_SECONDS."""
+def issue_ticket(user: User, auth_ref: str, credential_expires_at: int | None = None) -> str:
+    """A single-use ticket valid for TICKET_SECONDS (less if its credential, ending at
+    the epoch second `credential_expires_at`, ends sooner)."""
     raw = TICKET_PREFIX + secrets.token_urlsafe(32)
+    now = timezone.now()
+    ends = (
+        None
+        if credential_expires_at is None
+        else datetime.fromtimestamp(credential_expires_at, tz=UTC)
+    )
+    expires_at = now + timedelta(seconds=TICKET_SECONDS)
     WsTicket.objects.create(
         key_hash=digest(raw),
         user=user,
         auth_ref=auth_ref,
-        expires_at=timezone.now() + timedelta(seconds=TICKET_SECONDS),
+        expires_at=expires_at if ends is None else min(expires_at, ends),
+        credential_expires_at=ends,
     )
     return raw
 

@@ -18,6 +18,10 @@ class UserManager(DjangoUserManager):
 class User(AbstractUser):
     """Tether's user; a custom model so later fields need no migration dance."""
 
+    # The application's own user id (a connection token's `sub`, PROTOCOL 11) for a
+    # user who came in that way; null for users with a Tether password.
+    external_id = models.CharField(max_length=150, unique=True, null=True, blank=True, default=None)
+
     objects = UserManager()
 
     class Meta(AbstractUser.Meta):
@@ -53,9 +57,11 @@ class WsTicket(models.Model):
 
     key_hash = models.CharField(max_length=64, unique=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    # The credential that obtained the ticket ("session:<hash>" or "token:<id>"),
-    # so logging out also closes sockets opened with its tickets.
+    # The credential that obtained the ticket ("session:<hash>", "token:<id>" or
+    # "jwt:<user id>"), so logging out also closes sockets opened with its tickets.
     auth_ref = models.CharField(max_length=80)
+    # When that credential expires (a connection token's `exp`): the socket closes then.
+    credential_expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(db_index=True)
     used_at = models.DateTimeField(null=True, blank=True)

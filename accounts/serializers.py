@@ -10,14 +10,6 @@ from accounts.models import User
 USERNAME_TAKEN = "this username is taken"
 
 
-class UserSerializer(serializers.ModelSerializer):
-    """PROTOCOL 9 user: `{"id": 7, "username": "alice"}`."""
-
-    class Meta:
-        model = User
-        fields = ["id", "username"]
-
-
 class CredentialsSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=4096, trim_whitespace=False)

@@ -15,23 +15,26 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import credentials
+from accounts import connection_tokens, credentials
 from accounts.models import ApiToken, User
 from accounts.serializers import (
     USERNAME_TAKEN,
     CredentialsSerializer,
     RegisterSerializer,
-    UserSerializer,
 )
 from accounts.throttles import AUTH_THROTTLES, AuthAddressThrottle
+from realtime.protocol import user_repr
 from realtime.rest import openapi as doc
 from realtime.rest.errors import error_response
+from realtime.transport import signed
 
 
 def auth_ref_of(request: Request) -> str:
     """The credential a request rests on, as the socket registry names it."""
     if isinstance(request.auth, ApiToken):
         return credentials.token_ref(request.auth.pk)
+    if isinstance(request.auth, signed.Claims):
+        return connection_tokens.jwt_ref(request.user.pk)
     session_key = request._request.session.session_key or ""
     return credentials.session_ref(session_key)
 
@@ -69,7 +72,7 @@ class RegisterView(APIView):
             return error_response(
                 "bad_request", f"username: {USERNAME_TAKEN}", 400, field="username"
             )
-        return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
+        return Response(user_repr(user), status=status.HTTP_201_CREATED)
 
 
 class TokenView(APIView):
@@ -112,7 +115,13 @@ class WsTicketView(APIView):
         responses={201: doc.TicketBody},
     )
     def post(self, request: Request) -> Response:
-        raw = credentials.issue_ticket(request.user, auth_ref_of(request))
+        # A ticket minted with a connection token ends with it (PROTOCOL 11).
+        claims = request.auth if isinstance(request.auth, signed.Claims) else None
+        raw = credentials.issue_ticket(
+            request.user,
+            auth_ref_of(request),
+            credential_expires_at=None if claims is None else claims.exp,
+        )
         return Response(
             {"ticket": raw, "expires_in": credentials.TICKET_SECONDS},
             status=status.HTTP_201_CREATED,
@@ -122,7 +131,7 @@ class WsTicketView(APIView):
 class MeView(APIView):
     @extend_schema(summary="The caller", tags=["users"], responses={200: doc.UserBody})
     def get(self, request: Request) -> Response:
-        return Response(UserSerializer(request.user).data)
+        return Response(user_repr(request.user))
 
 
 class UserLookupView(APIView):
@@ -163,4 +172,4 @@ class UserLookupView(APIView):
         for name in names:
             match |= Q(username__iexact=name)
         users = User.objects.filter(match, is_active=True).order_by("id")
-        return Response({"users": UserSerializer(users, many=True).data, "has_more": False})
+        return Response({"users": [user_repr(u) for u in users], "has_more": False})

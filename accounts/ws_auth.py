@@ -1,4 +1,5 @@
-"""Socket authentication (PROTOCOL 2): session cookie, then Bearer token, then ticket.
+"""Socket authentication (PROTOCOL 2, 11): session cookie, then Bearer token (an API
+token or a connection token signed by the application's backend), then ticket.
 
 The result goes into the scope; the consumer accepts and closes with 4401
 (or 4403 for a disabled account) so browsers can tell "log in again" apart.
@@ -16,9 +17,11 @@ from channels.sessions import SessionMiddlewareStack
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
-from accounts import credentials
+from accounts import connection_tokens, credentials
 from realtime.node.batching import Batcher
 from realtime.node.db import in_pool
+from realtime.protocol import Code, TetherError, bad_request
+from realtime.transport import signed
 from realtime.transport.origin import header
 
 log = logging.getLogger("tether.auth")
@@ -28,10 +31,11 @@ log = logging.getLogger("tether.auth")
 class SocketAuth:
     """How a socket authenticated, and which credential it rests on."""
 
-    method: str  # "session" | "token" | "ticket" | "" (none)
-    ref: str  # "session:<hash>" | "token:<id>" | ""
+    method: str  # "session" | "token" | "jwt" | "ticket" | "" (none)
+    ref: str  # "session:<hash>" | "token:<id>" | "jwt:<user id>" | ""
     disabled: bool = False  # valid credential of an inactive account → 4403
     failed: bool = False  # the check itself failed (database down) → 1011
+    expires_at: int | None = None  # ms: the credential's end (a connection token's `exp`)
 
 
 NO_AUTH = SocketAuth("", "")
@@ -80,7 +84,39 @@ def _user_for_ticket(raw: str) -> tuple[Any, SocketAuth] | None:
     ticket = credentials.consume_ticket(raw)
     if ticket is None:
         return None
-    return ticket.user, SocketAuth("ticket", ticket.auth_ref, not ticket.user.is_active)
+    ends = ticket.credential_expires_at
+    expires_at = None if ends is None else int(ends.timestamp() * 1000)
+    return ticket.user, SocketAuth(
+        "ticket", ticket.auth_ref, not ticket.user.is_active, expires_at=expires_at
+    )
+
+
+@in_pool
+def _user_for_connection_token(raw: str) -> tuple[Any, SocketAuth] | None:
+    try:
+        claims = signed.verify(raw)
+        user = connection_tokens.user_for(claims)
+    except signed.Refused as refused:
+        log.info("connection token refused: %s", refused)
+        return None
+    ref = connection_tokens.jwt_ref(user.pk)
+    return user, SocketAuth("jwt", ref, not user.is_active, expires_at=claims.expires_at_ms)
+
+
+def refresher(user: Any) -> Any:
+    """What a `refresh` frame calls on a socket resting on a connection token: the new
+    token's expiry in ms, or TetherError (`bad_request` invalid, `forbidden` another user)."""
+
+    async def refresh(raw: str) -> int:
+        try:
+            claims = signed.verify(raw)
+        except signed.Refused as refused:
+            raise bad_request("token", f"not a valid connection token: {refused}") from None
+        if claims.sub != user.external_id:
+            raise TetherError(Code.FORBIDDEN, "the token is for another user")
+        return claims.expires_at_ms
+
+    return refresh
 
 
 async def authenticate(scope: dict[str, Any]) -> tuple[Any, SocketAuth]:
@@ -92,7 +128,10 @@ async def authenticate(scope: dict[str, Any]) -> tuple[Any, SocketAuth]:
             return user, SocketAuth("session", credentials.session_ref(session.session_key))
     raw = _bearer(scope)
     if raw:
-        found = await _user_for_token(raw)
+        if signed.enabled() and signed.looks_like_jwt(raw):
+            found = await _user_for_connection_token(raw)
+        else:
+            found = await _user_for_token(raw)
         if found:
             return found
     raw = _ticket(scope)
@@ -140,4 +179,8 @@ class WebSocketAuthMiddleware:
         # In place, not a copy: see OriginCheckMiddleware.
         scope["user"] = user
         scope["tether_auth"] = auth
+        if auth.expires_at is not None and getattr(user, "external_id", None):
+            # It rests on a connection token (directly or through a ticket minted with
+            # one): a `refresh` frame may move its expiry (PROTOCOL 11).
+            scope["tether_refresh"] = refresher(user)
         return await self.app(scope, receive, send)

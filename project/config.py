@@ -102,6 +102,31 @@ def parse_origins(raw: str) -> list[str]:
     return [o.rstrip("/") for o in origins]
 
 
+def parse_jwt_secret(raw: str) -> str:
+    value = raw.strip()
+    if len(value.encode()) < 32:
+        raise ValueError("at least 32 bytes: a shorter HS256 key can be guessed offline")
+    return value
+
+
+def parse_public_key(raw: str) -> str:
+    """A PEM public key (RSA for RS256, P-256 EC for ES256); `\\n` may stand for newlines
+    (an environment file keeps one line)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    pem = raw.strip().replace("\\n", "\n")
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError:
+        raise ValueError("not a PEM public key (-----BEGIN PUBLIC KEY----- …)") from None
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name != "secp256r1":
+        raise ValueError(f"an EC key must be on P-256 for ES256, not {key.curve.name}")
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ValueError("only RSA (RS256) and P-256 EC (ES256) keys are accepted")
+    return pem + "\n"
+
+
 def parse_rate(raw: str) -> str:
     value = raw.strip().lower()
     if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
@@ -123,7 +148,7 @@ def parse_log_format(raw: str) -> str:
     return value
 
 
-TOPIC_ACCESS = ("open", "own", "staff")
+TOPIC_ACCESS = ("open", "own", "staff", "token")
 NAMESPACE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 DEFAULT_TOPIC_NAMESPACES: dict[str, dict[str, Any]] = {
     "prices": {"history_size": 1000, "history_ttl": 3600, "access": "open"},
@@ -133,7 +158,7 @@ DEFAULT_TOPIC_NAMESPACES: dict[str, dict[str, Any]] = {
 
 
 def parse_topic_namespaces(raw: str) -> dict[str, dict[str, Any]]:
-    """`{"name": {"history_size": N, "history_ttl": seconds, "access": open|own|staff}}`."""
+    """`{"name": {"history_size": N, "history_ttl": seconds, "access": open|own|staff|token}}`."""
     import json
 
     try:
@@ -326,7 +351,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         parse_topic_namespaces,
         DEFAULT_TOPIC_NAMESPACES,
         "topic namespaces as JSON: `{name: {history_size, history_ttl (s), access}}`, access "
-        "`open` (any user), `own` (`user:<id>` for that user) or `staff`",
+        "`open` (any user), `own` (`user:<id>` for that user), `staff`, or `token` (a "
+        "subscription token the application's backend signed, PROTOCOL 11)",
         default_doc="`prices` open, `user` own (100, 1 day), `ops` staff; `prices`/`ops` keep "
         "1000 for 1 h",
     ),
@@ -393,6 +419,35 @@ DECLARATIONS: tuple[Setting, ...] = (
         "when set, `GET /metrics` needs `Authorization: Bearer <METRICS_TOKEN>`",
         default_doc="empty: /metrics open to all (restrict it at the proxy)",
         secret=True,
+    ),
+    Setting(
+        "JWT_SECRET",
+        parse_jwt_secret,
+        "",
+        "shared key for connection tokens signed by the application's backend with HS256 "
+        "(PROTOCOL 11); at least 32 bytes",
+        default_doc="empty: HS256 tokens refused",
+        secret=True,
+    ),
+    Setting(
+        "JWT_PUBLIC_KEY",
+        parse_public_key,
+        "",
+        "PEM public key for connection tokens signed with RS256 (RSA) or ES256 (P-256); "
+        "`\\n` may stand for newlines",
+        default_doc="empty: RS256 and ES256 tokens refused",
+    ),
+    Setting(
+        "JWT_AUDIENCE",
+        parse_str,
+        "",
+        "when set, a connection token's `aud` must name it",
+    ),
+    Setting(
+        "JWT_ISSUER",
+        parse_str,
+        "",
+        "when set, a connection token's `iss` must equal it",
     ),
     Setting("LOG_LEVEL", parse_log_level, "INFO", "logging level"),
     Setting(

@@ -41,6 +41,11 @@ REPLAY_LIMIT: int = _c["REPLAY_LIMIT"]
 TOPIC_NAMESPACES: dict[str, dict] = _c["TOPIC_NAMESPACES"]
 DEMO_FEED: str = _c["DEMO_FEED"]
 METRICS_TOKEN: str = _c["METRICS_TOKEN"]
+# Connection tokens signed by the application's backend (PROTOCOL 11).
+JWT_SECRET: str = _c["JWT_SECRET"]
+JWT_PUBLIC_KEY: str = _c["JWT_PUBLIC_KEY"]
+JWT_AUDIENCE: str = _c["JWT_AUDIENCE"]
+JWT_ISSUER: str = _c["JWT_ISSUER"]
 AUTH_RATE_LIMIT: str = _c["AUTH_RATE_LIMIT"]
 SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
 REDIS_URL: str = _c["REDIS_URL"]
@@ -70,6 +75,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's assets, served as our own static files
     "django_prometheus",
+    "corsheaders",
     "accounts",
     "realtime",
     "monitoring",
@@ -82,6 +88,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "realtime.rest.parsing.RefuseNulInUrl",
@@ -91,6 +98,11 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+
+# Cross-origin requests: `POST /api/auth/ws-ticket/` only, from ALLOWED_ORIGINS
+# (accounts/cors.py decides per request; no origin is listed here).
+CORS_URLS_REGEX = r"^/api/auth/ws-ticket/$"
+CORS_ALLOWED_ORIGINS: list[str] = []
 
 ROOT_URLCONF = "project.urls"
 ASGI_APPLICATION = "project.asgi.application"

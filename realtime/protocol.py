@@ -264,5 +264,9 @@ def utf8_length_exceeds(text: str, limit: int) -> bool:
 
 
 def user_repr(user: Any) -> dict[str, Any]:
-    """The user as every frame and response shows one (PROTOCOL 9): built here only."""
-    return {"id": user.pk, "username": user.get_username()}
+    """The user as every frame and response shows one (PROTOCOL 9, 11): built here only."""
+    shown = {"id": user.pk, "username": user.get_username()}
+    external_id = getattr(user, "external_id", None)
+    if external_id is not None:
+        shown["external_id"] = external_id  # a user from the application's backend
+    return shown

@@ -43,6 +43,9 @@ class Connection:
     limited_since: float | None = None
     last_refused: float = 0.0
     closing: bool = False
+    # When the credential the socket rests on expires (ms since the epoch; a connection
+    # token's `exp`, PROTOCOL 11): the sweeper closes it with 4401 then. None: never.
+    expires_at: int | None = None
     holding: bool = False  # delivery.hold: live frames wait for the resume `sync`
     # Delivery cursors: sequence key → last position delivered on this socket.
     cursors: dict[str, int] = field(default_factory=dict, repr=False)

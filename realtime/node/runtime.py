@@ -216,11 +216,17 @@ class NodeRuntime:
                 log.exception("heartbeat sweep failed")
 
     async def sweep(self, now: float) -> None:
-        """Ping quiet sockets and close silent ones with 4408."""
+        """Ping quiet sockets, close silent ones with 4408 and those whose credential
+        expired with 4401 (PROTOCOL 11)."""
         interval = settings.HEARTBEAT_INTERVAL
         timeout = settings.PING_TIMEOUT
+        wall = now_ms()
         for conn in list(self.connections.values()):
             if conn.closing:
+                continue
+            if conn.expires_at is not None and wall >= conn.expires_at:
+                log.info("connection %s: its credential expired; closing 4401", conn.id)
+                self.spawn(conn.close(Close.UNAUTHENTICATED))
                 continue
             if now - conn.last_in >= timeout:
                 log.info(

@@ -60,6 +60,9 @@ class ErrorBody(serializers.Serializer):
 class UserBody(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
+    external_id = serializers.CharField(
+        required=False, help_text="the application's user id, for users from its backend"
+    )
 
     class Meta:
         ref_name = "User"
@@ -412,7 +415,8 @@ class BearerScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API token from `POST /api/auth/token/`; no CSRF token needed.",
+            "description": "An API token from `POST /api/auth/token/`, or a connection token "
+            "(a JWT the application's backend signed, PROTOCOL 11); no CSRF token needed.",
         }
 
 

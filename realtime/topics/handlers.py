@@ -34,7 +34,7 @@ def _since(value: Any) -> tuple[int | None, str | None]:
 
 async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
     topic = frame.get("topic")
-    ns = readable_namespace(consumer.user, topic)
+    ns = readable_namespace(consumer.user, topic, token=frame.get("token"))
     since, since_epoch = _since(frame.get("since"))
     conn = consumer.conn
     assert conn is not None
@@ -85,9 +85,12 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
 
 async def handle_unsubscribe(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
     topic = frame.get("topic")
-    readable_namespace(consumer.user, topic)
     conn = consumer.conn
     assert conn is not None
+    if not isinstance(topic, str) or topic not in conn.epochs:
+        # The same answer as `subscribe` would give (nothing to learn by probing); a
+        # topic subscribed to may always be left (its token is not asked again).
+        readable_namespace(consumer.user, topic, token=frame.get("token"))
     if topic in conn.epochs:
         await _drop(consumer, topic)
         await registry.set_subscriptions(conn.id, list(conn.epochs))

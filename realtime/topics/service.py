@@ -32,6 +32,7 @@ from realtime.protocol import (
 )
 from realtime.topics import events
 from realtime.topics.store import Entry, Namespace, get_store
+from realtime.transport import signed
 
 log = logging.getLogger("tether.topics")
 
@@ -64,21 +65,36 @@ def namespace_of(topic: Any, field: str = "topic") -> Namespace:
     return ns
 
 
-def may_read(user: Any, topic: str, ns: Namespace) -> bool:
-    """PROTOCOL 7 access rules: `open`, `own` (`user:<id>` only for that user), `staff`."""
+def may_read(user: Any, topic: str, ns: Namespace, token: Any = None) -> bool:
+    """PROTOCOL 7 access rules: `open`, `own` (`user:<id>` only for that user), `staff`;
+    PROTOCOL 11: `token`, a subscription token the application's backend signed for
+    this user (`sub`: its `external_id`, or its id) and this exact `topic`."""
     if user is None or not user.is_authenticated or not user.is_active:
         return False
     if ns.access == "open":
         return True
     if ns.access == "own":
         return topic.split(":", 1)[1] == str(user.pk)
+    if ns.access == "token":
+        return _signed_for(user, topic, token)
     return bool(user.is_staff)
 
 
-def readable_namespace(user: Any, topic: Any, field: str = "topic") -> Namespace:
+def _signed_for(user: Any, topic: str, token: Any) -> bool:
+    if not isinstance(token, str) or not token:
+        return False
+    sub = getattr(user, "external_id", None) or str(user.pk)
+    try:
+        signed.verify(token, sub=sub, topic=topic)
+    except signed.Refused:
+        return False
+    return True
+
+
+def readable_namespace(user: Any, topic: Any, field: str = "topic", token: Any = None) -> Namespace:
     """The namespace of a topic `user` may subscribe to; TetherError otherwise."""
     ns = namespace_of(topic, field)
-    if not may_read(user, topic, ns):
+    if not may_read(user, topic, ns, token):
         # The same answer whether the topic exists or not: nothing to learn by probing.
         raise TetherError(Code.FORBIDDEN, f"you may not read {topic}")
     return ns

@@ -30,6 +30,7 @@ from realtime.protocol import (
     Code,
     Frame,
     TetherError,
+    bad_request,
     encode,
     now_ms,
     parse_frame,
@@ -201,6 +202,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             send_text=self.send_text,
             close=self.close_with,
             control=self.on_control,
+            expires_at=getattr(auth, "expires_at", None),
         )
         assert runtime.node_id is not None
         if not await registry.admit(info, runtime.node_id, settings.MAX_CONNECTIONS_PER_USER):
@@ -283,6 +285,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
                 },
             },
             "server_time": now_ms(),
+            "expires_at": self.conn.expires_at,
         }
 
     # --- frames in ---------------------------------------------------------
@@ -503,9 +506,29 @@ async def handle_ping(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
     return reply
 
 
+async def handle_refresh(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    """PROTOCOL 11: a newer connection token for the same user moves the expiry."""
+    token = frame.get("token")
+    if not isinstance(token, str) or not token:
+        raise bad_request("token", "is required: a connection token (JWT)")
+    # Put into the scope by the authentication middleware of a socket that rests on a
+    # connection token: realtime knows no credential (docs/architecture.md, "The house").
+    refresh = consumer.scope.get("tether_refresh")
+    if refresh is None:
+        raise bad_request("token", "this socket does not rest on a connection token")
+    expires_at = await refresh(token)
+    assert consumer.conn is not None
+    consumer.conn.expires_at = expires_at
+    return {"type": "result", "data": {"expires_at": expires_at}}
+
+
 async def handle_pong(consumer: TetherConsumer, frame: Frame) -> None:
     """The client's answer to a server ping; hearing it was the point."""
     return None
 
 
-BASE_HANDLERS: dict[str, Handler] = {"ping": handle_ping, "pong": handle_pong}
+BASE_HANDLERS: dict[str, Handler] = {
+    "ping": handle_ping,
+    "pong": handle_pong,
+    "refresh": handle_refresh,
+}

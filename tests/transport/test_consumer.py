@@ -77,6 +77,7 @@ async def test_welcome_has_every_field(runtime, settings, path: str) -> None:
         "rate": {"per_second": 20, "burst": 40},
     }
     assert abs(welcome["server_time"] - time.time() * 1000) < 5000
+    assert welcome["expires_at"] is None  # an API token does not expire (PROTOCOL 11)
     assert await database_sync_to_async(LiveConnection.objects.count)() == 1
     await comm.disconnect()
 

@@ -1,0 +1,49 @@
+"""Users from the application's backend (PROTOCOL 11): a verified connection token's
+`sub` is a Tether user's `external_id` (realtime/transport/signed.py verifies)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from django.db import IntegrityError, transaction
+
+from accounts.models import User
+from realtime.transport.signed import Claims, Refused
+
+_USERNAME = re.compile(r"[\w.@+-]{1,150}")
+
+
+def user_for(claims: Claims) -> User:
+    """The Tether user of `claims.sub`, created at first sight (active, no usable
+    password), named `name` when that name is free."""
+    user = User.objects.filter(external_id=claims.sub).first()
+    if user is not None:
+        return user
+    for username in _usernames(claims):
+        try:
+            with transaction.atomic():
+                user = User(username=username, external_id=claims.sub)
+                user.set_unusable_password()
+                user.save()
+                return user
+        except IntegrityError:
+            # The same sub created meanwhile (another node), or the name is taken.
+            found = User.objects.filter(external_id=claims.sub).first()
+            if found is not None:
+                return found
+    raise Refused("no free user name for this `sub`")
+
+
+def _usernames(claims: Claims) -> list[str]:
+    """The token's `name` if it is a valid user name, then names derived from `sub`."""
+    derived = "ext-" + hashlib.sha256(claims.sub.encode()).hexdigest()[:12]
+    names = [derived, derived + "-" + hashlib.sha256(b"2" + claims.sub.encode()).hexdigest()[:6]]
+    if claims.name and _USERNAME.fullmatch(claims.name) and not claims.name.startswith("ext-"):
+        names.insert(0, claims.name)
+    return names
+
+
+def jwt_ref(user_id: int) -> str:
+    """The registry's reference for sockets resting on connection tokens."""
+    return f"jwt:{user_id}"
