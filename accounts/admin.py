@@ -7,12 +7,15 @@ every one of those paths deletes through the ORM and sends `post_delete`.
 
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.models import ApiToken, User
+from accounts.models import SCOPES, ApiToken, User
 from realtime.admin import ago
 from realtime.models import LiveConnection
 
@@ -20,8 +23,8 @@ from realtime.models import LiveConnection
 class ApiTokenInline(admin.TabularInline):
     model = ApiToken
     extra = 0
-    fields = ("prefix", "name", "can_publish", "created_at", "last_used_at")
-    readonly_fields = ("prefix", "created_at", "last_used_at")
+    fields = ("prefix", "name", "scopes", "created_at", "last_used_at")
+    readonly_fields = ("prefix", "scopes", "created_at", "last_used_at")
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         # Raw tokens are shown once at creation: issue them with `manage.py issue_token`.
@@ -65,10 +68,34 @@ class TetherUserAdmin(UserAdmin):
     )
 
 
+class ApiTokenForm(forms.ModelForm):
+    """Scopes as checkboxes; stored as the model's comma-separated text."""
+
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, s) for s in SCOPES],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="rights on the backend API (PROTOCOL 12); `publish` also covers topic REST",
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ("name", "scopes")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["scopes"] = sorted(self.instance.scope_set)
+
+    def clean_scopes(self) -> str:
+        return ",".join(sorted(self.cleaned_data["scopes"]))
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "user", "name", "can_publish", "created_at", "last_used_at")
-    list_filter = ("can_publish",)
+    form = ApiTokenForm
+    list_display = ("prefix", "user", "name", "scopes", "created_at", "last_used_at")
+    list_filter = ("scopes",)
     search_fields = ("user__username", "name", "prefix")
     list_select_related = ("user",)
     # A token handed to another user would keep its sockets under the old one.

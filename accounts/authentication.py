@@ -37,7 +37,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         """PROTOCOL 11: acting as the application's user (created at first sight)."""
         try:
             claims = signed.verify(raw)
-            user = connection_tokens.user_for(claims)
+            user = connection_tokens.user_for(claims.sub, claims.name)
         except signed.Refused as refused:
             raise exceptions.AuthenticationFailed(f"invalid connection token: {refused}") from None
         if not user.is_active:

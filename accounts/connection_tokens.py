@@ -9,38 +9,38 @@ import re
 from django.db import IntegrityError, transaction
 
 from accounts.models import User
-from realtime.transport.signed import Claims, Refused
+from realtime.transport.signed import Refused
 
 _USERNAME = re.compile(r"[\w.@+-]{1,150}")
 
 
-def user_for(claims: Claims) -> User:
-    """The Tether user of `claims.sub`, created at first sight (active, no usable
-    password), named `name` when that name is free."""
-    user = User.objects.filter(external_id=claims.sub).first()
+def user_for(sub: str, name: str | None = None) -> User:
+    """The Tether user of the application's user `sub`, created at first sight (active,
+    no usable password), named `name` when that name is free."""
+    user = User.objects.filter(external_id=sub).first()
     if user is not None:
         return user
-    for username in _usernames(claims):
+    for username in _usernames(sub, name):
         try:
             with transaction.atomic():
-                user = User(username=username, external_id=claims.sub)
+                user = User(username=username, external_id=sub)
                 user.set_unusable_password()
                 user.save()
                 return user
         except IntegrityError:
             # The same sub created meanwhile (another node), or the name is taken.
-            found = User.objects.filter(external_id=claims.sub).first()
+            found = User.objects.filter(external_id=sub).first()
             if found is not None:
                 return found
     raise Refused("no free user name for this `sub`")
 
 
-def _usernames(claims: Claims) -> list[str]:
-    """The token's `name` if it is a valid user name, then names derived from `sub`."""
-    derived = "ext-" + hashlib.sha256(claims.sub.encode()).hexdigest()[:12]
-    names = [derived, derived + "-" + hashlib.sha256(b"2" + claims.sub.encode()).hexdigest()[:6]]
-    if claims.name and _USERNAME.fullmatch(claims.name) and not claims.name.startswith("ext-"):
-        names.insert(0, claims.name)
+def _usernames(sub: str, name: str | None) -> list[str]:
+    """`name` if it is a valid user name, then names derived from `sub`."""
+    derived = "ext-" + hashlib.sha256(sub.encode()).hexdigest()[:12]
+    names = [derived, derived + "-" + hashlib.sha256(b"2" + sub.encode()).hexdigest()[:6]]
+    if name and _USERNAME.fullmatch(name) and not name.startswith("ext-"):
+        names.insert(0, name)
     return names
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 
-from accounts.models import ApiToken, User, WsTicket
+from accounts.models import SCOPES, ApiToken, User, WsTicket
 from realtime.node.db import any_of, bound_cursor
 
 TOKEN_PREFIX = "tt_"
@@ -34,11 +35,16 @@ def token_ref(token_id: int) -> str:
     return f"token:{token_id}"
 
 
-def issue_token(user: User, name: str = "", can_publish: bool = False) -> tuple[ApiToken, str]:
-    """Create a token; the raw value is returned once and never stored."""
+def issue_token(user: User, name: str = "", scopes: Iterable[str] = ()) -> tuple[ApiToken, str]:
+    """Create a token with these scopes (PROTOCOL 12); the raw value is returned once
+    and never stored."""
+    wanted = sorted(set(scopes))
+    unknown = set(wanted) - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {', '.join(sorted(unknown))}; known: {', '.join(SCOPES)}")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        user=user, name=name, prefix=raw[:10], key_hash=digest(raw), can_publish=can_publish
+        user=user, name=name, prefix=raw[:10], key_hash=digest(raw), scopes=",".join(wanted)
     )
     return token, raw
 

@@ -32,6 +32,11 @@ class User(AbstractUser):
         ]
 
 
+# What a service token may do on the backend API (PROTOCOL 12); `publish` also
+# covers `POST /api/topics/<topic>/publish/`.
+SCOPES = ("publish", "chat", "users", "presence", "connections")
+
+
 class ApiToken(models.Model):
     """A bearer token. Only its SHA-256 is stored, so a dump reveals no usable token."""
 
@@ -41,7 +46,12 @@ class ApiToken(models.Model):
     name = models.CharField(max_length=100, blank=True, default="")
     prefix = models.CharField(max_length=12, help_text="first characters, to recognise a token")
     key_hash = models.CharField(max_length=64, unique=True)
-    can_publish = models.BooleanField(default=False, help_text="may publish to topics over REST")
+    scopes = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="comma-separated: " + ", ".join(SCOPES) + " (PROTOCOL 12)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -50,6 +60,11 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        """The token's scopes (what `realtime/rest/permissions.py` asks a credential)."""
+        return frozenset(s for s in self.scopes.split(",") if s)
 
 
 class WsTicket(models.Model):

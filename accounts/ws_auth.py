@@ -95,7 +95,7 @@ def _user_for_ticket(raw: str) -> tuple[Any, SocketAuth] | None:
 def _user_for_connection_token(raw: str) -> tuple[Any, SocketAuth] | None:
     try:
         claims = signed.verify(raw)
-        user = connection_tokens.user_for(claims)
+        user = connection_tokens.user_for(claims.sub, claims.name)
     except signed.Refused as refused:
         log.info("connection token refused: %s", refused)
         return None

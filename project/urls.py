@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from accounts import server_api
 from accounts import views as account_views
 from monitoring import views as monitoring_views
 from project import config_api, pages
@@ -38,6 +39,11 @@ api_patterns = [
     path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
     path("topics/<str:topic>/publish/", topic_api.PublishView.as_view()),
     path("topics/<str:topic>/history/", topic_api.HistoryView.as_view()),
+    # The backend API (PROTOCOL 12): service tokens with scopes.
+    path("server/users/<str:external_id>/", server_api.UserView.as_view()),
+    path("server/users/<str:external_id>/disconnect/", server_api.DisconnectView.as_view()),
+    path("server/presence/", server_api.PresenceView.as_view()),
+    path("server/publish/", server_api.PublishView.as_view()),
     path("stats/", admin_api.StatsView.as_view()),
     path("admin/config/", config_api.ConfigView.as_view()),
     path("admin/connections/", admin_api.ConnectionsView.as_view()),

@@ -202,47 +202,6 @@ class SendMessage(serializers.Serializer):
         ref_name = "SendMessage"
 
 
-class PublishBody(serializers.Serializer):
-    data = serializers.JSONField(help_text="any JSON value, at most MAX_FRAME_BYTES encoded")
-
-    class Meta:
-        ref_name = "Publish"
-
-
-class Published(serializers.Serializer):
-    topic = serializers.CharField()
-    offset = serializers.IntegerField(min_value=1)
-    epoch = serializers.CharField()
-
-    class Meta:
-        ref_name = "Published"
-
-
-class Publication(serializers.Serializer):
-    offset = serializers.IntegerField(min_value=1)
-    data = serializers.JSONField()
-    ts = serializers.IntegerField(help_text="ms since the epoch")
-
-    class Meta:
-        ref_name = "Publication"
-
-
-class TopicHistory(serializers.Serializer):
-    topic = serializers.CharField()
-    epoch = serializers.CharField()
-    offset = serializers.IntegerField(min_value=0, help_text="the topic's latest offset")
-    publications = Publication(many=True)
-    has_more = serializers.BooleanField(
-        help_text="more after the last one: ask again with `since` = its offset"
-    )
-    complete = serializers.BooleanField(
-        help_text="whether history still holds every publication after `since`"
-    )
-
-    class Meta:
-        ref_name = "TopicHistory"
-
-
 class SettingBody(serializers.Serializer):
     name = serializers.CharField()
     value = serializers.JSONField(help_text="secrets as `***` (URLs keep scheme, host, path)")

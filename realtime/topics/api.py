@@ -6,7 +6,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from realtime.protocol import Code, TetherError, bad_request
 from realtime.rest import openapi as doc
 from realtime.rest.parsing import int_param, json_body
+from realtime.rest.permissions import has_scope
 from realtime.topics import service as topics
 from realtime.topics.store import get_store
 
@@ -25,11 +26,50 @@ TOPIC = doc.path(
 BAD_TOPIC = "`bad_request`: `topic` is not `namespace:name`"
 
 
+class PublishBody(serializers.Serializer):
+    data = serializers.JSONField(help_text="any JSON value, at most MAX_FRAME_BYTES encoded")
+
+    class Meta:
+        ref_name = "Publish"
+
+
+class Published(serializers.Serializer):
+    topic = serializers.CharField()
+    offset = serializers.IntegerField(min_value=1)
+    epoch = serializers.CharField()
+
+    class Meta:
+        ref_name = "Published"
+
+
+class Publication(serializers.Serializer):
+    offset = serializers.IntegerField(min_value=1)
+    data = serializers.JSONField()
+    ts = serializers.IntegerField(help_text="ms since the epoch")
+
+    class Meta:
+        ref_name = "Publication"
+
+
+class TopicHistory(serializers.Serializer):
+    topic = serializers.CharField()
+    epoch = serializers.CharField()
+    offset = serializers.IntegerField(min_value=0, help_text="the topic's latest offset")
+    publications = Publication(many=True)
+    has_more = serializers.BooleanField(
+        help_text="more after the last one: ask again with `since` = its offset"
+    )
+    complete = serializers.BooleanField(
+        help_text="whether history still holds every publication after `since`"
+    )
+
+    class Meta:
+        ref_name = "TopicHistory"
+
+
 def may_publish(request: Request) -> bool:
     """Staff, or an API token issued with the publish right (`issue_token --publish`)."""
-    # The credential says so itself (accounts' ApiToken.can_publish): realtime does not
-    # know how credentials are kept (docs/architecture.md, "Packages").
-    if getattr(request.auth, "can_publish", False) is True:
+    if has_scope(request, "publish"):
         return True
     return bool(request.user.is_staff)
 
@@ -39,9 +79,9 @@ class PublishView(APIView):
         summary="Publish to a topic",
         tags=["topics"],
         parameters=[TOPIC],
-        request=doc.PublishBody,
+        request=PublishBody,
         responses={
-            201: doc.Published,
+            201: Published,
             400: doc.error(
                 f"{BAD_TOPIC}; `data` missing; `too_large`: `data` over MAX_FRAME_BYTES"
             ),
@@ -111,7 +151,7 @@ class HistoryView(APIView):
             ),
         ],
         responses={
-            200: doc.TopicHistory,
+            200: TopicHistory,
             400: doc.error(
                 f"{BAD_TOPIC}; `since` not an integer >= 0; `limit` not 1 to {MAX_HISTORY_PAGE}"
             ),

@@ -115,20 +115,26 @@ def test_nothing_is_a_connection_token_without_a_key(settings) -> None:
         verify(jwt.encode(claims(), SECRET))
 
 
+def _sub_name(found: Any) -> tuple[str, str | None]:
+    return found.sub, found.name
+
+
 @pytest.mark.django_db
 def test_users_are_found_by_sub_and_created_at_first_sight(keys) -> None:
     User.objects.create_user("taken")
-    first = connection_tokens.user_for(verify(jwt.encode(claims(name="Ann"), SECRET)))
+    first = connection_tokens.user_for(*_sub_name(verify(jwt.encode(claims(name="Ann"), SECRET))))
     assert (first.username, first.external_id, first.has_usable_password()) == (
         "Ann",
         "app-42",
         False,
     )
-    again = connection_tokens.user_for(verify(jwt.encode(claims(name="Other"), SECRET)))
+    again = connection_tokens.user_for(*_sub_name(verify(jwt.encode(claims(name="Other"), SECRET))))
     assert again.pk == first.pk and again.username == "Ann"
     # A name in use (any case), or not a valid user name: a name derived from `sub`.
     for sub, name in (("app-43", "TAKEN"), ("app-44", "no spaces allowed"), ("app-45", None)):
-        user = connection_tokens.user_for(verify(jwt.encode(claims(sub=sub, name=name), SECRET)))
+        user = connection_tokens.user_for(
+            *_sub_name(verify(jwt.encode(claims(sub=sub, name=name), SECRET)))
+        )
         assert user.username.startswith("ext-") and user.external_id == sub
 
 

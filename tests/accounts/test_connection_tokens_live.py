@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.live import DaphneNode, http
+from tests.support.live import DaphneNode, http, manage
 from tests.support.names import unique
 from tests.support.wsclient import ConnectionClosedByServer, WsClient
 
@@ -157,3 +157,31 @@ async def test_without_keys_a_jwt_is_no_credential(node) -> None:
     with pytest.raises(ConnectionClosedByServer) as closed:
         await client.welcome()
     assert closed.value.code == 4401
+
+
+async def test_the_backend_closes_and_disables_its_users_sockets(app_node) -> None:
+    name = unique("svc")
+    app_node.register(name)
+    service = manage(
+        app_node.stack.env(), "issue_token", name, "--scope", "users,connections"
+    ).stdout.strip()
+    sub = unique("app-")
+    client = await WsClient.open(f"{app_node.ws_url}/ws/chat/", token=signed(sub))
+    await client.welcome()
+    status, body, _ = http(
+        "POST",
+        f"{app_node.url}/api/server/users/{sub}/disconnect/",
+        {"code": 4401},
+        bearer(service),
+    )
+    assert (status, body) == (200, {"closed": 1})
+    assert await client.close_code() == 4401
+    again = await WsClient.open(f"{app_node.ws_url}/ws/chat/", token=signed(sub))
+    await again.welcome()
+    status, body, _ = http(
+        "PUT", f"{app_node.url}/api/server/users/{sub}/", {"is_active": False}, bearer(service)
+    )
+    assert status == 200 and body["external_id"] == sub
+    assert await again.close_code() == 4403  # disabled: closed on every node
+    refused = await WsClient.open(f"{app_node.ws_url}/ws/chat/", token=signed(sub))
+    assert await refused.close_code() == 4403  # and new sockets refused

@@ -65,7 +65,7 @@ def _temporary_token() -> tuple[Any, str]:
 
     # No password: the account exists only to carry these short-lived tokens.
     user = User.objects.filter(username=CLI_USER).first() or User.objects.create_user(CLI_USER)
-    return credentials.issue_token(user, name="manage.py publish", can_publish=True)
+    return credentials.issue_token(user, name="manage.py publish", scopes=["publish"])
 
 
 def _lines(stream: TextIO) -> Iterator[tuple[int, str]]:
