@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
 
 from django.db import IntegrityError, transaction
 
+from accounts import usernames
 from accounts.models import User
 from realtime.transport.signed import Refused
-
-_USERNAME = re.compile(r"[\w.@+-]{1,150}")
 
 
 def user_for(sub: str, name: str | None = None) -> User:
@@ -36,11 +34,15 @@ def user_for(sub: str, name: str | None = None) -> User:
 
 
 def _usernames(sub: str, name: str | None) -> list[str]:
-    """`name` if it is a valid user name, then names derived from `sub`."""
+    """`name` if a new user may take it (accounts/usernames.py), then names derived
+    from `sub`."""
     derived = "ext-" + hashlib.sha256(sub.encode()).hexdigest()[:12]
     names = [derived, derived + "-" + hashlib.sha256(b"2" + sub.encode()).hexdigest()[:6]]
-    if name and _USERNAME.fullmatch(name) and not name.startswith("ext-"):
-        names.insert(0, name)
+    if name and not name.startswith("ext-"):
+        try:
+            names.insert(0, usernames.check(name))
+        except usernames.Refused:
+            pass
     return names
 
 

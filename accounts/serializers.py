@@ -5,9 +5,8 @@ from typing import Any
 from django.contrib.auth import password_validation
 from rest_framework import serializers
 
+from accounts import usernames
 from accounts.models import User
-
-USERNAME_TAKEN = "this username is taken"
 
 
 class CredentialsSerializer(serializers.Serializer):
@@ -23,11 +22,10 @@ class RegisterSerializer(CredentialsSerializer):
     )
 
     def validate_username(self, value: str) -> str:
-        # As it will be stored: NFKC folds look-alikes (full-width letters, say).
-        value = User.normalize_username(value)
-        if User.objects.filter(username__iexact=value).exists():
-            raise serializers.ValidationError(USERNAME_TAKEN)
-        return value
+        try:
+            return usernames.check(value)
+        except usernames.Refused as refused:
+            raise serializers.ValidationError(str(refused)) from None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         candidate = User(username=attrs["username"])

@@ -8,7 +8,6 @@ Not yet: `POST /api/server/conversations/` and its member and message rows
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -18,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import connection_tokens
+from accounts import connection_tokens, usernames
 from accounts.models import User
 from realtime.chat import presence
 from realtime.node import control
@@ -31,7 +30,6 @@ from realtime.topics.api import Published
 
 MAX_PRESENCE_QUERY = 500
 MAX_PUBLICATIONS = 100
-_USERNAME = re.compile(r"[\w.@+-]{1,150}")
 
 
 class ServerUser(serializers.Serializer):
@@ -113,15 +111,12 @@ def _user(external_id: str) -> User:
 
 
 def _username(value: Any, user: User | None) -> str:
-    if not isinstance(value, str) or not _USERNAME.fullmatch(User.normalize_username(value)):
-        raise bad_request("username", "1 to 150 letters, digits and @/./+/-/_")
-    value = User.normalize_username(value)
-    taken = User.objects.filter(username__iexact=value)
-    if user is not None:
-        taken = taken.exclude(pk=user.pk)
-    if taken.exists():
-        raise bad_request("username", "this username is taken")
-    return value
+    if not isinstance(value, str):
+        raise bad_request("username", "must be a string")
+    try:
+        return usernames.check(value, keep=user)
+    except usernames.Refused as refused:
+        raise bad_request("username", str(refused)) from None
 
 
 class UserView(APIView):

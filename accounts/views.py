@@ -18,11 +18,11 @@ from rest_framework.views import APIView
 from accounts import connection_tokens, credentials
 from accounts.models import ApiToken, User
 from accounts.serializers import (
-    USERNAME_TAKEN,
     CredentialsSerializer,
     RegisterSerializer,
 )
 from accounts.throttles import AUTH_THROTTLES, AuthAddressThrottle
+from accounts.usernames import USERNAME_TAKEN
 from realtime.protocol import user_repr
 from realtime.rest import openapi as doc
 from realtime.rest.errors import error_response

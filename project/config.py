@@ -221,6 +221,11 @@ class Setting:
         return str(self.default)
 
 
+# Django's own generator makes 50 characters; deploy/tether.env.example's placeholder.
+MIN_SECRET_KEY_CHARS = 50
+EXAMPLE_SECRET_KEY = "CHANGE-ME-to-a-long-random-string"
+
+
 def _default_secret_key(_: dict[str, Any]) -> str:
     """Generate once, keep in var/secret_key so sessions survive restarts."""
     path = VAR_DIR / "secret_key"
@@ -294,7 +299,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         "SECRET_KEY",
         parse_str,
         "",
-        "Django secret (sessions, CSRF, signing)",
+        "Django secret (sessions, CSRF, signing); with `DEBUG` off at least 50 characters",
         default_doc="generated once and kept in `var/secret_key`",
         secret=True,
         derived=_default_secret_key,
@@ -501,6 +506,14 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     for setting in pending:
         values[setting.name] = setting.derived(values)  # type: ignore[misc]
         sources[setting.name] = "default"
+    if not values["DEBUG"] and sources["SECRET_KEY"] == "environment":
+        key = values["SECRET_KEY"]
+        if len(key) < MIN_SECRET_KEY_CHARS or key == EXAMPLE_SECRET_KEY:
+            raise ConfigError(
+                "SECRET_KEY",
+                f"must be at least {MIN_SECRET_KEY_CHARS} random characters, not the example's "
+                "placeholder (it signs sessions and CSRF tokens: a guessable key forges them)",
+            )
     if values["PING_TIMEOUT"] <= values["HEARTBEAT_INTERVAL"]:
         raise ConfigError(
             "PING_TIMEOUT",
@@ -529,9 +542,16 @@ def redacted(config: Config) -> list[dict[str, Any]]:
     return rows
 
 
+# Query parameters of a URL that carry a credential (`redis://h/0?password=…`).
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:[a-z_]*pass(?:word)?|pwd|secret|token|[a-z_]*key)=)[^&;#]*"
+)
+
+
 def _redact_url(url: str) -> str:
-    """Keep scheme, host and path so operators can see where it points."""
-    return re.sub(r"//([^@/]*)@", "//***@", url)
+    """Keep scheme, host and path so operators can see where it points; the user
+    information and every credential in the query become `***`."""
+    return _SECRET_PARAM.sub(r"\1***", re.sub(r"//[^/?#]*@", "//***@", url))
 
 
 def markdown_table() -> str:

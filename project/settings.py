@@ -207,6 +207,8 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "OPTIONS": {
                 "pool_class": "project.cache_pool.SharedPool",
+                # JSON, never pickles: nothing read back from Redis can run code.
+                "serializer": "project.cache_json.JSONSerializer",
                 "max_connections": CACHE_POOL_SIZE,
                 "timeout": 5,
                 "socket_timeout": 5,

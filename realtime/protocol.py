@@ -46,6 +46,16 @@ CLOSE_REASONS: dict[int, str] = {
     Close.OVER_CAPACITY: "over_capacity",
     Close.SLOW_CONSUMER: "slow_consumer",
 }
+# What a client's close may carry besides ours: no status, abnormal (no close frame).
+_CLIENT_CLOSE_CODES = frozenset({1005, 1006})
+
+
+def close_label(code: object) -> str:
+    """A close code as a metric label: the protocol's codes, else `other`. A client
+    chooses its own close code; kept as is, any number would be a new time series."""
+    if isinstance(code, int) and (code in CLOSE_REASONS or code in _CLIENT_CLOSE_CODES):
+        return str(code)
+    return "other"
 
 
 class Code:

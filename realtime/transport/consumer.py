@@ -31,6 +31,7 @@ from realtime.protocol import (
     Frame,
     TetherError,
     bad_request,
+    close_label,
     encode,
     now_ms,
     parse_frame,
@@ -152,7 +153,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
         if self.conn is None and isinstance(code, int) and not isinstance(code, bool):
             # Refused at the handshake (4401, 4403, 4503, 1012, 1011): never a live
             # connection, so cleanup() does not count it; the 4401 alert needs it.
-            metrics.DISCONNECTS.labels(self.endpoint, str(code)).inc()
+            metrics.DISCONNECTS.labels(self.endpoint, close_label(code)).inc()
         await super().close(code, reason)
 
     async def open_connection(self) -> None:
@@ -469,7 +470,7 @@ class TetherConsumer(AsyncWebsocketConsumer):
             # The reaper removes it with the node if this fails (e.g. database down).
             log.exception("could not remove connection record %s", conn.id)
         duration = time.monotonic() - conn.connected_at
-        metrics.DISCONNECTS.labels(conn.info.endpoint, str(code)).inc()
+        metrics.DISCONNECTS.labels(conn.info.endpoint, close_label(code)).inc()
         reason = CLOSE_REASONS.get(code, "abnormal" if code == 1006 else "other")
         # One line per disconnect (README, runbook): who, where, how long, how it ended.
         log.info(

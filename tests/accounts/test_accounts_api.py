@@ -344,3 +344,25 @@ def test_verifying_tokens_keeps_no_database_connections_alive() -> None:
 def test_token_checks_on_postgresql(postgres_service) -> None:  # noqa: F811
     """PostgreSQL takes another path (arrays, bound parameters, no converters)."""
     rerun_on_postgresql(__file__, postgres_service, "tokens_ and not on_postgresql")
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    ["\u0430lice", "p\u0430ypal", "\u0391lpha"],  # Cyrillic a, Cyrillic a, Greek Alpha
+)
+def test_sign_up_refuses_names_that_mix_scripts_to_pass_for_another(
+    api: APIClient, lookalike: str
+) -> None:
+    r = api.post(
+        "/api/auth/register/", {"username": lookalike, "password": PASSWORD}, format="json"
+    )
+    assert r.status_code == 400 and r.json()["detail"].startswith("username:"), r.json()
+    assert "scripts" in r.json()["detail"]
+    assert not User.objects.filter(username=lookalike).exists()
+    # One script throughout is a name like any other.
+    r = api.post(
+        "/api/auth/register/",
+        {"username": "\u0434\u0438\u043c\u0430", "password": PASSWORD},
+        format="json",
+    )
+    assert r.status_code == 201

@@ -11,6 +11,8 @@ import pytest
 from project import config
 from tests.support.live import ROOT, node_env
 
+KEY = "k" * 50  # long enough for a production node (DEBUG off)
+
 
 def test_defaults_match_the_public_contract() -> None:
     cfg = config.load({"SECRET_KEY": "x" * 50})
@@ -71,7 +73,7 @@ def test_environment_overrides_and_origins_follow_port() -> None:
 )
 def test_invalid_values_name_the_variable(env: dict, name: str, fragment: str) -> None:
     with pytest.raises(config.ConfigError) as info:
-        config.load({"SECRET_KEY": "k", **env})
+        config.load({"SECRET_KEY": KEY, **env})
     assert info.value.name == name
     assert fragment in str(info.value)
 
@@ -101,9 +103,7 @@ def test_readme_configuration_table_matches_the_declarations() -> None:
 
 
 def test_redacted_hides_secrets_but_shows_sources() -> None:
-    cfg = config.load(
-        {"SECRET_KEY": "supersecret", "DATABASE_URL": "postgres://u:pw@db:5432/tether"}
-    )
+    cfg = config.load({"SECRET_KEY": KEY, "DATABASE_URL": "postgres://u:pw@db:5432/tether"})
     rows = {row["name"]: row for row in config.redacted(cfg)}
     assert rows["SECRET_KEY"]["value"] == "***"
     assert "pw" not in rows["DATABASE_URL"]["value"]
@@ -118,8 +118,29 @@ def test_redacted_hides_secrets_but_shows_sources() -> None:
 
 
 def test_topic_namespaces_fill_in_defaults() -> None:
-    loaded = config.load({"SECRET_KEY": "k", "TOPIC_NAMESPACES": '{"news": {"access": "staff"}}'})
+    loaded = config.load({"SECRET_KEY": KEY, "TOPIC_NAMESPACES": '{"news": {"access": "staff"}}'})
     assert loaded["TOPIC_NAMESPACES"] == {
         "news": {"history_size": 100, "history_ttl": 3600, "access": "staff"}
     }
-    assert config.load({"SECRET_KEY": "k"})["TOPIC_NAMESPACES"]["user"]["access"] == "own"
+    assert config.load({"SECRET_KEY": KEY})["TOPIC_NAMESPACES"]["user"]["access"] == "own"
+
+
+@pytest.mark.parametrize("key", ["k" * 49, "CHANGE-ME-to-a-long-random-string"])
+def test_a_guessable_secret_key_stops_a_production_node(key: str) -> None:
+    with pytest.raises(config.ConfigError) as refused:
+        config.load({"SECRET_KEY": key})
+    assert refused.value.name == "SECRET_KEY"
+    assert config.load({"SECRET_KEY": key, "DEBUG": "on"})["SECRET_KEY"] == key  # a dev box
+
+
+def test_every_credential_in_a_url_is_redacted() -> None:
+    cfg = config.load(
+        {
+            "SECRET_KEY": KEY,
+            "DATABASE_URL": "postgres://u:p@ss@db:5432/tether?sslmode=require&password=hunter2",
+            "REDIS_URL": "rediss://cache:6380/0?password=hunter3;token=t0k",
+        }
+    )
+    rows = {row["name"]: row["value"] for row in config.redacted(cfg)}
+    assert rows["DATABASE_URL"] == "postgres://***@db:5432/tether?sslmode=require&password=***"
+    assert rows["REDIS_URL"] == "rediss://cache:6380/0?password=***;token=***"

@@ -208,6 +208,23 @@ async def test_disconnect_removes_the_record(runtime) -> None:
     assert runtime.connections == {}
 
 
+def _closes(code: str) -> float:
+    return metrics.DISCONNECTS.labels("chat", code)._value.get()
+
+
+async def test_a_clients_own_close_code_is_no_new_metric_label(runtime) -> None:
+    before_other, before_normal = _closes("other"), _closes("1000")
+    token = await make_token()
+    for code in (3999, 4999, 1000):
+        comm = communicator("/ws/chat/", token)
+        assert (await comm.connect())[0]
+        assert (await comm.receive_json_from())["type"] == "welcome"
+        await comm.disconnect(code=code)
+    assert _closes("other") == before_other + 2 and _closes("1000") == before_normal + 1
+    sampled = {s.labels["code"] for s in metrics.DISCONNECTS.collect()[0].samples}
+    assert not {"3999", "4999"} & sampled
+
+
 async def test_control_message_closes_with_its_code(runtime) -> None:
     comm, _ = await connected(runtime)
     record = await database_sync_to_async(LiveConnection.objects.get)()
