@@ -95,18 +95,36 @@ async def _run_check(check: Any) -> str | None:
     return None
 
 
+async def _operator(request: HttpRequest) -> bool:
+    """A staff session, or the `METRICS_TOKEN` bearer that monitoring systems hold."""
+    token = settings.METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(given.strip(), token):
+            return True
+    try:
+        user = await request.auser()
+    except Exception:  # the session store is what is down: nobody is known
+        return False
+    return bool(user.is_authenticated and user.is_staff)
+
+
 @csrf_exempt
 @get_or_head
 async def ready(request: HttpRequest) -> JsonResponse:
-    """200 when the database and the channel layer answer in time, else 503 naming what failed."""
+    """200 when the database and the channel layer answer in time, else 503 naming what
+    failed (and why, for operators)."""
     db_error, layer_error = await asyncio.gather(
         _run_check(check_database), _run_check(check_channel_layer)
     )
-    checks = {
-        "database": db_error or "ok",
-        "channel_layer": layer_error or "ok",
-    }
     failed = [name for name, err in (("database", db_error), ("channel_layer", layer_error)) if err]
+    # Which check failed is for anyone (a load balancer); why, with host names and
+    # driver messages, only for operators.
+    shown = not failed or await _operator(request)
+    checks = {
+        "database": "ok" if db_error is None else (db_error if shown else "failed"),
+        "channel_layer": "ok" if layer_error is None else (layer_error if shown else "failed"),
+    }
     body = {
         "status": "unavailable" if failed else "ready",
         "node": settings.NODE_NAME,

@@ -34,9 +34,15 @@ def test_ready_names_what_is_down(production_stack, make_node, down: str) -> Non
     else:
         redis_url = f"redis://127.0.0.1:{closed_port}/0"
     dead = Stack("production", database_url, redis_url, migrated=True)
-    node = make_node(dead)
+    node = make_node(dead, METRICS_TOKEN="ops-only-token")
     status, body, _ = http("GET", node.url + "/ready/", timeout=15)
     assert status == 503, body
     assert body["failed"] == [down]
     assert all(state == "ok" for name, state in body["checks"].items() if name != down)
+    # Anyone learns what failed; why (hosts, ports, driver messages) only operators.
+    assert body["checks"][down] == "failed"
+    operator = {"Authorization": "Bearer ops-only-token"}
+    status, body, _ = http("GET", node.url + "/ready/", headers=operator, timeout=15)
+    assert status == 503 and body["checks"][down] not in ("ok", "failed"), body
+    assert str(closed_port) in body["checks"][down] or "Error" in body["checks"][down]
     assert http("GET", node.url + "/health/")[0] == 200
