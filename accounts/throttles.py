@@ -1,8 +1,7 @@
-"""Throttles against password guessing on the endpoints that take a password.
-
-Two keys, so neither many accounts from one address nor one account from many
-addresses gets more than `AUTH_RATE_LIMIT` tries. The counts live in Django's
-cache: Redis in production (shared by every node), memory when embedded.
+"""Throttles on sign-up (`POST /api/auth/register/`, the sign-up form): at most
+`AUTH_RATE_LIMIT` per client address and per name. Password checks have their own
+guard (accounts/guard.py), which counts failures atomically. The counts live in
+Django's cache: Redis in production (shared by every node), memory when embedded.
 """
 
 from __future__ import annotations

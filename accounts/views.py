@@ -16,12 +16,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import connection_tokens, credentials
+from accounts.backends import refused_for
 from accounts.models import ApiToken, User
 from accounts.serializers import (
     CredentialsSerializer,
     RegisterSerializer,
 )
-from accounts.throttles import AUTH_THROTTLES, AuthAddressThrottle
+from accounts.throttles import AuthAddressThrottle
 from accounts.usernames import USERNAME_TAKEN
 from realtime.protocol import user_repr
 from realtime.rest import openapi as doc
@@ -78,7 +79,6 @@ class RegisterView(APIView):
 class TokenView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
-    throttle_classes = AUTH_THROTTLES
 
     @extend_schema(
         summary="Get a new API token",
@@ -101,6 +101,13 @@ class TokenView(APIView):
             password=serializer.validated_data["password"],
         )
         if user is None:
+            wait = refused_for(request._request)
+            if wait is not None:
+                response = error_response(
+                    "rate_limited", "too many attempts", 429, retry_after=wait * 1000
+                )
+                response["Retry-After"] = str(wait)
+                return response
             return error_response("invalid_credentials", "wrong username or password", 401)
         _, raw = credentials.issue_token(user, name="POST /api/auth/token/")
         return Response({"token": raw}, status=status.HTTP_200_OK)

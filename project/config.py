@@ -406,8 +406,9 @@ DECLARATIONS: tuple[Setting, ...] = (
         "AUTH_RATE_LIMIT",
         parse_rate,
         "10/minute",
-        "password tries (token, register, login form) per client address and per user "
-        "name, e.g. `10/minute`, `100/hour` (429 beyond)",
+        "failed password tries (token, login form, Django admin) per client address and "
+        "per user name, and sign-ups per address and name, e.g. `10/minute`, `100/hour` "
+        "(429 beyond)",
     ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(

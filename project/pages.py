@@ -7,6 +7,7 @@ from math import ceil
 from typing import Any
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -18,6 +19,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
 from accounts import throttles
+from accounts.backends import refused_for
 from accounts.models import User
 from accounts.serializers import RegisterSerializer
 from monitoring.stats import OPS_TOPIC
@@ -59,7 +61,7 @@ def signup(request: HttpRequest) -> HttpResponse:
                 username=serializer.validated_data["username"],
                 password=serializer.validated_data["password"],
             )
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            login(request, user, backend="accounts.backends.GuardedModelBackend")
             return HttpResponseRedirect(next_url)
         for field, messages in serializer.errors.items():
             errors.extend(f"{field}: {message}" for message in messages)
@@ -99,12 +101,24 @@ class LoginView(auth_views.LoginView):
     """Django's login form, throttled like the token endpoint against password guessing."""
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        wait = throttles.refused(request)
+        response = super().post(request, *args, **kwargs)
+        wait = refused_for(request)
         if wait is None:
-            return super().post(request, *args, **kwargs)
-        # Refused before the password is even checked; the form comes back empty.
+            return response
+        # Refused before the password was even checked; the form comes back empty.
         context = self.get_context_data(form=self.get_form_class()(request), throttled=ceil(wait))
         response = self.render_to_response(context)
         response.status_code = 429
         response["Retry-After"] = str(ceil(wait))
         return response
+
+
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The Django admin's login: Django's own view, 429 while the guard refuses a
+    password check (the password is not checked then; the form says it failed)."""
+    response = admin.site.login(request)
+    wait = refused_for(request)
+    if wait is not None:
+        response.status_code = 429
+        response["Retry-After"] = str(wait)
+    return response

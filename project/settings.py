@@ -107,6 +107,8 @@ CORS_ALLOWED_ORIGINS: list[str] = []
 ROOT_URLCONF = "project.urls"
 ASGI_APPLICATION = "project.asgi.application"
 AUTH_USER_MODEL = "accounts.User"
+# Every password check passes the guard against guessing (accounts/guard.py).
+AUTHENTICATION_BACKENDS = ["accounts.backends.GuardedModelBackend"]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"

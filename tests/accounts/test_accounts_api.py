@@ -276,20 +276,30 @@ def test_password_guessing_is_throttled_per_address_and_per_user_name(settings) 
     assert response.status_code == 429
     body = response.json()
     assert body["error"] == "rate_limited" and body["retry_after"] > 0
-    # Another address, the same account: still refused (per user name).
-    other = APIClient(REMOTE_ADDR="10.0.0.9")
-    response = other.post(
-        "/api/auth/token/", {"username": "VICTIM", "password": "guess"}, format="json"
-    )
-    assert response.status_code == 429
     # A forged X-Forwarded-For does not make a new address.
     response = api.post(
-        "/api/auth/register/",
-        {"username": "newcomer", "password": "a-Long-test-passw0rd"},
+        "/api/auth/token/",
+        {"username": "someone", "password": "guess"},
         format="json",
         HTTP_X_FORWARDED_FOR="203.0.113.7",
     )
     assert response.status_code == 429
+    # The name is over its limit: an address that failed for it is refused after one
+    # try, whatever the name's case, width or spaces...
+    other = APIClient(REMOTE_ADDR="10.0.0.9")
+    for name, expected in ((" VICTIM", 401), ("\uff56ictim", 429)):
+        response = other.post(
+            "/api/auth/token/", {"username": name, "password": "guess"}, format="json"
+        )
+        assert response.status_code == expected, name
+    # ...but the owner, from an address that has not failed, still gets in.
+    owner = APIClient(REMOTE_ADDR="10.0.0.10")
+    response = owner.post(
+        "/api/auth/token/",
+        {"username": "victim", "password": "a-Long-test-passw0rd"},
+        format="json",
+    )
+    assert response.status_code == 200
     # The login form too, before the password is checked.
     cache.clear()
     browser = Client()
@@ -366,3 +376,24 @@ def test_sign_up_refuses_names_that_mix_scripts_to_pass_for_another(
         format="json",
     )
     assert r.status_code == 201
+
+
+@pytest.mark.django_db
+def test_the_django_admin_login_is_guarded_too(settings) -> None:
+    from django.core.cache import cache
+    from django.test import Client
+
+    settings.AUTH_RATE_LIMIT = "3/minute"
+    cache.clear()
+    User.objects.create_user("op", password=PASSWORD, is_staff=True, is_superuser=True)
+    browser = Client()
+    for _ in range(3):
+        page = browser.post("/admin/login/", {"username": "op", "password": "guess"})
+        assert page.status_code == 200
+    page = browser.post("/admin/login/", {"username": "op", "password": PASSWORD})
+    assert page.status_code == 429 and int(page["Retry-After"]) > 0
+    assert "_auth_user_id" not in browser.session
+    cache.clear()
+    page = browser.post("/admin/login/", {"username": "op", "password": PASSWORD})
+    assert page.status_code == 302 and browser.session["_auth_user_id"]
+    cache.clear()
