@@ -23,8 +23,8 @@ from realtime.models import LiveConnection
 class ApiTokenInline(admin.TabularInline):
     model = ApiToken
     extra = 0
-    fields = ("prefix", "name", "scopes", "created_at", "last_used_at")
-    readonly_fields = ("prefix", "scopes", "created_at", "last_used_at")
+    fields = ("prefix", "name", "scopes", "created_at", "last_used_at", "expires_at")
+    readonly_fields = ("prefix", "scopes", "created_at", "last_used_at", "expires_at")
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         # Raw tokens are shown once at creation: issue them with `manage.py issue_token`.
@@ -94,7 +94,7 @@ class ApiTokenForm(forms.ModelForm):
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     form = ApiTokenForm
-    list_display = ("prefix", "user", "name", "scopes", "created_at", "last_used_at")
+    list_display = ("prefix", "user", "name", "scopes", "created_at", "last_used_at", "expires_at")
     list_filter = ("scopes",)
     search_fields = ("user__username", "name", "prefix")
     list_select_related = ("user",)

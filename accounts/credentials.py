@@ -35,16 +35,39 @@ def token_ref(token_id: int) -> str:
     return f"token:{token_id}"
 
 
-def issue_token(user: User, name: str = "", scopes: Iterable[str] = ()) -> tuple[ApiToken, str]:
-    """Create a token with these scopes (PROTOCOL 12); the raw value is returned once
-    and never stored."""
+def ms(moment: datetime | None) -> int | None:
+    """A credential's end as the protocol gives it (ms since the epoch), or None."""
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def session_ends(session_key: str) -> datetime | None:
+    """When a stored session expires (database sessions), or None when unknown."""
+    from django.contrib.sessions.models import Session
+
+    return (
+        Session.objects.filter(session_key=session_key)
+        .values_list("expire_date", flat=True)
+        .first()
+    )
+
+
+def issue_token(
+    user: User, name: str = "", scopes: Iterable[str] = (), expires_in: timedelta | None = None
+) -> tuple[ApiToken, str]:
+    """Create a token with these scopes (PROTOCOL 12), valid for `expires_in` (None:
+    for ever); the raw value is returned once and never stored."""
     wanted = sorted(set(scopes))
     unknown = set(wanted) - set(SCOPES)
     if unknown:
         raise ValueError(f"unknown scopes {', '.join(sorted(unknown))}; known: {', '.join(SCOPES)}")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        user=user, name=name, prefix=raw[:10], key_hash=digest(raw), scopes=",".join(wanted)
+        user=user,
+        name=name,
+        prefix=raw[:10],
+        key_hash=digest(raw),
+        scopes=",".join(wanted),
+        expires_at=None if expires_in is None else timezone.now() + expires_in,
     )
     return token, raw
 
@@ -66,6 +89,8 @@ def verify_tokens(raws: list[str]) -> list[ApiToken | None]:
     for raw in raws:
         row = rows.get(hashes.get(raw, ""))
         token = None if row is None else _token_from_row(query, row)
+        if token is not None and token.expires_at is not None and token.expires_at <= now:
+            token = None  # expired: no credential (the record stays for its owner to see)
         if token is not None:
             # Coarse last-used stamp: one write a minute per token at most.
             if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):

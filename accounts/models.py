@@ -54,6 +54,9 @@ class ApiToken(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # After this the token no longer authenticates and its sockets close with 4401;
+    # null: it never expires (docs/security.md).
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "API token"

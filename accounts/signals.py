@@ -1,4 +1,6 @@
-"""Logging out or changing the password closes the affected sockets with 4401."""
+"""Logging out, changing the password or revoking a token closes the affected sockets
+with 4401 and makes the tickets that credential minted worthless; a new password
+also revokes the user's API tokens (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from django.db.models.signals import post_delete, pre_save
 from django.dispatch import receiver
 
 from accounts import credentials
-from accounts.models import ApiToken, User
+from accounts.models import ApiToken, User, WsTicket
 from realtime.node.control import close_connections_where
 from realtime.protocol import Close
 
@@ -25,6 +27,7 @@ def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any
     if user is None or not session_key:
         return
     ref = credentials.session_ref(session_key)
+    WsTicket.objects.filter(auth_ref=ref, used_at__isnull=True).delete()
     transaction.on_commit(
         lambda: close_connections_where(Close.UNAUTHENTICATED, user_id=user.pk, auth_ref=ref)
     )
@@ -50,12 +53,17 @@ def close_sockets_on_password_change(sender: Any, instance: User, **kwargs: Any)
         return
     if old[0] == instance.password:
         return
-    log.info("password of user %s changed: closing its session sockets", user_id)
+    log.info("password of user %s changed: closing its sockets, revoking its tokens", user_id)
+    WsTicket.objects.filter(
+        user_id=user_id, auth_ref__startswith="session:", used_at__isnull=True
+    ).delete()
     transaction.on_commit(
         lambda: close_connections_where(
             Close.UNAUTHENTICATED, user_id=user_id, auth_ref__startswith="session:"
         )
     )
+    # Each deletion closes that token's sockets and voids its tickets (below).
+    transaction.on_commit(lambda: ApiToken.objects.filter(user_id=user_id).delete())
 
 
 @receiver(post_delete, sender=ApiToken)
@@ -63,6 +71,7 @@ def close_sockets_of_revoked_token(sender: Any, instance: ApiToken, **kwargs: An
     """Revoking (deleting) a token ends its sockets and those of its tickets."""
     ref = credentials.token_ref(instance.pk)
     user_id = instance.user_id
+    WsTicket.objects.filter(auth_ref=ref, used_at__isnull=True).delete()
     transaction.on_commit(
         lambda: close_connections_where(Close.UNAUTHENTICATED, user_id=user_id, auth_ref=ref)
     )

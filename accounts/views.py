@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -9,7 +10,7 @@ from django.contrib.auth import authenticate
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,6 +39,18 @@ def auth_ref_of(request: Request) -> str:
         return connection_tokens.jwt_ref(request.user.pk)
     session_key = request._request.session.session_key or ""
     return credentials.session_ref(session_key)
+
+
+def _credential_end(request: Request) -> int | None:
+    """When the credential of a request ends (epoch seconds): a ticket it mints, and
+    the socket opened with that ticket, end with it."""
+    if isinstance(request.auth, signed.Claims):
+        return request.auth.exp
+    if isinstance(request.auth, ApiToken):
+        ends = request.auth.expires_at
+    else:
+        ends = credentials.session_ends(request._request.session.session_key or "")
+    return None if ends is None else int(ends.timestamp())
 
 
 class RegisterView(APIView):
@@ -109,7 +122,12 @@ class TokenView(APIView):
                 response["Retry-After"] = str(wait)
                 return response
             return error_response("invalid_credentials", "wrong username or password", 401)
-        _, raw = credentials.issue_token(user, name="POST /api/auth/token/")
+        ttl = settings.API_TOKEN_TTL
+        _, raw = credentials.issue_token(
+            user,
+            name="POST /api/auth/token/",
+            expires_in=timedelta(days=ttl) if ttl else None,
+        )
         return Response({"token": raw}, status=status.HTTP_200_OK)
 
 
@@ -123,16 +141,72 @@ class WsTicketView(APIView):
     )
     def post(self, request: Request) -> Response:
         # A ticket minted with a connection token ends with it (PROTOCOL 11).
-        claims = request.auth if isinstance(request.auth, signed.Claims) else None
         raw = credentials.issue_ticket(
-            request.user,
-            auth_ref_of(request),
-            credential_expires_at=None if claims is None else claims.exp,
+            request.user, auth_ref_of(request), credential_expires_at=_credential_end(request)
         )
         return Response(
             {"ticket": raw, "expires_in": credentials.TICKET_SECONDS},
             status=status.HTTP_201_CREATED,
         )
+
+
+class TokenInfo(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField(allow_blank=True)
+    prefix = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    created_at = serializers.IntegerField(help_text="ms since the epoch")
+    last_used_at = serializers.IntegerField(allow_null=True)
+    expires_at = serializers.IntegerField(allow_null=True, help_text="null: never")
+
+    class Meta:
+        ref_name = "TokenInfo"
+
+
+class TokenList(serializers.Serializer):
+    tokens = TokenInfo(many=True)
+
+    class Meta:
+        ref_name = "TokenList"
+
+
+def _token_repr(token: ApiToken) -> dict[str, Any]:
+    """A token as its owner sees it: never its value, which is not kept."""
+    return {
+        "id": token.pk,
+        "name": token.name,
+        "prefix": token.prefix,
+        "scopes": sorted(token.scope_set),
+        "created_at": credentials.ms(token.created_at),
+        "last_used_at": credentials.ms(token.last_used_at),
+        "expires_at": credentials.ms(token.expires_at),
+    }
+
+
+class TokensView(APIView):
+    @extend_schema(
+        summary="The caller's API tokens",
+        tags=["auth"],
+        responses={200: TokenList},
+    )
+    def get(self, request: Request) -> Response:
+        tokens = ApiToken.objects.filter(user=request.user).order_by("-created_at")
+        return Response({"tokens": [_token_repr(t) for t in tokens]})
+
+
+class TokenDetailView(APIView):
+    @extend_schema(
+        summary="Revoke one of the caller's API tokens",
+        description="Its sockets close with 4401 and the tickets it minted are void.",
+        tags=["auth"],
+        parameters=[doc.path("token_id", {"type": "integer"}, "the token's id")],
+        responses={204: None, 404: doc.error("`not_found`: no such token of the caller's")},
+    )
+    def delete(self, request: Request, token_id: int) -> Response:
+        deleted, _ = ApiToken.objects.filter(pk=token_id, user=request.user).delete()
+        if not deleted:
+            return error_response("not_found", "no such token", 404)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class MeView(APIView):

@@ -64,7 +64,12 @@ def _users_for_tokens(raws: list[str]) -> list[tuple[Any, SocketAuth] | None]:
         if token is None
         else (
             token.user,
-            SocketAuth("token", credentials.token_ref(token.pk), not token.user.is_active),
+            SocketAuth(
+                "token",
+                credentials.token_ref(token.pk),
+                not token.user.is_active,
+                expires_at=credentials.ms(token.expires_at),
+            ),
         )
         for token in credentials.verify_tokens(raws)
     ]
@@ -125,7 +130,10 @@ async def authenticate(scope: dict[str, Any]) -> tuple[Any, SocketAuth]:
     if scope.get("tether_origin_ok") and session is not None and session.session_key:
         user = await get_user(scope)
         if user.is_authenticated:
-            return user, SocketAuth("session", credentials.session_ref(session.session_key))
+            # The socket ends with its session (closed with 4401 at expiry).
+            ends = await in_pool(credentials.session_ends)(session.session_key)
+            ref = credentials.session_ref(session.session_key)
+            return user, SocketAuth("session", ref, expires_at=credentials.ms(ends))
     raw = _bearer(scope)
     if raw:
         if signed.enabled() and signed.looks_like_jwt(raw):

@@ -412,6 +412,14 @@ DECLARATIONS: tuple[Setting, ...] = (
     ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(
+        "API_TOKEN_TTL",
+        parse_int,
+        30,
+        "days a token from `POST /api/auth/token/` lasts (not renewed by use; 0: no expiry); "
+        "`manage.py issue_token --expires-in` sets its own",
+        minimum=0,
+    ),
+    Setting(
         "AUTO_MIGRATE",
         parse_bool,
         True,

@@ -27,6 +27,8 @@ api_patterns = [
     path("auth/register/", account_views.RegisterView.as_view(), name="register"),
     path("auth/token/", account_views.TokenView.as_view(), name="token"),
     path("auth/ws-ticket/", account_views.WsTicketView.as_view(), name="ws-ticket"),
+    path("auth/tokens/", account_views.TokensView.as_view(), name="tokens"),
+    path("auth/tokens/<int:token_id>/", account_views.TokenDetailView.as_view()),
     path("me/", account_views.MeView.as_view(), name="me"),
     path("users/", account_views.UserLookupView.as_view(), name="user-lookup"),
     path("conversations/", chat_api.ConversationsView.as_view()),

@@ -137,13 +137,15 @@ async def test_logout_closes_that_sessions_sockets_4401(node: DaphneNode) -> Non
 
 async def test_password_change_closes_session_sockets_4401(node: DaphneNode) -> None:
     name = unique()
-    node.register(name)
+    token = node.register(name)
     browser = Browser(node)
     browser.login(name)
     client = await WsClient.open(
         f"{node.ws_url}/ws/chat/", cookie=browser.cookie_header, origin=node.url
     )
     await client.welcome()
+    with_token = await WsClient.open(f"{node.ws_url}/ws/chat/", token=token)
+    await with_token.welcome()
     status = await asyncio.to_thread(
         browser.post_form,
         "/accounts/password/",
@@ -155,6 +157,13 @@ async def test_password_change_closes_session_sockets_4401(node: DaphneNode) -> 
     )
     assert status == 200
     assert await client.close_code() == 4401
+    # A new password revokes the user's API tokens too: their sockets close, and
+    # the token no longer authenticates.
+    assert await with_token.close_code() == 4401
+    status, body, _ = http(
+        "GET", f"{node.url}/api/me/", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (status, body["error"]) == (401, "not_authenticated")
 
 
 async def test_frame_size_limit_over_real_sockets(stack, make_node) -> None:
