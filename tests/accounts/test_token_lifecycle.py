@@ -95,3 +95,14 @@ def test_issue_token_expires_in(capsys) -> None:
     for bad in ("12", "0h", "1w", "-5m"):
         with pytest.raises(CommandError):
             call_command("issue_token", "cli", "--expires-in", bad)
+
+
+def test_a_logged_out_sessions_tickets_cannot_be_redeemed() -> None:
+    from django.test import Client
+
+    User.objects.create_user("out", password=PASSWORD)
+    browser = Client()
+    assert browser.login(username="out", password=PASSWORD)
+    ticket = browser.post("/api/auth/ws-ticket/").json()["ticket"]
+    browser.post("/accounts/logout/")
+    assert credentials.consume_ticket(ticket) is None
