@@ -671,6 +671,9 @@ def main() -> None:
         "MAX_CONNECTIONS_PER_USER": "100000",
         "RATE_LIMIT_PER_SECOND": "100000",
         "RATE_LIMIT_BURST": "100000",
+        # Every load socket comes from 127.0.0.1: no per-address handshake bound.
+        "HANDSHAKE_RATE_PER_SECOND": "1000000",
+        "HANDSHAKE_BURST": "1000000",
         "HEARTBEAT_INTERVAL": "3600",
         "PING_TIMEOUT": "7200",
     }

@@ -46,6 +46,9 @@ NODE_SETTINGS = {
     "AUTH_RATE_LIMIT": "100000/minute",
     "RATE_LIMIT_PER_SECOND": "1000",
     "RATE_LIMIT_BURST": "1000",
+    # Every load socket comes from 127.0.0.1: no per-address handshake bound.
+    "HANDSHAKE_RATE_PER_SECOND": "1000000",
+    "HANDSHAKE_BURST": "1000000",
     "DB_POOL_SIZE": str(DB_POOL_SIZE),
     "DB_POOL_MIN": str(DB_POOL_MIN),
     # Idle connections are given back within a few seconds of the load stopping,

@@ -46,6 +46,9 @@ RECOVERIES = Counter(
 )
 HEARTBEAT_TIMEOUTS = Counter("tether_heartbeat_timeouts_total", "Sockets closed with 4408")
 RATE_LIMITED = Counter("tether_rate_limited_total", "Frames refused by the rate limit")
+HANDSHAKES_REFUSED = Counter(
+    "tether_handshakes_refused_total", "Socket handshakes refused over an address's handshake rate"
+)
 SLOW_CONSUMER_CLOSES = Counter(
     "tether_slow_consumer_closes_total", "Sockets closed with 4509 (outbound queue overflow)"
 )

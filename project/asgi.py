@@ -32,6 +32,7 @@ from realtime.node.runtime import NodeStartMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.transport.backpressure import RawSendMiddleware  # noqa: E402
 from realtime.transport.daphne_compat import patch_daphne_close_codes  # noqa: E402
+from realtime.transport.handshakes import HandshakeLimitMiddleware  # noqa: E402
 from realtime.transport.origin import OriginCheckMiddleware  # noqa: E402
 from realtime.transport.uvicorn_compat import patch_uvicorn_upgrade_leftovers  # noqa: E402
 
@@ -47,7 +48,9 @@ def build_application(websocket_routes: list[Any]) -> Any:
                 {
                     "http": django_asgi_app,
                     "websocket": OriginCheckMiddleware(
-                        SessionIfCookie(WebSocketAuthMiddleware(URLRouter(websocket_routes)))
+                        HandshakeLimitMiddleware(
+                            SessionIfCookie(WebSocketAuthMiddleware(URLRouter(websocket_routes)))
+                        )
                     ),
                 }
             )

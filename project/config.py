@@ -371,6 +371,21 @@ DECLARATIONS: tuple[Setting, ...] = (
     ),
     Setting("MAX_SUBSCRIPTIONS_PER_CLIENT", parse_int, 100, "topics per connection", minimum=1),
     Setting(
+        "HANDSHAKE_RATE_PER_SECOND",
+        parse_int,
+        50,
+        "socket handshakes per second per client address on a node, before authentication "
+        "(403 beyond)",
+        minimum=1,
+    ),
+    Setting(
+        "HANDSHAKE_BURST",
+        parse_int,
+        500,
+        "handshakes an address may make at once (an office behind one address reconnecting)",
+        minimum=1,
+    ),
+    Setting(
         "MAX_FRAME_BYTES",
         parse_int,
         65536,

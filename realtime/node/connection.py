@@ -20,6 +20,9 @@ BINARY_FRAMES_BEFORE_CLOSE = 2
 BAD_JSON_IN_A_ROW_BEFORE_CLOSE = 10
 # PROTOCOL 8: over the bucket for this long in a row closes with 4429.
 FLOOD_SECONDS = 10.0
+# ping/pong frames a socket may send: outside the rate limit, but not unlimited.
+HEARTBEATS_PER_SECOND = 5
+HEARTBEAT_BURST = 20
 
 
 @dataclass(eq=False, slots=True)
@@ -43,6 +46,12 @@ class Connection:
     limited_since: float | None = None
     last_refused: float = 0.0
     closing: bool = False
+    # ping/pong skip `bucket` (they prove liveness) but have their own, wide one.
+    heartbeats: TokenBucket = field(
+        default_factory=lambda: TokenBucket(
+            HEARTBEATS_PER_SECOND, HEARTBEAT_BURST, time.monotonic()
+        )
+    )
     # When the credential the socket rests on expires (ms since the epoch; a connection
     # token's `exp`, PROTOCOL 11): the sweeper closes it with 4401 then. None: never.
     expires_at: int | None = None

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from monitoring import metrics
 from realtime.node import registry
-from realtime.node.connection import Connection
+from realtime.node.connection import HEARTBEAT_BURST, HEARTBEATS_PER_SECOND, Connection
 from realtime.node.ratelimit import TokenBucket
 from realtime.node.runtime import NodeRuntime, get_runtime
 from realtime.protocol import (
@@ -44,7 +44,8 @@ from realtime.transport.origin import header
 log = logging.getLogger("tether.consumers")
 
 Handler = Callable[["TetherConsumer", Frame], Awaitable[dict[str, Any] | None]]
-# Frames that prove liveness and are never rate limited (PROTOCOL 8).
+# Frames that prove liveness: outside the rate limit (PROTOCOL 8), but bounded by a
+# wide bucket of their own (docs/security.md).
 HEARTBEAT_TYPES = frozenset({"ping", "pong"})
 # How long a close may wait for the transport before the connection is dropped.
 CLOSE_SECONDS = 5.0
@@ -325,7 +326,13 @@ class TetherConsumer(AsyncWebsocketConsumer):
             return
         conn.good_frame()
         metrics.FRAMES_IN.labels(frame.type if frame.type in self.handlers else "unknown").inc()
-        if frame.type not in HEARTBEAT_TYPES and await self._over_rate(now, frame.id):
+        if frame.type in HEARTBEAT_TYPES:
+            retry_after = conn.heartbeats.take(now)
+            if retry_after:
+                metrics.RATE_LIMITED.inc()
+                await self.send_frame(self._rate_limited(retry_after, frame.id, heartbeat=True))
+                return
+        elif await self._over_rate(now, frame.id):
             return
         await self.dispatch_frame(frame)
 
@@ -342,11 +349,16 @@ class TetherConsumer(AsyncWebsocketConsumer):
             return True
         return False
 
-    def _rate_limited(self, retry_after: int, request_id: str | None) -> dict[str, Any]:
+    def _rate_limited(
+        self, retry_after: int, request_id: str | None, heartbeat: bool = False
+    ) -> dict[str, Any]:
         rate, burst = settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST
+        what = "frames"
+        if heartbeat:
+            rate, burst, what = HEARTBEATS_PER_SECOND, HEARTBEAT_BURST, "ping/pong frames"
         return TetherError(
             Code.RATE_LIMITED,
-            f"{rate} frames per second, burst {burst}; retry in {retry_after} ms",
+            f"{rate} {what} per second, burst {burst}; retry in {retry_after} ms",
             retry_after=retry_after,
         ).frame(request_id)
 

@@ -34,6 +34,9 @@ def node_env(**overrides: str) -> dict[str, str]:
             "LOG_LEVEL": "INFO",
             # Tests log in far more often than a person; the throttle has its own tests.
             "AUTH_RATE_LIMIT": "100000/minute",
+            # Every test socket comes from 127.0.0.1; the handshake bound has its own tests.
+            "HANDSHAKE_RATE_PER_SECOND": "100000",
+            "HANDSHAKE_BURST": "100000",
             "PYTHONUNBUFFERED": "1",
         }
     )

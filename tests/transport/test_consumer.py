@@ -17,7 +17,7 @@ from accounts.models import User
 from monitoring import metrics
 from project.asgi import application
 from realtime.models import LiveConnection
-from realtime.node import control
+from realtime.node import connection, control
 from realtime.node import runtime as node_runtime
 from realtime.protocol import Close
 from tests.support.waiting import eventually
@@ -179,7 +179,7 @@ async def test_rate_limit_answers_rate_limited_and_skips_the_frame(runtime, sett
     err = await comm.receive_json_from()
     assert err["code"] == "rate_limited" and err["id"] == "n2" and err["retry_after"] > 0
     assert "1 frames per second, burst 2" in err["message"]
-    await comm.send_json_to({"type": "ping", "ts": 5})  # heartbeats are never limited
+    await comm.send_json_to({"type": "ping", "ts": 5})  # heartbeats: outside the rate limit
     assert (await comm.receive_json_from())["type"] == "pong"
     await comm.disconnect()
 
@@ -289,8 +289,11 @@ NASTY_FRAMES = [
 ]
 
 
-async def test_nothing_a_client_sends_crashes_the_consumer(runtime, settings, caplog) -> None:
+async def test_nothing_a_client_sends_crashes_the_consumer(
+    runtime, settings, caplog, monkeypatch
+) -> None:
     settings.RATE_LIMIT_BURST = 1000
+    monkeypatch.setattr(connection, "HEARTBEAT_BURST", 1000)  # a ping after every frame
     comm, _ = await connected(runtime)
     for text in NASTY_FRAMES:
         await comm.send_input({"type": "websocket.receive", "text": text})
