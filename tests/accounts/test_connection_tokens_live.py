@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -31,14 +32,24 @@ def signed(sub: str, seconds: float = 300, alg: str = "HS256", **extra: Any) -> 
     return jwt.encode(payload, SECRET if alg == "HS256" else EC_KEY, alg)
 
 
-@pytest.fixture
-def app_node(stack, make_node) -> DaphneNode:
-    return make_node(
-        stack,
-        JWT_SECRET=SECRET,
-        JWT_PUBLIC_KEY=_one_line_pem(),
-        ALLOWED_ORIGINS=APP_ORIGIN,
-    )
+@pytest.fixture(scope="module", params=["embedded", "production"])
+def app_node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaphneNode]:
+    """One node for the module in each mode: every test uses users of its own."""
+    stack = request.getfixturevalue(f"{request.param}_stack")
+    node = DaphneNode(
+        stack=stack,
+        name=unique("jwt-"),
+        log_dir=tmp_path_factory.mktemp("jwt"),
+        settings={
+            "JWT_SECRET": SECRET,
+            "JWT_PUBLIC_KEY": _one_line_pem(),
+            "ALLOWED_ORIGINS": APP_ORIGIN,
+        },
+    ).start()
+    yield node
+    node.stop()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ session that expires (live nodes)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from tests.support.live import Browser, manage
 from tests.support.names import unique
@@ -23,16 +22,16 @@ async def test_a_socket_closes_4401_when_its_token_expires(node) -> None:
     assert await again.close_code() == 4401  # and it opens nothing any more
 
 
-async def test_a_session_socket_closes_4401_when_its_session_expires(node) -> None:
+async def test_a_session_socket_closes_4401_when_its_session_expires(
+    embedded_stack, make_node
+) -> None:
+    node = make_node(embedded_stack)  # the session store is the database on either stack
     name = unique()
     node.register(name)
     browser = Browser(node)
     browser.login(name)
     ends = datetime.now(UTC) + timedelta(seconds=3)
-    # SQLite keeps naive UTC text; PostgreSQL a timestamp with time zone.
-    stored: Any = (
-        ends.replace(tzinfo=None).isoformat(sep=" ") if node.stack.mode == "embedded" else ends
-    )
+    stored = ends.replace(tzinfo=None).isoformat(sep=" ")  # SQLite keeps naive UTC text
     node.stack.sql(
         "UPDATE django_session SET expire_date = %s WHERE session_key = %s",
         stored,

@@ -40,7 +40,8 @@ async def test_a_flood_of_junk_tickets_is_refused_before_authentication(
     assert f"tether_handshakes_refused_total {float(refused)}" in body
 
 
-async def test_ping_frames_beyond_their_own_bound_are_refused(node) -> None:
+async def test_ping_frames_beyond_their_own_bound_are_refused(embedded_stack, make_node) -> None:
+    node = make_node(embedded_stack)  # per socket, in the node: the same on either stack
     client = await WsClient.open(f"{node.ws_url}/ws/chat/", token=node.register(unique()))
     await client.welcome()
     for i in range(40):
