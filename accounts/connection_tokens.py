@@ -46,6 +46,9 @@ def _usernames(sub: str, name: str | None) -> list[str]:
     return names
 
 
+# The registry's reference for sockets resting on connection tokens: "jwt:<user id>".
+JWT_REF = "jwt:"
+
+
 def jwt_ref(user_id: int) -> str:
-    """The registry's reference for sockets resting on connection tokens."""
-    return f"jwt:{user_id}"
+    return f"{JWT_REF}{user_id}"

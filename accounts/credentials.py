@@ -7,7 +7,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -192,17 +192,11 @@ def _token_from_row(query: _TokenQuery, row: tuple[Any, ...]) -> ApiToken:
     return token
 
 
-def issue_ticket(user: User, auth_ref: str, credential_expires_at: int | None = None) -> str:
-    """A single-use ticket valid for TICKET_SECONDS (less if its credential, ending at
-    the epoch second `credential_expires_at`, ends sooner)."""
+def issue_ticket(user: User, auth_ref: str, ends: datetime | None = None) -> str:
+    """A single-use ticket valid for TICKET_SECONDS, or until its credential `ends`
+    if that comes first."""
     raw = TICKET_PREFIX + secrets.token_urlsafe(32)
-    now = timezone.now()
-    ends = (
-        None
-        if credential_expires_at is None
-        else datetime.fromtimestamp(credential_expires_at, tz=UTC)
-    )
-    expires_at = now + timedelta(seconds=TICKET_SECONDS)
+    expires_at = timezone.now() + timedelta(seconds=TICKET_SECONDS)
     WsTicket.objects.create(
         key_hash=digest(raw),
         user=user,

@@ -27,6 +27,7 @@ from realtime.rest.parsing import json_body
 from realtime.rest.permissions import HasScope
 from realtime.topics import service as topics
 from realtime.topics.api import Published
+from realtime.transport import signed
 
 MAX_PRESENCE_QUERY = 500
 MAX_PUBLICATIONS = 100
@@ -77,7 +78,7 @@ class ServerPublication(serializers.Serializer):
 
 
 class ServerPublish(serializers.Serializer):
-    publications = ServerPublication(many=True, min_length=1, max_length=100)
+    publications = ServerPublication(many=True, min_length=1, max_length=MAX_PUBLICATIONS)
 
     class Meta:
         ref_name = "ServerPublish"
@@ -98,8 +99,8 @@ EXTERNAL_ID = doc.path("external_id", {"type": "string"}, "the application's use
 
 
 def _external_id(value: str) -> str:
-    if not 1 <= len(value) <= 150 or "\x00" in value:
-        raise bad_request("external_id", "must be 1 to 150 characters")
+    if not signed.valid_sub(value):
+        raise bad_request("external_id", f"must be 1 to {signed.MAX_SUB_CHARS} characters")
     return value
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -41,16 +41,14 @@ def auth_ref_of(request: Request) -> str:
     return credentials.session_ref(session_key)
 
 
-def _credential_end(request: Request) -> int | None:
-    """When the credential of a request ends (epoch seconds): a ticket it mints, and
-    the socket opened with that ticket, end with it."""
+def _credential_end(request: Request) -> datetime | None:
+    """When the credential of a request ends: a ticket it mints, and the socket opened
+    with that ticket, end with it."""
     if isinstance(request.auth, signed.Claims):
-        return request.auth.exp
+        return datetime.fromtimestamp(request.auth.exp, tz=UTC)
     if isinstance(request.auth, ApiToken):
-        ends = request.auth.expires_at
-    else:
-        ends = credentials.session_ends(request._request.session.session_key or "")
-    return None if ends is None else int(ends.timestamp())
+        return request.auth.expires_at
+    return credentials.session_ends(request._request.session.session_key or "")
 
 
 class RegisterView(APIView):
@@ -142,7 +140,7 @@ class WsTicketView(APIView):
     def post(self, request: Request) -> Response:
         # A ticket minted with a connection token ends with it (PROTOCOL 11).
         raw = credentials.issue_ticket(
-            request.user, auth_ref_of(request), credential_expires_at=_credential_end(request)
+            request.user, auth_ref_of(request), ends=_credential_end(request)
         )
         return Response(
             {"ticket": raw, "expires_in": credentials.TICKET_SECONDS},

@@ -89,8 +89,7 @@ def _user_for_ticket(raw: str) -> tuple[Any, SocketAuth] | None:
     ticket = credentials.consume_ticket(raw)
     if ticket is None:
         return None
-    ends = ticket.credential_expires_at
-    expires_at = None if ends is None else int(ends.timestamp() * 1000)
+    expires_at = credentials.ms(ticket.credential_expires_at)
     return ticket.user, SocketAuth(
         "ticket", ticket.auth_ref, not ticket.user.is_active, expires_at=expires_at
     )
@@ -187,8 +186,9 @@ class WebSocketAuthMiddleware:
         # In place, not a copy: see OriginCheckMiddleware.
         scope["user"] = user
         scope["tether_auth"] = auth
-        if auth.expires_at is not None and getattr(user, "external_id", None):
+        if auth.ref.startswith(connection_tokens.JWT_REF):
             # It rests on a connection token (directly or through a ticket minted with
-            # one): a `refresh` frame may move its expiry (PROTOCOL 11).
+            # one): a `refresh` frame may move its expiry (PROTOCOL 11). Not a session
+            # or an API token of the same user: a JWT must not outlive those.
             scope["tether_refresh"] = refresher(user)
         return await self.app(scope, receive, send)

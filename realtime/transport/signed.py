@@ -25,6 +25,11 @@ from django.conf import settings
 MAX_SUB_CHARS = 150
 
 
+def valid_sub(value: object) -> bool:
+    """The application's user id: a token's `sub`, a user's `external_id`."""
+    return isinstance(value, str) and 1 <= len(value) <= MAX_SUB_CHARS and "\x00" not in value
+
+
 class Refused(Exception):
     """A token that does not verify; the message says why."""
 
@@ -93,7 +98,7 @@ def verify(raw: str, **required: str) -> Claims:
     except jwt.PyJWTError as error:
         raise Refused(str(error)) from None
     sub = claims["sub"]
-    if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SUB_CHARS or "\x00" in sub:
+    if not valid_sub(sub):
         raise Refused(f"`sub` must be a string of 1 to {MAX_SUB_CHARS} characters")
     exp = claims["exp"]
     if isinstance(exp, bool) or not isinstance(exp, int | float):

@@ -198,3 +198,18 @@ async def test_the_backend_closes_and_disables_its_users_sockets(app_node) -> No
     assert await again.close_code() == 4403  # disabled: closed on every node
     refused = await WsClient.open(f"{app_node.ws_url}/ws/chat/", token=signed(sub))
     assert await refused.close_code() == 4403  # and new sockets refused
+
+
+async def test_a_connection_token_cannot_extend_an_api_token_socket(app_node) -> None:
+    sub = unique("app-")
+    first = await WsClient.open(f"{app_node.ws_url}/ws/chat/", token=signed(sub))
+    username = (await first.welcome())["user"]["username"]
+    await first.close()
+    raw = manage(app_node.stack.env(), "issue_token", username, "--expires-in", "1h").stdout.strip()
+    client = await WsClient.open(f"{app_node.ws_url}/ws/chat/", token=raw)
+    welcome = await client.welcome()
+    await client.send({"type": "refresh", "id": "r", "token": signed(sub, seconds=86_400)})
+    error = await client.expect("error")
+    assert (error["id"], error["code"]) == ("r", "bad_request")  # the token's hour stands
+    assert welcome["expires_at"] - welcome["server_time"] <= 3_600_000
+    await client.close()
