@@ -425,6 +425,44 @@ DECLARATIONS: tuple[Setting, ...] = (
         "per user name, and sign-ups per address and name, e.g. `10/minute`, `100/hour` "
         "(429 beyond)",
     ),
+    Setting(
+        "QUOTA_MESSAGES",
+        parse_rate,
+        "120/minute",
+        "messages a user may post over REST, across nodes (sockets have their token "
+        "bucket; the backend API is not counted); 429 `rate_limited` beyond",
+    ),
+    Setting(
+        "QUOTA_CONVERSATIONS",
+        parse_rate,
+        "60/hour",
+        "conversations a user may create (`POST /api/conversations/`), across nodes",
+    ),
+    Setting(
+        "QUOTA_MEMBER_ADDS",
+        parse_rate,
+        "300/hour",
+        "members a user may add to groups, across nodes",
+    ),
+    Setting(
+        "QUOTA_USER_LOOKUPS",
+        parse_rate,
+        "60/minute",
+        "user look-ups (`GET /api/users/`) per user, across nodes",
+    ),
+    Setting(
+        "QUOTA_TOPIC_HISTORY",
+        parse_rate,
+        "600/minute",
+        "topic history reads per user (REST history, `subscribe` with `since`), across nodes",
+    ),
+    Setting(
+        "QUOTA_SUBSCRIPTIONS",
+        parse_rate,
+        "1200/minute",
+        "`subscribe` and `unsubscribe` frames per user, across nodes (`rate_limited` "
+        "beyond; the socket stays open)",
+    ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(
         "API_TOKEN_TTL",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from monitoring import metrics
-from realtime.node import delivery, registry
+from realtime.node import delivery, quotas, registry
 from realtime.protocol import Code, Frame, TetherError, bad_request, non_negative
 from realtime.topics import fanout as topic_fanout
 from realtime.topics.events import group_name
@@ -33,6 +33,10 @@ def _since(value: Any) -> tuple[int | None, str | None]:
 
 
 async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
+    # Counted first, refused or not: probing topics is churn too (docs/security.md).
+    await quotas.acharge("subscriptions", consumer.user.pk)
+    if frame.get("since") is not None:
+        await quotas.acharge("topic_history", consumer.user.pk)
     topic = frame.get("topic")
     ns = readable_namespace(consumer.user, topic, token=frame.get("token"))
     since, since_epoch = _since(frame.get("since"))
@@ -84,6 +88,7 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
 
 
 async def handle_unsubscribe(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    await quotas.acharge("subscriptions", consumer.user.pk)
     topic = frame.get("topic")
     conn = consumer.conn
     assert conn is not None
