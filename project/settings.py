@@ -277,7 +277,9 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# The JavaScript client's one source is its npm package (clients/js/); the
+# pages load it from the same place as before, /static/tether/client.js.
+STATICFILES_DIRS = [BASE_DIR / "static", ("tether", BASE_DIR / "clients" / "js" / "src")]
 # Serve straight from the app directories too, so static files work without
 # collectstatic (tests) and without DEBUG (both modes).
 WHITENOISE_USE_FINDERS = True
