@@ -407,6 +407,16 @@ DECLARATIONS: tuple[Setting, ...] = (
         "bytes a socket may have waiting while its client does not read (close 4509 beyond)",
         minimum=1024,
     ),
+    Setting(
+        "MAX_REPLY_BYTES",
+        parse_int,
+        524288,
+        "largest single reply in bytes: a `subscribe` replay beyond it answers "
+        "`recovered: false` with no publications (the client reads history by page), a "
+        "conversations page is cut short (`has_more`), a `sync` replay stops "
+        "(`complete: false`)",
+        minimum=65536,
+    ),
     Setting("MAX_BODY_CHARS", parse_int, 4000, "longest message body", minimum=1),
     Setting(
         "RATE_LIMIT_PER_SECOND",

@@ -66,7 +66,12 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
             raise
         conn.cursors[topic] = snap.offset
         conn.epochs[topic] = snap.epoch
-        recovered = snap.entries is not None
+        entries = snap.entries
+        if entries is not None and _replay_bytes(entries) > settings.MAX_REPLY_BYTES:
+            # All or nothing (PROTOCOL 7: `recovered` means every publication is
+            # here): the client rebuilds from REST history, by page, from `offset`.
+            entries = None
+        recovered = entries is not None
         if since is not None:
             metrics.RECOVERIES.labels("true" if recovered else "false").inc()
         reply = {
@@ -76,7 +81,7 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
             "offset": snap.offset,
             "epoch": snap.epoch,
             "recovered": recovered,
-            "publications": [publication(e) for e in snap.entries or ()],
+            "publications": [publication(e) for e in entries or ()],
         }
         if frame.id is None:
             del reply["id"]
@@ -85,6 +90,12 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
         await delivery.catch_up(conn, topic, topic_fanout.read_pubs, lossy=True)
     if new:
         await registry.set_subscriptions(conn.id, list(conn.epochs))
+
+
+def _replay_bytes(entries: list[Any]) -> int:
+    """About the bytes the publications take in the reply: their data (already JSON)
+    and the few fields around each."""
+    return sum(len(data.encode()) + 48 for _, _, data in entries)
 
 
 async def handle_unsubscribe(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
