@@ -12,16 +12,14 @@ import asyncio
 import io
 import json
 import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support.appserver import AppOrigin
 from tests.support.browser import WAIT_MS, launch_chromium
 from tests.support.live import ROOT, DaphneNode, manage
 from tests.support.names import unique
@@ -39,51 +37,6 @@ NAMESPACES = {
 def blocks(language: str) -> list[str]:
     text = (ROOT / "docs" / "integration.md").read_text(encoding="utf-8")
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)
-
-
-class AppOrigin:
-    """The application's own web server: its page (the guide's JavaScript) and the
-    `/my-backend/…` routes the guide's page calls, answered with the guide's Python."""
-
-    def __init__(self) -> None:
-        self.page = ""
-        self.routes: dict[str, Callable[[dict[str, str]], str]] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                if url.path == "/":
-                    body, kind = app.page, "text/html"
-                elif url.path in app.routes:
-                    body, kind = app.routes[url.path](query), "text/plain"
-                else:
-                    self.send_error(404)
-                    return
-                data = body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

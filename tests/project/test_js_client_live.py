@@ -10,16 +10,14 @@ per-topic token. Embedded mode only: the client does not depend on the mode.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
 
+from tests.support.appserver import AppOrigin
 from tests.support.browser import WAIT_MS, launch_chromium
 from tests.support.live import DaphneNode, Stack, http, manage
 from tests.support.names import unique
@@ -44,40 +42,14 @@ class AppBackend:
         self.token_seconds = 300
         self.issued: list[dict[str, Any]] = []  # connection tokens: {exp, at}
         self.subscription_tokens: list[str] = []  # topics, in order of issue
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.web = AppOrigin()
+        self.web.page = self.page()
+        self.web.routes["/tether-token"] = lambda query: self.connection_token()
+        self.web.routes["/room-token"] = lambda query: self.subscription_token(query["topic"])
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                if url.path == "/":
-                    body, kind = app.page(), "text/html"
-                elif url.path == "/tether-token":
-                    body, kind = app.connection_token(), "text/plain"
-                elif url.path == "/room-token":
-                    body, kind = app.subscription_token(query["topic"]), "text/plain"
-                else:
-                    self.send_error(404)
-                    return
-                data = body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
+        return self.web.origin
 
     def page(self) -> str:
         # The module is loaded from the node, cross-origin, as a deployed app does.
@@ -98,8 +70,7 @@ window.tether = tether;
         return jwt.encode(claims, SECRET, "HS256")
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.web.close()
 
 
 @pytest.fixture(scope="module")
