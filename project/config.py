@@ -296,6 +296,13 @@ DECLARATIONS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "DB_TRANSACTION_POOLING",
+        parse_bool,
+        False,
+        "PostgreSQL is reached through a transaction pooler (PgBouncer `pool_mode = "
+        "transaction`): server-side prepared statements off (docs/deployment.md)",
+    ),
+    Setting(
         "SECRET_KEY",
         parse_str,
         "",
@@ -487,7 +494,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         parse_bool,
         True,
         "apply pending database migrations when a node starts (one node at a time, under a "
-        "PostgreSQL advisory lock)",
+        "PostgreSQL transaction-scoped advisory lock, which a transaction pooler keeps)",
     ),
     Setting(
         "METRICS_TOKEN",
