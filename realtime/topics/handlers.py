@@ -12,7 +12,7 @@ from realtime.protocol import Code, Frame, TetherError, bad_request, non_negativ
 from realtime.topics import fanout as topic_fanout
 from realtime.topics.events import group_name
 from realtime.topics.service import publication, readable_namespace
-from realtime.topics.store import get_store
+from realtime.topics.store import EMPTY_EPOCH, get_store
 
 if TYPE_CHECKING:
     from realtime.transport.consumer import TetherConsumer
@@ -56,12 +56,18 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
         new = topic not in conn.epochs
         conn.epochs[topic] = None
         conn.cursors[topic] = 0
-        if new:
-            topic_fanout.TOPIC_OF_GROUP[group] = topic
-            await consumer.runtime.hub.subscribe(group, conn)
         try:
+            if new:
+                topic_fanout.TOPIC_OF_GROUP[group] = topic
+                await consumer.runtime.hub.subscribe(group, conn)
             snap = await get_store().snapshot(topic, ns, since, since_epoch)
+            if snap.epoch == EMPTY_EPOCH and state.pending:
+                # The first publications came while the empty topic was read: answer
+                # their epoch, or each later `pub` would look like a new epoch and
+                # rewind the cursor over what `pending` already delivered.
+                snap = await get_store().snapshot(topic, ns, since, since_epoch)
         except Exception:
+            # Nothing of a subscription that never answered stays on the node.
             await _drop(consumer, topic)
             raise
         conn.cursors[topic] = snap.offset
@@ -118,7 +124,13 @@ async def _drop(consumer: TetherConsumer, topic: str) -> None:
     assert conn is not None
     conn.epochs.pop(topic, None)
     delivery.forget(conn, topic)
-    await consumer.runtime.hub.unsubscribe(group_name(topic), conn)
+    hub = consumer.runtime.hub
+    group = group_name(topic)
+    await hub.unsubscribe(group, conn)
+    if group not in hub.groups:
+        # The last local socket left: the node keeps nothing of the topic
+        # (a loop of subscribe/unsubscribe over random names leaves memory flat).
+        topic_fanout.TOPIC_OF_GROUP.pop(group, None)
 
 
 async def unsubscribe_all(consumer: TetherConsumer) -> None:
