@@ -10,6 +10,7 @@ import pytest
 
 from realtime.node import quotas
 from tests.support.live import DaphneNode, Stack
+from tests.support.nginx import make_nginx_front  # noqa: F401 - fixture
 from tests.support.pgbouncer import PgBouncer, pgbouncer_service  # noqa: F401 - fixture
 from tests.support.services import postgres_service, redis_service  # noqa: F401 - fixtures
 
