@@ -13,7 +13,7 @@ from typing import Any
 from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, pre_delete, pre_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
 from accounts import credentials
@@ -97,15 +97,30 @@ def _recheck_after_commit(user_ids: Iterable[int]) -> None:
         transaction.on_commit(lambda: rights_changed(ids))
 
 
+# Set on the instance between pre_save and post_save: (is_staff, is_superuser) as stored.
+STATUS_BEFORE = "_tether_status_before"
+
+
 @receiver(pre_save, sender=User)
-def recheck_rights_on_status_change(sender: Any, instance: User, **kwargs: Any) -> None:
-    """Staff or superuser status changed (disabling the account closes its sockets)."""
+def remember_status(sender: Any, instance: User, **kwargs: Any) -> None:
+    """Staff and superuser status as stored, read before the save overwrites them."""
     update_fields = kwargs.get("update_fields")
     watched = {"is_staff", "is_superuser"}
     if instance.pk is None or (update_fields is not None and not watched & set(update_fields)):
         return
     old = User.objects.filter(pk=instance.pk).values_list("is_staff", "is_superuser").first()
-    if old is not None and old != (instance.is_staff, instance.is_superuser):
+    if old is not None:
+        setattr(instance, STATUS_BEFORE, tuple(old))
+
+
+@receiver(post_save, sender=User)
+def recheck_rights_on_status_change(sender: Any, instance: User, **kwargs: Any) -> None:
+    """Staff or superuser status changed (disabling the account closes its sockets).
+
+    Passed on from post_save: a plain save runs outside any transaction, where
+    `on_commit` runs at once, and the nodes must read the row as written."""
+    before = instance.__dict__.pop(STATUS_BEFORE, None)
+    if before is not None and before != (instance.is_staff, instance.is_superuser):
         _recheck_after_commit([instance.pk])
 
 

@@ -51,6 +51,8 @@ class StaffView(APIView):
     right = ""
 
     def get_permissions(self) -> list[Any]:
+        # No default: an empty right would be every superuser's and nobody else's.
+        assert self.right, f"{type(self).__name__} names no right"
         return [HasRight.of(self.right)()]
 
 

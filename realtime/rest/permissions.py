@@ -9,6 +9,7 @@ table of which right opens what is in docs/security.md.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -57,6 +58,7 @@ class HasRight(BasePermission):
     message = "this needs an operator's right"
 
     @classmethod
+    @functools.cache
     def of(cls, right: str) -> type[HasRight]:
         return type(
             f"HasRight_{right.replace('.', '_')}",
