@@ -5,6 +5,8 @@ in test_rights_live.py."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ from accounts import credentials
 from accounts.models import User
 from project.asgi import application
 from realtime.rest.permissions import DISCONNECT, PUBLISH, VIEW_CONNECTIONS, VIEW_OPERATIONS
+from realtime.topics import handlers
 from tests.support.focused import WAIT
 from tests.support.names import unique
 
@@ -228,4 +231,39 @@ async def test_a_socket_keeps_its_staff_subscription_when_another_right_goes(run
     # Checked again and still allowed: nothing ends (publications may still come).
     while not await comm.receive_nothing(QUIET):
         assert (await comm.receive_json_from(WAIT))["type"] == "pub"
+    await comm.disconnect()
+
+
+async def test_a_subscribe_crossing_the_loss_of_the_right_is_ended_once_made(
+    runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The right is checked, then taken away (and the socket told) before the subscription
+    exists: the subscription is checked again once made, and ended."""
+    checked, proceed = threading.Event(), threading.Event()
+    told = asyncio.Event()
+    check, recheck = handlers._readable_now, handlers.rights_changed
+
+    def slow_check(*args: Any) -> Any:
+        try:
+            return check(*args)
+        finally:
+            checked.set()
+            proceed.wait(WAIT)
+
+    async def observed_recheck(consumer: Any) -> None:
+        await recheck(consumer)
+        told.set()
+
+    monkeypatch.setattr(handlers, "_readable_now", slow_check)
+    monkeypatch.setattr(handlers, "rights_changed", observed_recheck)
+    user = await database_sync_to_async(operator)(VIEW_OPERATIONS)
+    comm = await stream(user)
+    await comm.send_json_to({"type": "subscribe", "id": "s", "topic": OPS})
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, checked.wait, WAIT)
+    await database_sync_to_async(lambda: user.user_permissions.clear())()
+    await asyncio.wait_for(told.wait(), WAIT)
+    proceed.set()
+    assert (await comm.receive_json_from(WAIT))["type"] == "subscribed"
+    assert await ended(comm, OPS) == {"type": "unsubscribed", "topic": OPS, "reason": "forbidden"}
     await comm.disconnect()
