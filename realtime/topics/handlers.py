@@ -64,7 +64,14 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
     # A change of rights may come between the check below and the subscription:
     # then the subscription is checked again once made (end of this handler).
     rights_seen = conn.rights_changes
-    ns = await _readable(consumer, topic, frame.get("token"))
+    try:
+        ns = await _readable(consumer, topic, frame.get("token"))
+    except TetherError:
+        if isinstance(topic, str) and topic in conn.epochs:
+            # Refused what it holds: the rights shrank without the news reaching this
+            # socket (a change that sent no signal, docs/security.md); end it now.
+            await end_forbidden(consumer)
+        raise
     since, since_epoch = _since(frame.get("since"))
     if topic not in conn.epochs and len(conn.epochs) >= settings.MAX_SUBSCRIPTIONS_PER_CLIENT:
         raise TetherError(

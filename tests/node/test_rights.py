@@ -267,3 +267,20 @@ async def test_a_subscribe_crossing_the_loss_of_the_right_is_ended_once_made(
     assert (await comm.receive_json_from(WAIT))["type"] == "subscribed"
     assert await ended(comm, OPS) == {"type": "unsubscribed", "topic": OPS, "reason": "forbidden"}
     await comm.disconnect()
+
+
+async def test_subscribing_again_without_the_right_ends_what_the_socket_holds(runtime) -> None:
+    """A change that sends no signal (`QuerySet.update`) is noticed at the next subscribe
+    to that topic: refused, and the subscription held is ended too."""
+    user = await database_sync_to_async(operator)(VIEW_OPERATIONS)
+    comm = await stream(user)
+    assert (await subscribe(comm, OPS, "a"))["type"] == "subscribed"
+    await database_sync_to_async(lambda: User.objects.filter(pk=user.pk).update(is_staff=False))()
+    await comm.send_json_to({"type": "subscribe", "id": "b", "topic": OPS})
+    seen: list[dict[str, Any]] = []
+    while len([f for f in seen if f["type"] != "pub"]) < 2:
+        seen.append(await comm.receive_json_from(WAIT))
+    answers = [f for f in seen if f["type"] != "pub"]
+    assert {"type": "unsubscribed", "topic": OPS, "reason": "forbidden"} in answers
+    assert any(f["type"] == "error" and f["code"] == "forbidden" for f in answers)
+    await comm.disconnect()
