@@ -363,7 +363,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         parse_topic_namespaces,
         DEFAULT_TOPIC_NAMESPACES,
         "topic namespaces as JSON: `{name: {history_size, history_ttl (s), access}}`, access "
-        "`open` (any user), `own` (`user:<id>` for that user), `staff`, or `token` (a "
+        "`open` (any user), `own` (`user:<id>` for that user), `staff` (staff with "
+        "`realtime.view_operations`), or `token` (a "
         "subscription token the application's backend signed, PROTOCOL 11)",
         default_doc="`prices` open, `user` own (100, 1 day), `ops` staff; `prices`/`ops` keep "
         "1000 for 1 h",
