@@ -250,6 +250,11 @@ def main() -> None:
         default="auto",
         help="event loop of the lean load generator (auto: uvloop when installed)",
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="nodes reach PostgreSQL through PgBouncer in transaction mode",
+    )
     args = parser.parse_args()
 
     from tests.support.live import DaphneNode, Stack
@@ -259,6 +264,19 @@ def main() -> None:
     postgres = PostgresServer()
     redis_url, database_url = redis.start(), postgres.start()
     stack = Stack("production", database_url, redis_url)
+    bouncer = None
+    if args.pgbouncer:
+        from tests.support.pgbouncer import PgBouncer
+
+        # The nodes reach PostgreSQL through PgBouncer in transaction mode; the
+        # seeding below still goes straight to the server.
+        bouncer = PgBouncer(database_url).start()
+        stack = Stack(
+            "production",
+            bouncer.url_for(database_url),
+            redis_url,
+            settings={"DB_TRANSACTION_POOLING": "1"},
+        )
     logs = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     settings = {
         "LOG_LEVEL": "WARNING",
@@ -334,6 +352,8 @@ def main() -> None:
     finally:
         for node in nodes:
             node.stop()
+        if bouncer is not None:
+            bouncer.stop()
         postgres.stop()
         redis.stop()
     acks = [a for r in results for a in r["acks"]]
