@@ -263,6 +263,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # One name each for the conversation kinds the bodies share.
+    "ENUM_NAME_OVERRIDES": {
+        "ConversationKindEnum": ["group", "direct"],
+        "GroupKindEnum": ["group"],
+        "DirectKindEnum": ["direct"],
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "realtime.rest.openapi.add_plain_django_paths",

@@ -18,7 +18,7 @@ from realtime.rest.throttles import UserQuota
 
 MAX_PAGE = 200
 
-CONVERSATION_ID = doc.path("conversation_id", {"type": "string"}, "the conversation's id")
+CONVERSATION_ID = doc.path("conversation_id", doc.ID, "the conversation's id")
 NOT_MEMBER = doc.error(
     "`forbidden`: not a member of that conversation, or no such conversation (the same answer)"
 )
