@@ -145,7 +145,10 @@ class ConversationsView(APIView):
         responses={
             200: doc.BackendConversationBody,
             201: doc.BackendConversationBody,
-            400: doc.error("`kind`, `title` or `members` invalid"),
+            400: doc.error(
+                "`bad_request` with `field`: `kind`, `title` or `members` invalid; a direct "
+                "conversation whose two references name one user (an id and an external id)"
+            ),
             403: needs("chat"),
             404: UNKNOWN,
         },

@@ -202,7 +202,7 @@ class TokenDetailView(APIView):
         summary="Revoke one of the caller's API tokens",
         description="Its sockets close with 4401 and the tickets it minted are void.",
         tags=["auth"],
-        parameters=[doc.path("token_id", {"type": "integer"}, "the token's id")],
+        parameters=[doc.path("token_id", doc.INTEGER_GE0, "the token's id")],
         responses={204: None, 404: doc.error("`not_found`: no such token of the caller's")},
     )
     def delete(self, request: Request, token_id: int) -> Response:

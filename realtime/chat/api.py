@@ -59,7 +59,10 @@ class ConversationsView(APIView):
         responses={
             200: doc.ConversationBody,
             201: doc.ConversationBody,
-            400: doc.error("`bad_request`: `kind`, `title` or `members` invalid"),
+            400: doc.error(
+                "`bad_request` with `field`: `kind`, `title` or `members` invalid; a direct "
+                "conversation naming the caller (which only the caller's id can tell)"
+            ),
             404: doc.error("`not_found`: unknown or disabled user ids in `members`"),
         },
     )

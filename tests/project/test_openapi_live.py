@@ -60,6 +60,11 @@ pytestmark = pytest.mark.timeout(600)
 
 MAX_EXAMPLES = 12  # generated cases per operation and phase
 SCOPES = "publish,chat,users,presence,connections"
+ENDS_OWN_ACCESS = (
+    "auth_tokens_destroy",
+    "conversations_members_destroy",
+    "server_conversations_members_destroy",
+)
 # Operations where a schema-valid request may get 400 naming a field, by contract,
 # for a rule no schema can say (docs/protocol.md, section 9): path -> why.
 SAYS_400_BEYOND_SCHEMA = {
@@ -88,6 +93,9 @@ def config_toml(real: dict[str, str]) -> str:
     """schemathesis.toml for the run: `real` maps path parameters to existing ids."""
     lines = [
         "workers = 2",
+        # No crash cache: every run the same cases, none replayed from an earlier one.
+        "[cache]",
+        "enabled = false",
         "[generation]",
         "deterministic = true",
         f"max-examples = {MAX_EXAMPLES}",
@@ -113,8 +121,9 @@ def config_toml(real: dict[str, str]) -> str:
 
 
 def run_schemathesis(
-    schema_file: Path, config: Path, base_url: str, token: str, report: Path
-) -> subprocess.CompletedProcess:
+    schema_file: Path, config: Path, base_url: str, token: str, selection: list[str]
+) -> tuple[int, str]:
+    """`st run` with every check as the holder of `token`; (exit code, output)."""
     command = [
         str(Path(sys.executable).with_name("st")),
         "--config-file",
@@ -128,12 +137,13 @@ def run_schemathesis(
         "--header",
         f"Authorization: Bearer {token}",
         "--no-color",
-        "--report",
-        "junit",
-        "--report-junit-path",
-        str(report),
+        *selection,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    # In the config's folder: schemathesis writes there, never in the project.
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False, cwd=config.parent
+    )
+    return result.returncode, result.stdout + result.stderr
 
 
 def test_every_operation_answers_as_its_schema_says(
@@ -153,24 +163,27 @@ def test_every_operation_answers_as_its_schema_says(
     service = manage(node.stack.env(), "issue_token", backend, "--scope", SCOPES)
     service_token = service.stdout.strip()
 
-    # Real resources: a group all three belong to, a message, a topic with history
-    # and a user of the application's backend.
+    # Real resources: a group with a message for each identity (its own, since one
+    # run may leave it or remove the others), a topic with history and a user of the
+    # application's backend.
     status, me, _ = http("GET", node.url + "/api/me/", headers=bearer(user_token))
     assert status == 200, me
-    status, group, _ = http(
-        "POST",
-        node.url + "/api/conversations/",
-        {"kind": "group", "title": "fuzzed", "members": [me["id"]]},
-        bearer(staff),
-    )
-    assert status == 201, group
-    status, body, _ = http(
-        "POST",
-        node.url + f"/api/conversations/{group['id']}/messages/",
-        {"id": "seed-1", "body": "hello"},
-        bearer(staff),
-    )
-    assert status == 201, body
+
+    def seeded_group(token: str, members: list[int]) -> str:
+        url = node.url + "/api/conversations/"
+        body = {"kind": "group", "title": "fuzzed", "members": members}
+        status, group, _ = http("POST", url, body, bearer(token))
+        assert status == 201, group
+        url += f"{group['id']}/messages/"
+        status, sent, _ = http("POST", url, {"id": unique("seed"), "body": "hello"}, bearer(token))
+        assert status == 201, sent
+        return group["id"]
+
+    groups = {
+        "staff": seeded_group(staff, [me["id"]]),
+        "user": seeded_group(user_token, []),
+        "service": seeded_group(staff, [me["id"]]),
+    }
     status, body, _ = http(
         "POST", node.url + "/api/topics/prices:FUZZ/publish/", {"data": {"p": 1}}, bearer(staff)
     )
@@ -229,23 +242,40 @@ def test_every_operation_answers_as_its_schema_says(
 
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(json.dumps(served))
-    config = tmp_path / "schemathesis.toml"
-    real = {"conversation_id": group["id"], "topic": "prices:FUZZ", "external_id": "fuzz-1"}
-    config.write_text(config_toml(real))
+
+    def still_in(token: str, group: str | None) -> bool:
+        status, _, _ = http("GET", node.url + "/api/me/", headers=bearer(token))
+        if group is not None:
+            url = node.url + f"/api/conversations/{group}/"
+            status = max(status, http("GET", url, headers=bearer(token))[0])
+        return status == 200
 
     started = time.monotonic()
     failed: list[str] = []
+    tested = 0
     for who, token in (("staff", staff), ("user", user_token), ("service", service_token)):
-        report = tmp_path / f"junit-{who}.xml"
-        result = run_schemathesis(schema_file, config, node.url, token, report)
-        output = result.stdout + result.stderr
-        # Not vacuous: every operation was selected and tested, in every phase.
-        n = len(operations)
-        tested = f"Selected: {n}/{n}" in output and f"Tested: {n}" in output
-        if result.returncode != 0 or not tested:
-            failed.append(f"===== as {who} (exit {result.returncode})\n{output[-12000:]}")
+        config = tmp_path / who / "schemathesis.toml"
+        config.parent.mkdir()
+        real = {"conversation_id": groups[who], "topic": "prices:FUZZ", "external_id": "fuzz-1"}
+        config.write_text(config_toml(real))
+        member = None if who == "service" else groups[who]
+        # Operations that can end the caller's own access (revoking its token, leaving
+        # the group) run after the rest, on their own: run first, they would turn
+        # every later answer into 401 or 403 and the checks into formalities.
+        for part, selection in (
+            ("the rest", [f"--exclude-operation-id={op}" for op in ENDS_OWN_ACCESS]),
+            ("ending access", [f"--include-operation-id={op}" for op in ENDS_OWN_ACCESS]),
+        ):
+            code, output = run_schemathesis(schema_file, config, node.url, token, selection)
+            found = re.search(r"Tested: (\d+)", output)
+            tested += int(found.group(1)) if found else 0
+            if code != 0:
+                failed.append(f"===== as {who}, {part} (exit {code})\n{output[-12000:]}")
+            if part == "the rest" and not still_in(token, member):
+                failed.append(f"===== as {who}: lost access during the run\n{output[-4000:]}")
     elapsed = time.monotonic() - started
-
+    # Not vacuous: every operation was tested as every identity.
+    assert tested == 3 * len(operations), (tested, len(operations))
     assert not failed, "\n".join(failed)
     assert "Traceback" not in node.log_text()
     print(f"every check, three identities, {len(operations)} operations: {elapsed:.1f} s")
