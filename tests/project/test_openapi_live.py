@@ -32,9 +32,14 @@ What the configuration (`config_toml`) settles, and why:
   oneself. The operations' descriptions name them, and `positive_data_acceptance`
   also expects 400 on those operations, and only there (every other check, and
   every other operation, is as schemathesis ships it).
-- Path parameters are drawn, half the time, from real resources (a conversation
-  the caller belongs to, a topic with history, an external id), so generated
-  requests also reach past "not a member" and "no such user".
+- Ids are drawn, half the time, from real resources (a conversation the caller
+  belongs to, a topic with history, an external id, the users for `user_id` and a
+  body's `user`), so generated requests also reach past "not a member" and "no
+  such user".
+- Operations that can end the caller's own access (revoking its token, leaving
+  its group) run last, on their own (`ENDS_OWN_ACCESS`); each identity must still
+  be in after the rest, or every answer after the first revocation would be a 401
+  that passes every check.
 """
 
 from __future__ import annotations
@@ -85,12 +90,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def toml_list(values: list[str]) -> str:
+def toml_list(values: list[Any]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def config_toml(real: dict[str, str]) -> str:
-    """schemathesis.toml for the run: `real` maps path parameters to existing ids."""
+def config_toml(real: dict[str, list[Any]]) -> str:
+    """schemathesis.toml for the run: `real` maps parameters (`path.topic`,
+    `body.user`) to existing ids, drawn half the time."""
     lines = [
         "workers = 2",
         # No crash cache: every run the same cases, none replayed from an earlier one.
@@ -106,11 +112,12 @@ def config_toml(real: dict[str, str]) -> str:
         "[checks]",
         "enabled = true",
     ]
-    for name, value in real.items():
-        lines += [f"[dictionaries.{name}]", f"values = {toml_list([value])}"]
+    for key, values in real.items():
+        lines += [f"[dictionaries.{key.replace('.', '_')}]", f"values = {toml_list(values)}"]
     lines.append("[parameters]")
-    for name in real:
-        lines.append(f'"path.{name}" = {{ dictionary = "{name}", probability = 0.5 }}')
+    for key in real:
+        name = key.replace(".", "_")
+        lines.append(f'"{key}" = {{ dictionary = "{name}", probability = 0.5 }}')
     for path in SAYS_400_BEYOND_SCHEMA:
         lines += [
             "[[operations]]",
@@ -195,6 +202,8 @@ def test_every_operation_answers_as_its_schema_says(
         bearer(service_token),
     )
     assert status == 201, body
+    # Every user: members to add (`body.user`) and to remove (`path.user_id`).
+    user_ids = [row[0] for row in node.stack.sql("SELECT id FROM accounts_user ORDER BY id")]
 
     status, served, headers = http("GET", node.url + "/api/schema/?format=json")
     assert status == 200 and headers["Content-Type"].startswith("application/vnd.oai.openapi+json")
@@ -252,11 +261,18 @@ def test_every_operation_answers_as_its_schema_says(
 
     started = time.monotonic()
     failed: list[str] = []
+    summaries: list[str] = []
     tested = 0
     for who, token in (("staff", staff), ("user", user_token), ("service", service_token)):
         config = tmp_path / who / "schemathesis.toml"
         config.parent.mkdir()
-        real = {"conversation_id": groups[who], "topic": "prices:FUZZ", "external_id": "fuzz-1"}
+        real = {
+            "path.conversation_id": [groups[who]],
+            "path.topic": ["prices:FUZZ"],
+            "path.external_id": ["fuzz-1"],
+            "path.user_id": user_ids,
+            "body.user": user_ids,
+        }
         config.write_text(config_toml(real))
         member = None if who == "service" else groups[who]
         # Operations that can end the caller's own access (revoking its token, leaving
@@ -267,8 +283,11 @@ def test_every_operation_answers_as_its_schema_says(
             ("ending access", [f"--include-operation-id={op}" for op in ENDS_OWN_ACCESS]),
         ):
             code, output = run_schemathesis(schema_file, config, node.url, token, selection)
+            (config.parent / f"{part.replace(' ', '-')}.txt").write_text(output)
             found = re.search(r"Tested: (\d+)", output)
             tested += int(found.group(1)) if found else 0
+            cases = re.search(r"Test cases:\s*\n\s*(.+)", output)
+            summaries.append(f"as {who}, {part}: {cases.group(1) if cases else '?'}")
             if code != 0:
                 failed.append(f"===== as {who}, {part} (exit {code})\n{output[-12000:]}")
             if part == "the rest" and not still_in(token, member):
@@ -279,6 +298,7 @@ def test_every_operation_answers_as_its_schema_says(
     assert not failed, "\n".join(failed)
     assert "Traceback" not in node.log_text()
     print(f"every check, three identities, {len(operations)} operations: {elapsed:.1f} s")
+    print("\n".join(summaries))
 
 
 @pytest.fixture(scope="module")
