@@ -177,10 +177,6 @@ class UserView(APIView):
         return Response(user_repr(user), status=201 if created else 200)
 
 
-def _has_body(request: Request) -> bool:
-    return int(request.META.get("CONTENT_LENGTH") or 0) > 0
-
-
 class DisconnectView(APIView):
     permission_classes = [HasScope.of("connections")]
 
@@ -197,8 +193,9 @@ class DisconnectView(APIView):
         },
     )
     def post(self, request: Request, external_id: str) -> Response:
-        # The body is optional: none at all is `{}`; anything sent must be an object.
-        data = json_body(request) if _has_body(request) else {}
+        # The body is optional (DRF reads none as `{}`); anything sent must be an object:
+        # `[]` or `0` is no longer taken as no body.
+        data = json_body(request)
         code = data.get("code", Close.FORBIDDEN)
         if code not in (Close.UNAUTHENTICATED, Close.FORBIDDEN) or isinstance(code, bool):
             raise bad_request("code", "must be 4401 or 4403")
