@@ -132,7 +132,9 @@ def run_schemathesis(
 ) -> tuple[int, str]:
     """`st run` with every check as the holder of `token`; (exit code, output)."""
     command = [
-        str(Path(sys.executable).with_name("st")),
+        sys.executable,
+        "-m",
+        "schemathesis.cli",  # the `st` command, from this interpreter
         "--config-file",
         str(config),
         "run",
