@@ -9,13 +9,27 @@ from accounts import usernames
 from accounts.models import User
 
 
+class TextField(serializers.CharField):
+    """Only JSON strings: DRF's CharField turns `0` into "0", which the schema
+    (`type: string`) forbids."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class PatternField(TextField, serializers.RegexField):
+    pass
+
+
 class CredentialsSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
-    password = serializers.CharField(max_length=4096, trim_whitespace=False)
+    username = TextField(max_length=150)
+    password = TextField(max_length=4096, trim_whitespace=False)
 
 
 class RegisterSerializer(CredentialsSerializer):
-    username = serializers.RegexField(
+    username = PatternField(
         r"^[\w.@+-]+\Z",
         max_length=150,
         error_messages={"invalid": "letters, digits and @/./+/-/_ only"},

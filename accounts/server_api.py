@@ -6,6 +6,7 @@ chat rows are in accounts/server_chat.py.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -19,8 +20,9 @@ from accounts import connection_tokens, usernames
 from accounts.models import User
 from realtime.chat import presence
 from realtime.node import control
-from realtime.protocol import Close, Code, TetherError, bad_request, user_repr
+from realtime.protocol import TOPIC_RE, Close, Code, TetherError, bad_request, user_repr
 from realtime.rest import openapi as doc
+from realtime.rest.openapi import described
 from realtime.rest.parsing import json_body
 from realtime.rest.permissions import HasScope
 from realtime.topics import service as topics
@@ -32,8 +34,13 @@ MAX_PUBLICATIONS = 100
 
 
 class ServerUser(serializers.Serializer):
-    username = serializers.RegexField(
-        r"^[\w.@+-]{1,150}$", required=False, help_text="free whatever its case"
+    username = described(
+        serializers.CharField(
+            required=False,
+            help_text="free whatever its case; stored NFKC-normalized; refused (400, "
+            "`field: username`) when taken or mixing scripts to look like another",
+        ),
+        {"type": "string", "pattern": r"^[\w.@+-]{1,150}$"},
     )
     is_active = serializers.BooleanField(
         required=False, help_text="false closes the user's sockets with 4403 and refuses new ones"
@@ -68,15 +75,21 @@ class ServerPresence(serializers.Serializer):
 
 
 class ServerPublication(serializers.Serializer):
-    topic = serializers.CharField()
-    data = serializers.JSONField()
+    topic = described(
+        serializers.CharField(help_text="`namespace:name`"),
+        {"type": "string", "pattern": f"^{TOPIC_RE.pattern}$"},
+    )
+    data = serializers.JSONField(help_text="any JSON value, at most MAX_FRAME_BYTES encoded")
 
     class Meta:
         ref_name = "ServerPublication"
 
 
 class ServerPublish(serializers.Serializer):
-    publications = ServerPublication(many=True, min_length=1, max_length=MAX_PUBLICATIONS)
+    # A ListField: drf-spectacular says a list serializer's bounds only this way.
+    publications = serializers.ListField(
+        child=ServerPublication(), min_length=1, max_length=MAX_PUBLICATIONS
+    )
 
     class Meta:
         ref_name = "ServerPublish"
@@ -93,7 +106,11 @@ def needs(scope: str) -> Any:
     return doc.error(f"`forbidden`: the credential lacks the `{scope}` scope (staff too)")
 
 
-EXTERNAL_ID = doc.path("external_id", {"type": "string"}, "the application's user id (1 to 150)")
+EXTERNAL_ID = doc.path(
+    "external_id",
+    {"type": "string", "minLength": 1, "maxLength": signed.MAX_SUB_CHARS},
+    "the application's user id (1 to 150 characters)",
+)
 
 
 def _external_id(value: Any, field: str) -> str:
@@ -136,20 +153,20 @@ class UserView(APIView):
     )
     def put(self, request: Request, external_id: str) -> Response:
         data = json_body(request)
+        # Present means checked: null is no boolean (nor, below, a username).
         active = data.get("is_active")
-        if active is not None and not isinstance(active, bool):
+        if "is_active" in data and not isinstance(active, bool):
             raise bad_request("is_active", "must be true or false")
         with transaction.atomic():
             wanted_id = _external_id(external_id, "external_id")
             user = User.objects.select_for_update().filter(external_id=wanted_id).first()
             created = user is None
             if created:
-                name = data.get("username")
-                wanted = _username(name, None) if name is not None else None
+                wanted = _username(data["username"], None) if "username" in data else None
                 user = connection_tokens.user_for(external_id, wanted)
             elif "username" in data:
                 user.username = _username(data["username"], user)
-            if active is not None:
+            if isinstance(active, bool):
                 # A disabled account's sockets close with 4403 on every node
                 # (accounts/signals.py) and new ones are refused.
                 user.is_active = active
@@ -176,7 +193,9 @@ class DisconnectView(APIView):
         },
     )
     def post(self, request: Request, external_id: str) -> Response:
-        data = json_body(request) if request.data else {}
+        # The body is optional (DRF reads none as `{}`); anything sent must be an object:
+        # `[]` or `0` is no longer taken as no body.
+        data = json_body(request)
         code = data.get("code", Close.FORBIDDEN)
         if code not in (Close.UNAUTHENTICATED, Close.FORBIDDEN) or isinstance(code, bool):
             raise bad_request("code", "must be 4401 or 4403")
@@ -188,6 +207,10 @@ def _ids(raw: str | None) -> list[str]:
     return [part for part in (raw or "").split(",") if part]
 
 
+# Tether ids as the schema states them: ASCII digits, empty parts skipped.
+USER_IDS = r"^,*(?:[0-9]{1,19},+)*(?:[0-9]{1,19})?$"
+
+
 class PresenceView(APIView):
     permission_classes = [HasScope.of("presence")]
 
@@ -195,8 +218,16 @@ class PresenceView(APIView):
         summary="Presence of users by id or external id",
         tags=["server"],
         parameters=[
-            doc.query("users", {"type": "string"}, "Tether user ids, comma-separated"),
-            doc.query("external_ids", {"type": "string"}, "external ids, comma-separated"),
+            doc.query(
+                "users",
+                {"type": "string", "pattern": USER_IDS},
+                "Tether user ids, comma-separated (at most 500 ids with `external_ids`)",
+            ),
+            doc.query(
+                "external_ids",
+                {"type": "string"},
+                "external ids, comma-separated (at most 500 ids with `users`)",
+            ),
         ],
         responses={
             200: ServerPresence,
@@ -209,10 +240,9 @@ class PresenceView(APIView):
         external = _ids(request.query_params.get("external_ids"))
         if len(users) + len(external) > MAX_PRESENCE_QUERY:
             raise bad_request("users", f"at most {MAX_PRESENCE_QUERY} ids in all")
-        try:
-            ids = [int(u) for u in users]
-        except ValueError:
-            raise bad_request("users", "must be integer ids, comma-separated") from None
+        if not re.fullmatch(USER_IDS, request.query_params.get("users", "")):
+            raise bad_request("users", "must be integer ids, comma-separated")
+        ids = [int(u) for u in users]
         if external:
             ids += list(User.objects.filter(external_id__in=external).values_list("pk", flat=True))
         return Response({"presence": presence.query(list(dict.fromkeys(ids)))})

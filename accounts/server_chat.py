@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,42 +37,62 @@ from realtime.transport import signed
 UNKNOWN = doc.error("`not_found`: no such conversation, or a user named is unknown or disabled")
 
 
-@extend_schema_field(
-    {
-        "oneOf": [
-            {"type": "integer", "minimum": 1, "description": "a Tether user id"},
-            {
-                "type": "object",
-                "properties": {
-                    "external_id": {
-                        "type": "string",
-                        "minLength": 1,
-                        "maxLength": signed.MAX_SUB_CHARS,
-                    }
-                },
-                "required": ["external_id"],
-                "additionalProperties": False,
+USER_REF = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1, "description": "a Tether user id"},
+        {
+            "type": "object",
+            "properties": {
+                "external_id": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": signed.MAX_SUB_CHARS,
+                }
             },
-        ]
-    }
-)
+            "required": ["external_id"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+
+@extend_schema_field(USER_REF)
 class UserRefField(serializers.JSONField):
     """A user reference: a Tether user id or `{"external_id": "…"}`."""
 
 
-class ServerConversation(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["group", "direct"])
-    title = serializers.CharField(
-        required=False, max_length=200, help_text="a group's: 1 to 200 characters once trimmed"
+class ServerGroup(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["group"])
+    title = doc.described(
+        serializers.CharField(help_text="1 to 200 characters once trimmed (stored trimmed)"),
+        {"type": "string", "pattern": doc.trimmed(200)},
     )
     members = serializers.ListField(
         child=UserRefField(),
         max_length=conversations.MAX_GROUP_MEMBERS,
-        help_text="user references; a direct conversation names exactly two",
+        help_text="user references",
     )
 
     class Meta:
-        ref_name = "ServerConversation"
+        ref_name = "ServerGroup"
+
+
+class ServerDirect(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["direct"])
+    members = doc.described(
+        serializers.ListField(child=UserRefField(), help_text="exactly two user references"),
+        {"type": "array", "items": USER_REF, "minItems": 2, "maxItems": 2, "uniqueItems": True},
+    )
+
+    class Meta:
+        ref_name = "ServerDirect"
+
+
+SERVER_CONVERSATION = PolymorphicProxySerializer(
+    component_name="ServerConversation",
+    serializers={"group": ServerGroup, "direct": ServerDirect},
+    resource_type_field_name="kind",
+)
 
 
 class ServerMember(serializers.Serializer):
@@ -81,7 +106,10 @@ class ServerMessage(serializers.Serializer):
     id = serializers.CharField(
         min_length=1, max_length=64, help_text="the idempotency key, in the sender's key space"
     )
-    body = serializers.CharField(help_text="not empty; at most MAX_BODY_CHARS characters")
+    body = doc.described(
+        serializers.CharField(help_text="not blank; over MAX_BODY_CHARS is 400 `too_large`"),
+        doc.MESSAGE_TEXT,
+    )
     sender = UserRefField(
         allow_null=True, help_text="a member's reference, or null for a system message"
     )
@@ -113,11 +141,14 @@ class ConversationsView(APIView):
         description="The backend is not a member: a group's `created_by` is null; a "
         "direct conversation names exactly two users (200 when it exists already).",
         tags=["server"],
-        request=ServerConversation,
+        request=SERVER_CONVERSATION,
         responses={
-            200: doc.ConversationBody,
-            201: doc.ConversationBody,
-            400: doc.error("`kind`, `title` or `members` invalid"),
+            200: doc.BackendConversationBody,
+            201: doc.BackendConversationBody,
+            400: doc.error(
+                "`bad_request` with `field`: `kind`, `title` or `members` invalid; a direct "
+                "conversation whose two references name one user (an id and an external id)"
+            ),
             403: needs("chat"),
             404: UNKNOWN,
         },

@@ -19,10 +19,7 @@ from rest_framework.views import APIView
 from accounts import connection_tokens, credentials
 from accounts.backends import refused_for
 from accounts.models import ApiToken, User
-from accounts.serializers import (
-    CredentialsSerializer,
-    RegisterSerializer,
-)
+from accounts.serializers import CredentialsSerializer, RegisterSerializer
 from accounts.throttles import AuthAddressThrottle
 from accounts.usernames import USERNAME_TAKEN
 from realtime.protocol import user_repr
@@ -59,12 +56,19 @@ class RegisterView(APIView):
 
     @extend_schema(
         summary="Sign up",
+        description="The password goes through Django's validators: at least 8 "
+        "characters (`MinimumLengthValidator`), not entirely numeric "
+        "(`NumericPasswordValidator`), not a common password (`CommonPasswordValidator`), "
+        "not too like the username (`UserAttributeSimilarityValidator`). The schema says "
+        "the first two; any refusal is 400 `bad_request` with `field: password`. A "
+        "username taken (in any case, once NFKC-normalized) or mixing scripts to look "
+        "like another is 400 with `field: username`.",
         tags=["auth"],
-        request=RegisterSerializer,
+        request=doc.RegisterBody,
         responses={
             201: doc.UserBody,
             400: doc.error(
-                "`bad_request`: a field missing or invalid, the username taken, "
+                "`bad_request` with `field`: a field missing or invalid, the username taken, "
                 "or the password refused by the validators"
             ),
             403: doc.error("`forbidden`: sign-up is disabled (`SIGNUP_ENABLED`)"),
@@ -95,7 +99,7 @@ class TokenView(APIView):
     @extend_schema(
         summary="Get a new API token",
         tags=["auth"],
-        request=CredentialsSerializer,
+        request=doc.CredentialsBody,
         responses={
             200: doc.TokenBody,
             400: doc.error("`bad_request`: `username` or `password` missing or invalid"),
@@ -198,7 +202,7 @@ class TokenDetailView(APIView):
         summary="Revoke one of the caller's API tokens",
         description="Its sockets close with 4401 and the tickets it minted are void.",
         tags=["auth"],
-        parameters=[doc.path("token_id", {"type": "integer"}, "the token's id")],
+        parameters=[doc.path("token_id", doc.INTEGER_GE0, "the token's id")],
         responses={204: None, 404: doc.error("`not_found`: no such token of the caller's")},
     )
     def delete(self, request: Request, token_id: int) -> Response:
@@ -232,7 +236,9 @@ class UserLookupView(APIView):
         parameters=[
             doc.query(
                 "username",
-                {"type": "string"},
+                # At least one name that is not blank, and at most 50 once the first
+                # begins (empty parts are skipped).
+                {"type": "string", "pattern": r"^[\s,]*[^\s,][^,]*(?:,[^,]*){0,49}$"},
                 "comma-separated names, 1 to 50, matched exactly regardless of case",
                 required=True,
             )

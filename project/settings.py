@@ -269,11 +269,22 @@ REST_FRAMEWORK = {
 # sidecar package, so the docs page needs no CDN and fits our script-src 'self'.
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tether REST API",
-    "DESCRIPTION": "JSON over HTTP under /api/ (PROTOCOL section 9).",
+    "DESCRIPTION": "JSON over HTTP under /api/ (PROTOCOL section 9). What this schema "
+    "forbids is refused, and what it allows is accepted, except where an operation's "
+    "description names a rule a schema cannot say (each a 400 with `field`). Unknown "
+    "query parameters and body fields are ignored. NUL (U+0000) is refused (400 "
+    "`bad_request`) in every URL and in every text the server keeps (names, titles, "
+    "ids, message bodies); a lone UTF-16 surrogate in a JSON string is `bad_json`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # One name each for the conversation kinds the bodies share.
+    "ENUM_NAME_OVERRIDES": {
+        "ConversationKindEnum": ["group", "direct"],
+        "GroupKindEnum": ["group"],
+        "DirectKindEnum": ["direct"],
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "realtime.rest.openapi.add_plain_django_paths",

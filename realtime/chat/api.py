@@ -18,7 +18,7 @@ from realtime.rest.throttles import UserQuota
 
 MAX_PAGE = 200
 
-CONVERSATION_ID = doc.path("conversation_id", {"type": "string"}, "the conversation's id")
+CONVERSATION_ID = doc.path("conversation_id", doc.ID, "the conversation's id")
 NOT_MEMBER = doc.error(
     "`forbidden`: not a member of that conversation, or no such conversation (the same answer)"
 )
@@ -59,7 +59,10 @@ class ConversationsView(APIView):
         responses={
             200: doc.ConversationBody,
             201: doc.ConversationBody,
-            400: doc.error("`bad_request`: `kind`, `title` or `members` invalid"),
+            400: doc.error(
+                "`bad_request` with `field`: `kind`, `title` or `members` invalid; a direct "
+                "conversation naming the caller (which only the caller's id can tell)"
+            ),
             404: doc.error("`not_found`: unknown or disabled user ids in `members`"),
         },
     )

@@ -73,6 +73,19 @@ def _number(request: Request, name: str) -> float | None:
     return value
 
 
+def _integer(request: Request, name: str, default: int) -> int:
+    """An integer query parameter, 0 to MAX_NUMBER, in ASCII digits: `0.5` is refused,
+    not rounded, as the schema says."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise bad_request(name, "must be an integer >= 0")
+    if len(raw) > 10 or int(raw) > MAX_NUMBER:  # no int() of a 5000-digit string
+        raise bad_request(name, f"must be at most {MAX_NUMBER:g}")
+    return int(raw)
+
+
 class ConnectionsView(StaffView):
     right = VIEW_CONNECTIONS
 
@@ -93,7 +106,7 @@ class ConnectionsView(StaffView):
             ),
             doc.query(
                 "offset",
-                {"type": "integer", "minimum": 0, "maximum": MAX_NUMBER},
+                {"type": "integer", "minimum": 0, "maximum": int(MAX_NUMBER)},
                 "connections to skip",
             ),
         ],
@@ -121,10 +134,10 @@ class ConnectionsView(StaffView):
         idle_gt = _number(request, "idle_gt")
         if idle_gt is not None:
             rows = rows.filter(last_seen__lt=now - timedelta(seconds=idle_gt))
-        limit = int(_number(request, "limit") or 100)
+        limit = _integer(request, "limit", 100)
         if not 1 <= limit <= MAX_PAGE:
             raise bad_request("limit", f"must be 1 to {MAX_PAGE}")
-        offset = int(_number(request, "offset") or 0)
+        offset = _integer(request, "offset", 0)
         page = list(rows[offset : offset + limit + 1])
         return Response(
             {

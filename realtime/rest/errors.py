@@ -99,6 +99,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if detail is None:
         detail = str(getattr(exc, "detail", exc))
     data: dict[str, Any] = {"error": code, "detail": detail}
+    if isinstance(exc, exceptions.ValidationError) and isinstance(response.data, dict):
+        # The field at fault, as TetherError's `bad_request` names it (the first one).
+        field = next((str(k) for k in response.data if k != "non_field_errors"), None)
+        if field is not None:
+            data["field"] = field
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
         data["retry_after"] = int(exc.wait * 1000)
     if response.status_code == status.HTTP_403_FORBIDDEN and code == "not_authenticated":

@@ -14,15 +14,46 @@ check, 400/415 where a JSON body is parsed, 429 where a throttle applies.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
+from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema_field,
+)
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 
 from realtime.rest.permissions import HasRight
+
+FieldT = TypeVar("FieldT", bound=serializers.Field)
+
+# --- exact strings ----------------------------------------------------------
+
+
+def trimmed(max_chars: int) -> str:
+    """A pattern for text of 1 to `max_chars` characters once trimmed at both ends
+    (the rule of titles and names, which are stored trimmed): leading and trailing
+    white space is free, the rest is bounded."""
+    return rf"^\s*\S(?:[\s\S]{{0,{max_chars - 2}}}\S)?\s*$"
+
+
+# Not blank: at least one character that is not white space.
+NOT_BLANK = r"\S"
+
+
+def described(field: FieldT, schema: dict[str, Any]) -> FieldT:
+    """`field` documented with a raw JSON schema (a pattern, say). The shapes here
+    never validate; the schema must say what the view's own checks enforce."""
+    # On a subclass of its own: serializers deep-copy their fields by re-instantiating
+    # the class, which drops anything set on the instance.
+    field.__class__ = extend_schema_field(schema)(type(type(field).__name__, (type(field),), {}))
+    return field
+
 
 # --- shapes -----------------------------------------------------------------
 
@@ -40,6 +71,7 @@ ERROR_CODES = [
     "unsupported_media_type",
     "rate_limited",
     "internal",
+    "unavailable",
 ]
 
 
@@ -77,6 +109,41 @@ class UserList(serializers.Serializer):
         ref_name = "UserList"
 
 
+class CredentialsBody(serializers.Serializer):
+    """`POST /api/auth/token/` (validated by accounts.serializers.CredentialsSerializer)."""
+
+    username = described(
+        serializers.CharField(help_text="any case; trimmed"),
+        {"type": "string", "pattern": trimmed(150)},
+    )
+    password = serializers.CharField(min_length=1, max_length=4096)
+
+    class Meta:
+        ref_name = "Credentials"
+
+
+class RegisterBody(serializers.Serializer):
+    """`POST /api/auth/register/` (validated by accounts.serializers.RegisterSerializer)."""
+
+    username = described(
+        serializers.CharField(
+            help_text="letters, digits and @/./+/-/_ (trimmed), unique regardless of case; "
+            "stored NFKC-normalized; refused when it mixes scripts to look like another"
+        ),
+        {"type": "string", "pattern": r"^\s*[\w.@+-]{1,150}\s*$"},
+    )
+    password = described(
+        serializers.CharField(
+            help_text="at least 8 characters, not all digits; also refused when common "
+            "or too like the username (Django's validators)"
+        ),
+        {"type": "string", "minLength": 8, "maxLength": 4096, "pattern": r"\D"},
+    )
+
+    class Meta:
+        ref_name = "Register"
+
+
 class TokenBody(serializers.Serializer):
     token = serializers.CharField(help_text="a long-lived API token: `Authorization: Bearer …`")
 
@@ -106,6 +173,21 @@ class ConversationBody(serializers.Serializer):
         ref_name = "Conversation"
 
 
+class BackendConversationBody(serializers.Serializer):
+    """A conversation as the application's backend sees it: it is no member, so no
+    read position (PROTOCOL 12)."""
+
+    id = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["group", "direct"])
+    title = serializers.CharField(allow_blank=True, help_text='`""` for a direct conversation')
+    members = UserBody(many=True)
+    created_by = UserBody(allow_null=True, help_text="null for a group the backend created")
+    last_seq = serializers.IntegerField(min_value=0)
+
+    class Meta:
+        ref_name = "BackendConversation"
+
+
 class ConversationList(serializers.Serializer):
     conversations = ConversationBody(many=True)
     has_more = serializers.BooleanField()
@@ -116,14 +198,17 @@ class ConversationList(serializers.Serializer):
 
 class NewGroup(serializers.Serializer):
     kind = serializers.ChoiceField(choices=["group"])
-    title = serializers.CharField(
-        max_length=200, help_text="1 to 200 characters once trimmed (stored trimmed)"
+    title = described(
+        serializers.CharField(help_text="1 to 200 characters once trimmed (stored trimmed)"),
+        {"type": "string", "pattern": trimmed(200)},
     )
     members = serializers.ListField(
         child=serializers.IntegerField(),
         required=False,
+        allow_null=True,
         max_length=1000,
-        help_text="user ids; may include the caller, repeats are ignored",
+        help_text="user ids; may include the caller, repeats are ignored; "
+        "absent, null or empty: a group of one",
     )
 
     class Meta:
@@ -193,11 +278,23 @@ class MessageList(serializers.Serializer):
         ref_name = "MessageList"
 
 
+# A message body: not blank, at most MAX_BODY_CHARS characters (`too_large` past it).
+MESSAGE_TEXT = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": settings.MAX_BODY_CHARS,
+    "pattern": NOT_BLANK,
+}
+
+
 class SendMessage(serializers.Serializer):
     id = serializers.CharField(
         min_length=1, max_length=64, help_text="the caller's idempotency key"
     )
-    body = serializers.CharField(help_text="not empty; at most MAX_BODY_CHARS characters")
+    body = described(
+        serializers.CharField(help_text="not blank; over MAX_BODY_CHARS is 400 `too_large`"),
+        MESSAGE_TEXT,
+    )
 
     class Meta:
         ref_name = "SendMessage"
@@ -305,6 +402,8 @@ def path(name: str, schema: dict[str, Any], description: str) -> OpenApiParamete
 
 # Integers the database can hold (BIGINT); larger ones are refused with 400.
 INTEGER_GE0 = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+# Ids the server makes (conversations, client ids): 1 to 64 characters.
+ID = {"type": "string", "minLength": 1, "maxLength": 64}
 
 
 # --- what every operation shares ---------------------------------------------
@@ -366,6 +465,14 @@ class TetherAutoSchema(AutoSchema):
         if self.view.get_throttles():
             add(429, "`rate_limited`: too many requests; `retry_after` in ms")
         return operation
+
+    def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> Any:
+        schema, required = super()._get_request_for_media_type(serializer, direction)
+        # drf-spectacular leaves a polymorphic body optional; every one here is needed
+        # (each variant has required fields).
+        if isinstance(serializer, PolymorphicProxySerializer):
+            required = True
+        return schema, required
 
 
 class BearerScheme(OpenApiAuthenticationExtension):

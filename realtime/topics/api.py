@@ -132,8 +132,8 @@ async def _history(topic: str, ns: Any, since: int | None, limit: int) -> dict[s
 
 
 def _page_size(request: Request) -> int:
-    limit = int_param(request, "limit", HISTORY_PAGE) or HISTORY_PAGE
-    if limit > MAX_HISTORY_PAGE:
+    limit = int_param(request, "limit", HISTORY_PAGE)
+    if limit is None or not 1 <= limit <= MAX_HISTORY_PAGE:  # 0 too, as the schema says
         raise bad_request("limit", f"must be from 1 to {MAX_HISTORY_PAGE}")
     return limit
 

@@ -43,10 +43,25 @@ def test_register_then_token_then_me(api: APIClient) -> None:
 
 
 def test_register_applies_password_validators_and_names_the_field(api: APIClient) -> None:
-    r = api.post("/api/auth/register/", {"username": "eve", "password": "123"}, format="json")
-    assert r.status_code == 400
-    body = r.json()
-    assert body["error"] == "bad_request" and body["detail"].startswith("password:")
+    # Each validator the register operation's description names.
+    for password in ("123", "12345678901", "password123", "eve-the-user"):
+        body = {"username": "eve-the-user", "password": password}
+        r = api.post("/api/auth/register/", body, format="json")
+        assert r.status_code == 400, password
+        body = r.json()
+        assert body["error"] == "bad_request" and body["detail"].startswith("password:")
+        assert body["field"] == "password"
+
+
+def test_names_and_passwords_are_json_strings(api: APIClient, alice: User) -> None:
+    """DRF's CharField took `0` as "0"; the schema says strings."""
+    for path in ("/api/auth/register/", "/api/auth/token/"):
+        for body, field in (
+            ({"username": 12345, "password": PASSWORD}, "username"),
+            ({"username": "zed", "password": 12345678}, "password"),
+        ):
+            r = api.post(path, body, format="json")
+            assert (r.status_code, r.json()["field"]) == (400, field), (path, body)
 
 
 def test_register_duplicate_and_missing_fields(api: APIClient, alice: User) -> None:

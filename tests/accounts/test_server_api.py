@@ -71,6 +71,9 @@ def test_put_user_creates_then_updates_by_external_id(service: User) -> None:
         ({"username": "taken"}, "username"),  # whatever its case
         ({"username": "no spaces"}, "username"),
         ({"is_active": "yes"}, "is_active"),
+        # Present means checked, as the schema says: null is neither a name nor a boolean.
+        ({"username": None}, "username"),
+        ({"is_active": None}, "is_active"),
     ):
         r = api.put("/api/server/users/app-7/", body, format="json")
         assert (r.status_code, r.json()["field"]) == (400, field)
@@ -87,6 +90,12 @@ def test_disconnect_answers_how_many_and_checks_the_code(service: User) -> None:
     assert (r.status_code, r.json()["field"]) == (400, "code")
     r = api.post("/api/server/users/nobody/disconnect/", {}, format="json")
     assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    # The body is optional, but one that is sent must be an object (`[]` was `{}`).
+    r = api.post("/api/server/users/app-9/disconnect/")
+    assert r.status_code == 200 and r.json() == {"closed": 0}
+    for body in ([], 0, False, "x"):
+        r = api.post("/api/server/users/app-9/disconnect/", body, format="json")
+        assert (r.status_code, r.json()["field"]) == (400, "body"), body
 
 
 def test_presence_by_id_and_external_id(service: User) -> None:
@@ -99,8 +108,13 @@ def test_presence_by_id_and_external_id(service: User) -> None:
     assert r.json() == {"presence": {str(bob.pk): "offline", str(ann.pk): "online"}}
     r = api.get("/api/server/presence/?users=" + ",".join(["1"] * 501))
     assert r.status_code == 400
-    r = api.get("/api/server/presence/?users=abc")
-    assert (r.status_code, r.json()["field"]) == (400, "users")
+    # ASCII digits, as the schema's pattern says (int() also read " 7" and Arabic-Indic
+    # digits).
+    for users in ("abc", " 7", "\u0667", "-1", "1" * 20):
+        r = api.get("/api/server/presence/", {"users": users})
+        assert (r.status_code, r.json()["field"]) == (400, "users"), users
+    r = api.get("/api/server/presence/", {"users": f",{bob.pk},,"})
+    assert r.status_code == 200 and r.json() == {"presence": {str(bob.pk): "offline"}}
 
 
 def test_publish_many_in_order_or_none(service: User) -> None:

@@ -158,7 +158,7 @@ def test_rest_publish_and_history_rights(node: DaphneNode) -> None:
     assert [p["offset"] for p in body["publications"]] == [1, 2] and body["has_more"] is True
     status, body = history(f"/api/topics/{topic}/history/?since=2&limit=2", user_token)
     assert [p["offset"] for p in body["publications"]] == [3] and body["has_more"] is False
-    for bad in ("since=x", "limit=1001", "limit=-1"):
+    for bad in ("since=x", "limit=1001", "limit=-1", "limit=0"):
         status, body = history(f"/api/topics/{topic}/history/?{bad}", user_token)
         assert status == 400 and body["error"] == "bad_request", bad
     status, body = history("/api/topics/ops:secret/history/", user_token)
