@@ -44,6 +44,10 @@ async def subscribe_all(consumer: TetherConsumer, heads: dict[str, int]) -> None
     )
     hub = consumer.runtime.hub
     for cid, head in heads.items():
+        # `heads` was read before the socket was listed: a `left` handled since
+        # (the socket had no removals before) predates nothing of this read.
+        if delivery.removed_since(conn, cid, 0) or cid in conn.cursors:
+            continue
         delivery.start(conn, cid, head)
         await hub.subscribe(events.conversation_group(cid), conn)
 
@@ -78,27 +82,33 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
     positions = _positions(frame.get("positions"))
     conn = consumer.conn
     assert conn is not None
+    # A removal may commit, and its `left` be handled here, while this sync runs:
+    # what was read before then must not subscribe the socket again.
+    seen = delivery.removals_seen(conn)
     heads = await database_sync_to_async(conversations.conversation_heads)(conn.user_id)
     result: dict[str, Any] = {}
     for cid, position in positions.items():
         head = heads.get(cid)
-        if head is None:
-            continue  # not a member: never replayed
+        if head is None or delivery.removed_since(conn, cid, seen):
+            continue  # not a member (any more): never replayed
         if cid not in conn.cursors:  # joined a moment ago
             delivery.start(conn, cid, head)
             await consumer.runtime.hub.subscribe(events.conversation_group(cid), conn)
         replayed, cursor, complete = await delivery.replay(
             conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages
         )
-        result[cid] = {"seq": max(head, cursor), "replayed": replayed, "complete": complete}
         metrics.SYNC_REPLAYED.inc(replayed)
+        if cid not in conn.cursors:
+            continue  # removed meanwhile: its `left` is out, nothing after it
+        result[cid] = {"seq": max(head, cursor), "replayed": replayed, "complete": complete}
     unlisted = [cid for cid in heads if cid not in positions]
     if unlisted:
         reprs = await database_sync_to_async(conversations.conversation_reprs)(
             conn.user_id, unlisted
         )
         for conversation in reprs:
-            await consumer.send_frame({"type": "joined", "conversation": conversation})
+            if not delivery.removed_since(conn, conversation["id"], seen):
+                await consumer.send_frame({"type": "joined", "conversation": conversation})
     delivery.release(conn, fanout.read_messages)
     metrics.SYNCS.inc()
     return {"type": "synced", "conversations": result}
