@@ -78,14 +78,29 @@ def _positions(value: Any) -> dict[str, int]:
     return value
 
 
+def _page(value: Any) -> str:
+    if value is None:
+        return ""
+    if not conversations.valid_conversation_id(value):
+        raise bad_request("page", "must be the `next` of an earlier `synced` (a string)")
+    return value
+
+
 async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    """One page of the user's conversations, in id order (docs/protocol.md, "Paged
+    sync"): the listed ones replayed, the others announced with `joined`. The
+    answer stays bounded however many conversations the user is in; every
+    conversation is live whatever page it is on (subscribed at the socket's open)."""
     positions = _positions(frame.get("positions"))
+    page = _page(frame.get("page"))
     conn = consumer.conn
     assert conn is not None
     # A removal may commit, and its `left` be handled here, while this sync runs:
     # what was read before then must not subscribe the socket again.
     seen = delivery.removals_seen(conn)
-    heads = await database_sync_to_async(conversations.conversation_heads)(conn.user_id)
+    heads, more = await database_sync_to_async(conversations.conversation_heads_page)(
+        conn.user_id, page, settings.SYNC_PAGE_CONVERSATIONS
+    )
     result: dict[str, Any] = {}
     for cid, position in positions.items():
         head = heads.get(cid)
@@ -109,9 +124,15 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
         for conversation in reprs:
             if not delivery.removed_since(conn, conversation["id"], seen):
                 await consumer.send_frame({"type": "joined", "conversation": conversation})
-    delivery.release(conn, fanout.read_messages)
+    answer: dict[str, Any] = {"type": "synced", "conversations": result, "more": more}
+    if more:
+        # Held live messages wait for the last page (or the resume window's end):
+        # their conversations' replays may be on a later page.
+        answer["next"] = max(heads)
+    else:
+        delivery.release(conn, fanout.read_messages)
     metrics.SYNCS.inc()
-    return {"type": "synced", "conversations": result}
+    return answer
 
 
 async def handle_history(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
