@@ -12,6 +12,9 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from realtime.chat import sends
+from tests.support.chat import expect_skipping
+from tests.support.chat import group as live_group
+from tests.support.chat import person as live_person
 from tests.support.focused import WAIT, chat, group, person
 from tests.support.names import unique
 
@@ -105,3 +108,20 @@ async def test_a_page_that_is_not_a_conversation_id_is_a_bad_request(runtime) ->
     error = await comm.receive_json_from(WAIT)
     assert error["code"] == "bad_request" and error["field"] == "page" and error["id"] == "s"
     await comm.disconnect()
+
+
+async def test_a_node_pages_sync_by_its_setting(production_stack, make_node) -> None:
+    """The setting reaches a live node; the first page comes with `next`, the last not."""
+    node = make_node(production_stack, SYNC_PAGE_CONVERSATIONS="2")
+    alice, bob = live_person(node), live_person(node)
+    ids = sorted(live_group(node, bob, alice, title=f"g{n}") for n in range(3))
+    ws = await alice.socket(node)
+    await ws.send({"type": "sync", "id": "p1", "positions": {cid: 0 for cid in ids}})
+    first = await expect_skipping(ws, "synced")
+    assert (sorted(first["conversations"]), first["more"], first["next"]) == (ids[:2], True, ids[1])
+    await ws.send(
+        {"type": "sync", "id": "p2", "positions": {cid: 0 for cid in ids}, "page": ids[1]}
+    )
+    last = await expect_skipping(ws, "synced")
+    assert (sorted(last["conversations"]), last["more"], "next" in last) == (ids[2:], False, False)
+    await ws.close()
