@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from channels.db import database_sync_to_async
+
+from realtime.chat import conversations, sends
+from realtime.chat.consumer import ChatConsumer
+from realtime.chat.fanout import still_shares
+from realtime.models import Conversation
+from tests.support import focused
 from tests.support.chat import Person, expect_skipping, group, person, send
 from tests.support.live import DaphneNode
 from tests.support.names import unique
@@ -174,3 +184,87 @@ async def test_nothing_reaches_a_removed_member_whatever_it_syncs(
         assert frame["conversation"] != removed[0], frame
     for ws in (*sockets, send_socket, read_socket, friend_socket):
         await ws.close()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_sync_that_read_the_memberships_before_a_removal_does_not_subscribe_again(
+    runtime, monkeypatch
+) -> None:
+    """The race made certain: the `sync` reads the memberships, then the removal commits
+    and its `left` is handled on the socket, then the `sync` goes on with what it read."""
+    (alice, _), (bob, b_token) = await focused.person(), await focused.person()
+    removed = (await focused.group(alice, bob)).pk
+    kept = (await focused.group(alice, bob)).pk
+    say = database_sync_to_async(sends.send)
+    await say(alice, removed, "before", "stored before the removal")
+    b = await focused.chat(b_token, synced=True)
+
+    handled = threading.Event()
+    real_left = ChatConsumer.tether_left
+
+    async def tether_left(self: ChatConsumer, message: dict[str, Any]) -> None:
+        await real_left(self, message)
+        handled.set()
+
+    monkeypatch.setattr(ChatConsumer, "tether_left", tether_left)
+    real_read = conversations.conversation_heads_page
+
+    def read_then_removed(user_id: int, after: str, limit: int) -> tuple[dict[str, int], bool]:
+        read = real_read(user_id, after, limit)
+        if not handled.is_set():
+            conversations.do_remove_member(Conversation.objects.get(pk=removed), bob.pk)
+            assert handled.wait(focused.WAIT), "the `left` was not handled"
+        return read
+
+    monkeypatch.setattr(conversations, "conversation_heads_page", read_then_removed)
+    await b.send_json_to({"type": "sync", "id": "s", "positions": {removed: 0, kept: 0}})
+    frames = []
+    while (frame := await b.receive_json_from(focused.WAIT))["type"] != "synced":
+        frames.append(frame)
+    assert frames == [{"type": "left", "conversation": removed}]
+    assert set(frame["conversations"]) == {kept}
+    await say(alice, removed, "after", "stored after the removal")
+    control = await say(alice, kept, "control", "the positive control")
+    frame = await b.receive_json_from(focused.WAIT)
+    assert (frame["type"], frame["message_id"]) == ("message", control.message.id), frame
+    await b.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_removal_while_the_socket_opens_is_not_lost(runtime, monkeypatch) -> None:
+    """The memberships are read before `welcome`; a removal committed right after, while
+    the socket is recorded but not yet open, still reaches it (after its `welcome`)."""
+    (alice, _), (bob, b_token) = await focused.person(), await focused.person()
+    removed = await focused.group(alice, bob)
+    kept = (await focused.group(alice, bob)).pk
+    real_before_welcome = ChatConsumer.before_welcome
+
+    async def before_welcome(self: ChatConsumer) -> None:
+        await real_before_welcome(self)
+        await database_sync_to_async(conversations.do_remove_member)(removed, bob.pk)
+
+    monkeypatch.setattr(ChatConsumer, "before_welcome", before_welcome)
+    b = await focused.chat(b_token)
+    assert await b.receive_json_from(focused.WAIT) == {"type": "left", "conversation": removed.pk}
+    await b.send_json_to({"type": "sync", "id": "s", "positions": {removed.pk: 0, kept: 0}})
+    frame = await b.receive_json_from(focused.WAIT)
+    assert frame["type"] == "synced" and set(frame["conversations"]) == {kept}, frame
+    say = database_sync_to_async(sends.send)
+    await say(alice, removed.pk, "after", "stored after the removal")
+    control = await say(alice, kept, "control", "the positive control")
+    frame = await b.receive_json_from(focused.WAIT)
+    assert (frame["type"], frame["message_id"]) == ("message", control.message.id), frame
+    await b.disconnect()
+
+
+def test_presence_reaches_a_socket_only_while_it_shares_a_conversation() -> None:
+    """The audience was read when the presence changed; a socket removed since from the
+    conversations it shared with that user no longer hears of it."""
+    socket = SimpleNamespace(cursors={"k1": 3}, removed={})
+    assert still_shares(socket, ["k1", "k2"])  # type: ignore[arg-type]
+    assert still_shares(socket, ["k9"])  # type: ignore[arg-type]  # still opening: the audience holds
+    socket.removed = {"k2": 1}
+    assert still_shares(socket, ["k1", "k2"])  # type: ignore[arg-type]  # k1 still shared
+    assert not still_shares(socket, ["k2"])  # type: ignore[arg-type]
+    socket.cursors = {}
+    assert not still_shares(socket, ["k1", "k2"])  # type: ignore[arg-type]
