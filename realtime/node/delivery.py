@@ -365,6 +365,6 @@ async def replay(
         complete = missing <= limit
         if not complete and key in conn.cursors and conn.cursors[key] < head:
             _skip_to(conn, key, head)
-    if state.pending:
+    if state.pending and key in conn.cursors:  # (stopped: no state to leave behind)
         await catch_up(conn, key, read_range)
     return replayed, conn.cursors.get(key, head), complete

@@ -125,6 +125,7 @@ class NodeRuntime:
             await registry.unregister_node(self.name)
         self.node_id = None
         self.connections.clear()
+        self.opening.clear()
 
     async def shutdown(self) -> None:
         """Drain (SIGTERM): refuse new sockets, close every local one with 1012 so
