@@ -436,6 +436,14 @@ DECLARATIONS: tuple[Setting, ...] = (
     Setting("RATE_LIMIT_BURST", parse_int, 40, "per-connection token bucket: burst", minimum=1),
     Setting("REPLAY_LIMIT", parse_int, 500, "messages per conversation in one `sync`", minimum=1),
     Setting(
+        "SYNC_PAGE_CONVERSATIONS",
+        parse_int,
+        100,
+        "conversations one `sync` answer covers (replays, `synced` entries, `joined`); "
+        "the client asks for the next page with `synced.next`",
+        minimum=1,
+    ),
+    Setting(
         "AUTH_RATE_LIMIT",
         parse_rate,
         "10/minute",

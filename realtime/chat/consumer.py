@@ -73,6 +73,9 @@ class ChatConsumer(TetherConsumer):
         reprs = await database_sync_to_async(conversations.conversation_reprs)(self.user.pk, [cid])
         if not reprs:
             return  # removed again meanwhile
+        # Control messages of a socket run one at a time, in order: a removal after
+        # this addition is handled after this, and unsubscribes what this subscribes.
+        delivery.rejoined(self.conn, cid)
         if cid not in self.conn.cursors:
             delivery.start(self.conn, cid, reprs[0]["last_seq"])
             await self.runtime.hub.subscribe(events.conversation_group(cid), self.conn)
@@ -83,6 +86,9 @@ class ChatConsumer(TetherConsumer):
         if self.conn is None or self.conn.closing:
             return
         cid = message["conversation"]
+        # Stopped before anything awaits: from here no frame of the conversation goes
+        # out on this socket (every delivery path checks the cursor), and a `sync` or
+        # an opening that read the memberships earlier does not subscribe it again.
+        delivery.stop(self.conn, cid)
         await self.runtime.hub.unsubscribe(events.conversation_group(cid), self.conn)
-        delivery.forget(self.conn, cid)
         await self.send_frame({"type": "left", "conversation": cid})

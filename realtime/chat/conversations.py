@@ -273,3 +273,14 @@ def conversation_heads(user_id: int) -> dict[str, int]:
             "conversation_id", "conversation__last_seq"
         )
     )
+
+
+def conversation_heads_page(user_id: int, after: str, limit: int) -> tuple[dict[str, int], bool]:
+    """The caller's conversations with ids above `after` ("" from the first), at most
+    `limit` in id order, with their latest seq; and whether more follow."""
+    rows = list(
+        Membership.objects.filter(user_id=user_id, conversation_id__gt=after)
+        .order_by("conversation_id")
+        .values_list("conversation_id", "conversation__last_seq")[: limit + 1]
+    )
+    return dict(rows[:limit]), len(rows) > limit

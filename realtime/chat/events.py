@@ -107,20 +107,31 @@ async def typing(conversation_id: str, user: Any) -> None:
 
 
 @database_sync_to_async
-def _presence_change(user_id: int) -> tuple[str | None, dict[str, Any], list[int]]:
+def _presence_change(
+    user_id: int,
+) -> tuple[str | None, dict[str, Any], list[int], list[str]]:
     status = presence.update(user_id)
     if status is None:
-        return None, {}, []
+        return None, {}, [], []
     user = get_user_model().objects.get(pk=user_id)
-    return status, user_repr(user), presence.audience(user_id)
+    return status, user_repr(user), presence.audience(user_id), presence.conversations_of(user_id)
 
 
 async def presence_changed(user_id: int) -> None:
-    """Evaluate a user's status and, on a change, tell everyone sharing a conversation."""
-    status, user, audience = await _presence_change(user_id)
+    """Evaluate a user's status and, on a change, tell everyone sharing a conversation.
+
+    The user's conversations travel along: a member of the audience removed from
+    them before the news arrives no longer hears it (chat/fanout.py, `still_shares`)."""
+    status, user, audience, shared = await _presence_change(user_id)
     if status is None or not audience:
         return
     frame = {"type": "presence", "user": user, "status": status, "ts": now_ms()}
     await hub_layer().group_send(
-        PRESENCE_GROUP, {"type": HUB_PRESENCE, "text": encode(frame), "audience": audience}
+        PRESENCE_GROUP,
+        {
+            "type": HUB_PRESENCE,
+            "text": encode(frame),
+            "audience": audience,
+            "conversations": shared,
+        },
     )

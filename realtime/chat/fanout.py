@@ -7,6 +7,7 @@ layer message per conversation group and loops over its local sockets.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -15,6 +16,7 @@ from monitoring import metrics
 from realtime.chat import messages
 from realtime.chat.events import HUB_EVENT, HUB_MESSAGE, HUB_PRESENCE, conversation_group
 from realtime.node import delivery
+from realtime.node.connection import Connection
 from realtime.node.db import in_pool
 from realtime.node.hub import Hub
 
@@ -36,19 +38,41 @@ def install(hub: Hub, local_connections: Any) -> None:
 
     async def on_event(message: dict[str, Any]) -> None:
         exclude = message.get("exclude_user")
-        for conn in hub.members(conversation_group(message["key"])):
-            if conn.user_id != exclude and not conn.closing:
+        key = message["key"]
+        for conn in hub.members(conversation_group(key)):
+            # The cursor, checked at each send: a socket removed while earlier ones
+            # were written to has no cursor any more (delivery.stop).
+            if conn.user_id != exclude and not conn.closing and key in conn.cursors:
                 await conn.send_text(message["text"])
 
     async def on_presence(message: dict[str, Any]) -> None:
         audience = set(message["audience"])
+        shared = message.get("conversations", ())
         for conn in list(local_connections()):
-            if conn.info.endpoint == "chat" and conn.user_id in audience and not conn.closing:
+            if (
+                conn.info.endpoint == "chat"
+                and conn.user_id in audience
+                and not conn.closing
+                and still_shares(conn, shared)
+            ):
                 await conn.send_text(message["text"])
 
     hub.on(HUB_MESSAGE, on_message)
     hub.on(HUB_EVENT, on_event)
     hub.on(HUB_PRESENCE, on_presence)
+
+
+def still_shares(conn: Connection, conversations: Iterable[str]) -> bool:
+    """Whether a socket in a presence's audience still shares a conversation with its
+    user (`conversations`: that user's). The audience was read when the presence
+    changed; a socket removed from one of those conversations since (it got `left`)
+    must then be subscribed to another of them: otherwise it may share none."""
+    removed = False
+    for cid in conversations:
+        if cid in conn.cursors:
+            return True
+        removed = removed or cid in conn.removed
+    return not removed
 
 
 @database_sync_to_async

@@ -45,6 +45,10 @@ async def subscribe_all(consumer: TetherConsumer, heads: dict[str, int]) -> None
     )
     hub = consumer.runtime.hub
     for cid, head in heads.items():
+        # `heads` was read before the socket was listed: a `left` handled since
+        # (the socket had no removals before) predates nothing of this read.
+        if delivery.removed_since(conn, cid, 0) or cid in conn.cursors:
+            continue
         delivery.start(conn, cid, head)
         await hub.subscribe(events.conversation_group(cid), conn)
 
@@ -75,34 +79,61 @@ def _positions(value: Any) -> dict[str, int]:
     return value
 
 
+def _page(value: Any) -> str:
+    if value is None:
+        return ""
+    if not conversations.valid_conversation_id(value):
+        raise bad_request("page", "must be the `next` of an earlier `synced` (a string)")
+    return value
+
+
 async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    """One page of the user's conversations, in id order (docs/protocol.md, "Paged
+    sync"): the listed ones replayed, the others announced with `joined`. The
+    answer stays bounded however many conversations the user is in; every
+    conversation is live whatever page it is on (subscribed at the socket's open)."""
     positions = _positions(frame.get("positions"))
+    page = _page(frame.get("page"))
     conn = consumer.conn
     assert conn is not None
-    heads = await database_sync_to_async(conversations.conversation_heads)(conn.user_id)
+    # A removal may commit, and its `left` be handled here, while this sync runs:
+    # what was read before then must not subscribe the socket again.
+    seen = delivery.removals_seen(conn)
+    heads, more = await database_sync_to_async(conversations.conversation_heads_page)(
+        conn.user_id, page, settings.SYNC_PAGE_CONVERSATIONS
+    )
     result: dict[str, Any] = {}
     for cid, position in positions.items():
         head = heads.get(cid)
-        if head is None:
-            continue  # not a member: never replayed
+        if head is None or delivery.removed_since(conn, cid, seen):
+            continue  # not a member (any more): never replayed
         if cid not in conn.cursors:  # joined a moment ago
             delivery.start(conn, cid, head)
             await consumer.runtime.hub.subscribe(events.conversation_group(cid), conn)
         replayed, cursor, complete = await delivery.replay(
             conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages
         )
-        result[cid] = {"seq": max(head, cursor), "replayed": replayed, "complete": complete}
         metrics.SYNC_REPLAYED.inc(replayed)
+        if cid not in conn.cursors:
+            continue  # removed meanwhile: its `left` is out, nothing after it
+        result[cid] = {"seq": max(head, cursor), "replayed": replayed, "complete": complete}
     unlisted = [cid for cid in heads if cid not in positions]
     if unlisted:
         reprs = await database_sync_to_async(conversations.conversation_reprs)(
             conn.user_id, unlisted
         )
         for conversation in reprs:
-            await consumer.send_frame({"type": "joined", "conversation": conversation})
-    delivery.release(conn, fanout.read_messages)
+            if not delivery.removed_since(conn, conversation["id"], seen):
+                await consumer.send_frame({"type": "joined", "conversation": conversation})
+    answer: dict[str, Any] = {"type": "synced", "conversations": result, "more": more}
+    if more:
+        # Held live messages wait for the last page (or the resume window's end):
+        # their conversations' replays may be on a later page.
+        answer["next"] = max(heads)
+    else:
+        delivery.release(conn, fanout.read_messages)
     metrics.SYNCS.inc()
-    return {"type": "synced", "conversations": result}
+    return answer
 
 
 async def handle_history(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:

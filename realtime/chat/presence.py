@@ -51,3 +51,11 @@ def audience(user_id: int) -> list[int]:
         .values_list("user_id", flat=True)
         .distinct()
     )
+
+
+def conversations_of(user_id: int) -> list[str]:
+    """The user's conversations: a presence's audience must still share one of them
+    when it arrives (chat/fanout.py, `still_shares`)."""
+    return list(
+        Membership.objects.filter(user_id=user_id).values_list("conversation_id", flat=True)
+    )

@@ -63,6 +63,11 @@ class Connection:
     sent_runs: dict[str, Any] = field(default_factory=dict, repr=False)
     sequences: dict[str, Any] = field(default_factory=dict, repr=False)  # delivery.SequenceState
     outbound: Any = field(default=None, repr=False)  # backpressure.Outbound, under daphne
+    # Sequences this socket was removed from (a conversation's `left`): key → the
+    # value of `removals` then. A subscription decided on a membership read made
+    # before that is not made (delivery.removed_since).
+    removed: dict[str, int] = field(default_factory=dict, repr=False)
+    removals: int = 0
     # Topics: topic → epoch of what this socket was sent (None while subscribing).
     epochs: dict[str, str | None] = field(default_factory=dict, repr=False)
     # How often the user's rights changed while this socket was open: a check made

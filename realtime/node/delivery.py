@@ -121,6 +121,39 @@ def forget(conn: Connection, key: str) -> None:
     conn.sent_runs.pop(key, None)
 
 
+# Removals a socket remembers (delivery.stop); beyond, the oldest are forgotten: only
+# a membership read older than thousands of removals on one socket could miss one.
+MAX_REMOVED = 4096
+
+
+def stop(conn: Connection, key: str) -> None:
+    """The socket no longer belongs to `key` (a removed member): stop delivering it,
+    and remember it, so that no subscription decided on an earlier read of the
+    memberships brings it back."""
+    forget(conn, key)
+    conn.removals += 1
+    conn.removed.pop(key, None)
+    conn.removed[key] = conn.removals
+    while len(conn.removed) > MAX_REMOVED:
+        del conn.removed[next(iter(conn.removed))]
+
+
+def removals_seen(conn: Connection) -> int:
+    """Taken before reading the memberships a subscription is decided on."""
+    return conn.removals
+
+
+def removed_since(conn: Connection, key: str, seen: int) -> bool:
+    """Whether the socket was removed from `key` after `seen` (`removals_seen`): a read
+    of the memberships made before then may predate the removal's commit."""
+    return conn.removed.get(key, 0) > seen
+
+
+def rejoined(conn: Connection, key: str) -> None:
+    """Added again (its subscription read the memberships after the removal)."""
+    conn.removed.pop(key, None)
+
+
 def _skip_to(conn: Connection, key: str, position: int) -> None:
     """Move the cursor without sending what lies between."""
     runs = conn.sent_runs.setdefault(key, SentRuns(conn.cursors.get(key, 0)))
@@ -301,8 +334,12 @@ async def replay(
     cursor moves to `head` so live frames continue, and the client pages the
     rest with `history` (PROTOCOL 6, `complete: false`).
     """
+    if key not in conn.cursors:
+        return 0, head, True  # stopped meanwhile (a removed member): nothing more goes out
     state = sequence_state(conn, key)
     async with state.lock:
+        if key not in conn.cursors:
+            return 0, head, True
         # Live frames may have moved the cursor past the head read before the lock.
         cursor = conn.cursors.get(key, head)
         head = max(head, cursor)
@@ -318,6 +355,8 @@ async def replay(
             if upto <= lo or key not in conn.cursors:
                 break
             for _, text in await read_range(key, lo, upto):
+                if key not in conn.cursors:
+                    break  # stopped while the store was read or a frame went out
                 await conn.send_text(text)
                 replayed += 1
             runs.add(lo, upto)
@@ -330,6 +369,6 @@ async def replay(
         complete = missing <= limit
         if not complete and key in conn.cursors and conn.cursors[key] < head:
             _skip_to(conn, key, head)
-    if state.pending:
+    if state.pending and key in conn.cursors:  # (stopped: no state to leave behind)
         await catch_up(conn, key, read_range)
     return replayed, conn.cursors.get(key, head), complete

@@ -89,8 +89,11 @@ class Hub:
     async def subscribe(self, group: str, conn: Connection) -> None:
         members = self.groups.get(group)
         if members is None:
-            members = self.groups[group] = set()
+            # A member at once: an `unsubscribe` while the layer is joined finds it
+            # (added after, it would land in a set no longer listed, or keep one alive).
+            self.groups[group] = {conn}
             await self._layer.group_add(group, self.channel)
+            return
         members.add(conn)
 
     async def unsubscribe(self, group: str, conn: Connection) -> None:

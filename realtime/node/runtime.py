@@ -54,6 +54,9 @@ class NodeRuntime:
 
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
+        # Sockets recorded but not yet open: control messages for them wait until
+        # they are (TetherConsumer.open_connection), none is dropped.
+        self.opening: dict[str, Connection] = {}
         self.draining = False
         self.node_id: int | None = None
         self.name: str = ""
@@ -87,6 +90,7 @@ class NodeRuntime:
             self.node_id = None
             self.draining = False
             self.connections.clear()
+            self.opening.clear()
             self._tasks = []
         async with self._start_lock:
             if self.node_id is not None:
@@ -98,7 +102,7 @@ class NodeRuntime:
             self.db_max_connections = await in_pool(server_max_connections)()
             self.hub = Hub()
             await self.hub.start()
-            control.install(self.hub, self.connections.get)
+            control.install(self.hub, self.local)
             self._tasks = []
             for part in _parts:
                 part.start(self)
@@ -121,6 +125,7 @@ class NodeRuntime:
             await registry.unregister_node(self.name)
         self.node_id = None
         self.connections.clear()
+        self.opening.clear()
 
     async def shutdown(self) -> None:
         """Drain (SIGTERM): refuse new sockets, close every local one with 1012 so
@@ -189,6 +194,10 @@ class NodeRuntime:
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
+
+    def local(self, connection_id: str) -> Connection | None:
+        """A socket of this node, open or opening (for its control messages)."""
+        return self.connections.get(connection_id) or self.opening.get(connection_id)
 
     def discard(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)

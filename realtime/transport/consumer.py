@@ -211,6 +211,20 @@ class TetherConsumer(AsyncWebsocketConsumer):
             await self.close(Close.OVER_CAPACITY)
             return
         self.conn = conn
+        # From its record on, a control message may name the socket (a kick, or the
+        # `left` of a removal committed after `before_welcome` read the memberships):
+        # rather than being dropped, each waits, in order, until the socket is open.
+        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._control = opened
+        runtime.opening[info.id] = conn
+        try:
+            await self._open(runtime, conn)
+        finally:
+            runtime.opening.pop(info.id, None)
+            opened.set_result(None)
+
+    async def _open(self, runtime: NodeRuntime, conn: Connection) -> None:
+        info = conn.info
         # Starting positions are read before `welcome`: every message stored after
         # the client hears `welcome` is above them, so it is delivered live. Only
         # then is the socket listed (no frame may reach it before `welcome`).

@@ -27,6 +27,7 @@ def test_defaults_match_the_public_contract() -> None:
         "RATE_LIMIT_PER_SECOND": 20,
         "RATE_LIMIT_BURST": 40,
         "REPLAY_LIMIT": 500,
+        "SYNC_PAGE_CONVERSATIONS": 100,
         "SIGNUP_ENABLED": True,
         "DEBUG": False,
         "LOG_LEVEL": "INFO",

@@ -564,19 +564,24 @@ export class ChatClient extends SocketClient {
       // Resend after the sync went out: same ids, so the server stores each once.
       for (const entry of this.outbox.values()) if (!entry.failed) this.transmit(entry);
       reply = await reply;
+      // One answer covers a page of the user's conversations: follow the pages.
+      while (reply.more) {
+        this.afterSynced(reply, false);
+        reply = await this.conn.request({ type: "sync", positions, page: reply.next });
+      }
     } catch {
       return; // disconnected meanwhile; the next welcome resumes again
     }
     this.afterSynced(reply);
   }
 
-  afterSynced(reply) {
+  afterSynced(reply, last = true) {
     for (const [conversation, info] of Object.entries(reply.conversations || {})) {
       this.refilling.delete(conversation);
       if (!info.complete) this.refill(conversation);
       else this.drainHeld(conversation, info.seq);
     }
-    this.emit("synced", reply);
+    if (last) this.emit("synced", reply);
   }
 
   onDisconnect() {
