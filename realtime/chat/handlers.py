@@ -103,6 +103,10 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
         conn.user_id, page, settings.SYNC_PAGE_CONVERSATIONS
     )
     result: dict[str, Any] = {}
+    # The page's replays share one byte budget: a page of long histories of long
+    # messages stops at MAX_REPLY_BYTES (the rest `complete: false`, paged with
+    # `history`) instead of overflowing the socket's outbound queue (4509).
+    budget = delivery.ByteBudget(settings.MAX_REPLY_BYTES)
     for cid, position in positions.items():
         head = heads.get(cid)
         if head is None or delivery.removed_since(conn, cid, seen):
@@ -111,7 +115,7 @@ async def handle_sync(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
             delivery.start(conn, cid, head)
             await consumer.runtime.hub.subscribe(events.conversation_group(cid), conn)
         replayed, cursor, complete = await delivery.replay(
-            conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages
+            conn, cid, position, settings.REPLAY_LIMIT, head, fanout.read_messages, budget
         )
         metrics.SYNC_REPLAYED.inc(replayed)
         if cid not in conn.cursors:

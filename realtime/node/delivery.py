@@ -315,6 +315,25 @@ async def catch_up(
             log.exception("gap fill of %s on %s failed", key, conn.id)
 
 
+class ByteBudget:
+    """What one answer may still send, in bytes (MAX_REPLY_BYTES, docs/security.md):
+    a `sync` page's replays share one, so a page stays bounded however long and
+    many its conversations' histories are."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def fit(self, frames: list[tuple[int, str]]) -> tuple[list[tuple[int, str]], bool]:
+        """The leading frames that fit, taken from the budget; and whether any did not."""
+        for i, (_, text) in enumerate(frames):
+            size = len(text.encode())
+            if size > self.left:
+                self.left = 0
+                return frames[:i], True
+            self.left -= size
+        return frames, False
+
+
 async def replay(
     conn: Connection,
     key: str,
@@ -322,6 +341,7 @@ async def replay(
     limit: int,
     head: int,
     read_range: RangeReader,
+    budget_bytes: ByteBudget | None = None,
 ) -> tuple[int, int, bool]:
     """Send up to `limit` stored frames after `after` that this socket was not sent.
 
@@ -330,10 +350,13 @@ async def replay(
     that syncs again) gets what it misses below them, oldest first, and is not
     sent again what it already has; only then is a socket's order not strictly
     increasing, since losing those messages would be worse.
-    Returns (replayed, cursor, complete). When more than `limit` remain, the
-    cursor moves to `head` so live frames continue, and the client pages the
-    rest with `history` (PROTOCOL 6, `complete: false`).
+    Returns (replayed, cursor, complete). When more than `limit` remain, or more
+    bytes than `budget_bytes` has left, the cursor moves to `head` so live frames
+    continue, and the client pages the rest with `history` (PROTOCOL 6,
+    `complete: false`).
     """
+    budget_bytes = budget_bytes or ByteBudget(1 << 62)
+    cut = False
     if key not in conn.cursors:
         return 0, head, True  # stopped meanwhile (a removed member): nothing more goes out
     state = sequence_state(conn, key)
@@ -352,21 +375,26 @@ async def replay(
         holes = runs.unsent(after, cursor)
         for lo, hi in holes:
             upto = min(hi, lo + budget)
-            if upto <= lo or key not in conn.cursors:
+            if upto <= lo or key not in conn.cursors or cut:
                 break
-            for _, text in await read_range(key, lo, upto):
+            frames, cut = budget_bytes.fit(await read_range(key, lo, upto))
+            for _, text in frames:
                 if key not in conn.cursors:
                     break  # stopped while the store was read or a frame went out
                 await conn.send_text(text)
                 replayed += 1
-            runs.add(lo, upto)
+            if not cut:
+                runs.add(lo, upto)
+            elif frames:
+                runs.add(lo, frames[-1][0])
             budget -= upto - lo
         missing = sum(hi - lo for lo, hi in holes) + head - cursor
-        if budget > 0 and key in conn.cursors:
+        if budget > 0 and key in conn.cursors and not cut:
             upto = min(head, cursor + budget)
-            await _send_next(conn, key, await read_range(key, cursor, upto))
+            frames, cut = budget_bytes.fit(await read_range(key, cursor, upto))
+            await _send_next(conn, key, frames)
             replayed += conn.cursors.get(key, cursor) - cursor
-        complete = missing <= limit
+        complete = missing <= limit and not cut
         if not complete and key in conn.cursors and conn.cursors[key] < head:
             _skip_to(conn, key, head)
     if state.pending and key in conn.cursors:  # (stopped: no state to leave behind)

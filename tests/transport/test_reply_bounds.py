@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 
 from accounts.models import User
 from project.asgi import application
-from realtime.chat import conversations
+from realtime.chat import conversations, sends
 from realtime.topics import service as topics
 from tests.support.focused import WAIT, chat, person
 from tests.support.names import unique
@@ -118,4 +118,50 @@ async def test_a_conversations_page_is_cut_to_the_bound_and_pages_give_everythin
             "bad_request",
             next(iter(bad)),
         )
+    await comm.disconnect()
+
+
+@database_sync_to_async
+def long_histories(owner: User, rooms: int, count: int, size: int) -> list[str]:
+    made = []
+    for _ in range(rooms):
+        cid = conversations.check_create_group(owner, unique("g"), []).id
+        for n in range(count):
+            sends.send(owner, cid, unique("k"), f"{n:04d}" + "y" * size)
+        made.append(cid)
+    return made
+
+
+async def test_a_sync_page_replays_at_most_the_bound_and_says_what_is_incomplete(
+    runtime,
+) -> None:
+    owner, token = await person()
+    rooms = await long_histories(owner, 3, 20, 3000)  # about 180 kB of history
+    comm = await chat(token)
+    await comm.send_json_to({"type": "sync", "id": "s", "positions": dict.fromkeys(rooms, 0)})
+    replayed: list[dict] = []
+    sent_bytes = 0
+    while True:
+        raw = await comm.receive_from(WAIT)
+        frame = json.loads(raw)
+        if frame["type"] == "synced":
+            break
+        if frame["type"] == "message":
+            replayed.append(frame)
+            sent_bytes += len(raw.encode())
+    assert sent_bytes <= BOUND and replayed
+    state = frame["conversations"]
+    assert sum(s["replayed"] for s in state.values()) == len(replayed)
+    incomplete = [cid for cid, s in state.items() if not s["complete"]]
+    assert incomplete and all(state[cid]["seq"] == 20 for cid in rooms)
+    # What was not replayed is read with `history`, and live messages continue.
+    for cid in incomplete:
+        shown = {m["seq"] for m in replayed if m["conversation"] == cid}
+        answer, _ = await reply(
+            comm, {"type": "history", "id": f"h{cid}", "conversation": cid, "after": 0}
+        )
+        assert {m["seq"] for m in answer["data"]["messages"]} | shown == set(range(1, 21))
+    await database_sync_to_async(sends.send)(owner, rooms[0], unique("k"), "live")
+    live = await comm.receive_json_from(WAIT)
+    assert (live["type"], live["seq"], live["body"]) == ("message", 21, "live")
     await comm.disconnect()

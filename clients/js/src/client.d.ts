@@ -350,6 +350,10 @@ export interface PresenceFrame extends Frame {
 export interface SyncedFrame extends Frame {
   type: "synced";
   conversations: Record<string, { seq: number; replayed: number; complete: boolean }>;
+  /** More of the user's conversations follow on later pages (paged sync, an addition). */
+  more: boolean;
+  /** The `page` to ask for next, when `more`. */
+  next?: string;
 }
 
 export interface ChatEventMap extends SocketEventMap {
