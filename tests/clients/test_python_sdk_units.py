@@ -1,0 +1,134 @@
+"""The Python SDK's pure parts: webhook signatures, tokens, references, errors, backoff."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from tether_client import (
+    BadRequest,
+    Forbidden,
+    NotAuthenticated,
+    RateLimited,
+    TetherError,
+    WebhookVerificationError,
+    backoff_delay,
+    connection_token,
+    error_for,
+    external,
+    subscription_token,
+    user_ref,
+    verify_webhook,
+)
+from tether_client.errors import from_frame
+
+SECRET = "whsec-" + "w" * 40
+BODY = json.dumps(
+    {"id": "evt_1", "type": "conversation.event", "ts": 1, "data": {"seq": 1}}
+).encode()
+
+
+def signed_headers(body: bytes, ts: int, secret: str = SECRET) -> dict[str, str]:
+    # Written from PROTOCOL 13 directly, not with the SDK: the SDK is what is tested.
+    digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return {
+        "Tether-Timestamp": str(ts),
+        "Tether-Signature": f"v1={digest}",
+        "Tether-Event-Id": "evt_1",
+        "Content-Type": "application/json",
+    }
+
+
+def test_a_webhook_signed_per_section_13_verifies_and_decodes() -> None:
+    now = int(time.time())
+    event = verify_webhook(SECRET, signed_headers(BODY, now), BODY)
+    assert event["id"] == "evt_1" and event["data"] == {"seq": 1}
+    # Header names in any case (frameworks differ), the body as str too.
+    lower = {k.lower(): v for k, v in signed_headers(BODY, now).items()}
+    assert verify_webhook(SECRET, lower, BODY.decode())["type"] == "conversation.event"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["tampered body", "wrong secret", "stale", "future", "no signature", "bad scheme", "bad ts"],
+)
+def test_a_webhook_that_does_not_verify_raises(case: str) -> None:
+    now = int(time.time())
+    headers = signed_headers(BODY, now)
+    body = BODY
+    if case == "tampered body":
+        body = BODY.replace(b'"seq": 1', b'"seq": 2')
+    elif case == "wrong secret":
+        headers = signed_headers(BODY, now, secret="another-secret")
+    elif case == "stale":
+        headers = signed_headers(BODY, now - 301)
+    elif case == "future":
+        headers = signed_headers(BODY, now + 301)
+    elif case == "no signature":
+        del headers["Tether-Signature"]
+    elif case == "bad scheme":
+        headers["Tether-Signature"] = headers["Tether-Signature"].replace("v1=", "v0=")
+    elif case == "bad ts":
+        headers["Tether-Timestamp"] = "yesterday"
+    with pytest.raises(WebhookVerificationError) as raised:
+        verify_webhook(SECRET, headers, body)
+    assert isinstance(raised.value, TetherError) and raised.value.code == "invalid_signature"
+
+
+def test_the_tolerance_is_the_callers() -> None:
+    old = int(time.time()) - 3600
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(SECRET, signed_headers(BODY, old), BODY)
+    assert verify_webhook(SECRET, signed_headers(BODY, old), BODY, tolerance=3700)["id"] == "evt_1"
+
+
+def test_tokens_carry_exactly_the_claims_of_section_11() -> None:
+    key = "k" * 48
+    token = connection_token(key, "u-1", 600, name="Ada", audience="tether", issuer="app")
+    claims = jwt.decode(token, key, algorithms=["HS256"], audience="tether", issuer="app")
+    assert set(claims) == {"sub", "exp", "iat", "name", "aud", "iss"}
+    assert claims["sub"] == "u-1" and claims["name"] == "Ada"
+    assert 599 <= claims["exp"] - time.time() <= 601
+    sub_token = subscription_token(key, 42, "room:7", 60)
+    claims = jwt.decode(sub_token, key, algorithms=["HS256"])
+    assert (claims["sub"], claims["topic"]) == ("42", "room:7")
+    for bad in (
+        lambda: connection_token(key, "", 60),
+        lambda: connection_token(key, "x" * 151, 60),
+        lambda: connection_token(key, "u", 0),
+        lambda: connection_token(key, "u", 60, algorithm="none"),
+    ):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_user_refs() -> None:
+    assert user_ref(7) == 7
+    assert user_ref("u-1") == external("u-1") == {"external_id": "u-1"}
+    assert user_ref({"id": 7, "username": "a", "external_id": "u-1"}) == 7
+    assert user_ref({"external_id": "u-2"}) == {"external_id": "u-2"}
+    for bad in (True, 1.5, None, {"username": "a"}):
+        with pytest.raises(TypeError):
+            user_ref(bad)
+
+
+def test_errors_are_typed_by_code_then_by_status() -> None:
+    assert type(error_for("forbidden", status=403)) is Forbidden
+    assert type(error_for(None, status=401)) is NotAuthenticated
+    limited = from_frame({"type": "error", "code": "rate_limited", "retry_after": 350})
+    assert isinstance(limited, RateLimited) and limited.retry_after == 350 and limited.status is None
+    odd = error_for("something_new", "x", status=418)
+    assert type(odd) is TetherError and odd.code == "something_new"
+    assert isinstance(error_for("bad_request", field="body"), BadRequest)
+
+
+def test_backoff_is_full_jitter_capped_at_30_s() -> None:
+    assert backoff_delay(0, lambda: 1.0) == 0.5
+    assert backoff_delay(3, lambda: 1.0) == 4.0
+    assert backoff_delay(50, lambda: 1.0) == 30.0
+    assert backoff_delay(5, lambda: 0.0) == 0.0
+    assert backoff_delay(4, lambda: 0.5) == 4.0
