@@ -120,7 +120,11 @@ def test_errors_are_typed_by_code_then_by_status() -> None:
     assert type(error_for("forbidden", status=403)) is Forbidden
     assert type(error_for(None, status=401)) is NotAuthenticated
     limited = from_frame({"type": "error", "code": "rate_limited", "retry_after": 350})
-    assert isinstance(limited, RateLimited) and limited.retry_after == 350 and limited.status is None
+    assert (
+        isinstance(limited, RateLimited) and limited.retry_after == 350 and limited.status is None
+    )
+    unknown = error_for("invalid_credentials", "wrong password", status=401)
+    assert isinstance(unknown, NotAuthenticated) and unknown.code == "invalid_credentials"
     odd = error_for("something_new", "x", status=418)
     assert type(odd) is TetherError and odd.code == "something_new"
     assert isinstance(error_for("bad_request", field="body"), BadRequest)

@@ -148,10 +148,11 @@ def error_for(
     body: Any = None,
 ) -> TetherError:
     """The exception for a protocol error code (its own subclass when there is one)."""
-    if not code and status is not None:
-        code = _BY_STATUS.get(status, "http_error")
-    code = code or "error"
-    cls = _BY_CODE.get(code, TetherError)
+    by_status = _BY_STATUS.get(status) if status is not None else None
+    code = code or by_status or "error"
+    # A code this SDK does not know (e.g. `invalid_credentials`) keeps its own string
+    # and takes the class of its HTTP status, so `except NotAuthenticated` still works.
+    cls = _BY_CODE.get(code) or _BY_CODE.get(by_status or "", TetherError)
     return cls(code, detail, status=status, retry_after=retry_after, field=field, body=body)
 
 
