@@ -76,6 +76,7 @@ class ChatClient(SocketClient):
         self.user: dict[str, Any] | None = None
         self._held: dict[str, dict[int, dict[str, Any]]] = {}
         self._refilling: set[str] = set()
+        self.conn.resume_gate = True
         self.conn.on_welcome.append(self._resume)
         self.conn.on_ready.append(self._resend)
         self.hub.on("disconnect", self._on_disconnect)
@@ -86,8 +87,21 @@ class ChatClient(SocketClient):
         self.user = welcome.get("user")
         # `sync` first: the server holds live messages until it arrives.
         frame = {"type": "sync", "positions": dict(self.positions)}
-        with contextlib.suppress(Disconnected):
-            await self.conn.start_request(frame, on_reply=self._synced)
+        try:
+            reply = await self.conn.start_request(frame, on_reply=self._synced)
+        except Disconnected:
+            return
+        self.conn.spawn(self._sync_answered(reply), per_connection=True)
+
+    async def _sync_answered(self, reply: asyncio.Future) -> None:
+        try:
+            await asyncio.wait_for(reply, self.conn.request_timeout)
+        except Disconnected:
+            return
+        except (TetherError, TimeoutError) as failure:
+            # Live delivery goes on without it; the application hears why.
+            self.hub.emit("error", {"code": getattr(failure, "code", "timeout"), "sync": True})
+            self.conn.mark_resumed()
 
     async def _resend(self, welcome: dict[str, Any]) -> None:
         # After the sync went out: same ids, so the server stores each once.
@@ -103,6 +117,7 @@ class ChatClient(SocketClient):
                 self._start_refill(conversation)
             else:
                 self._drain_held(conversation)
+        self.conn.mark_resumed()
         self.hub.emit("synced", reply)
 
     def _on_disconnect(self, _: Any) -> None:

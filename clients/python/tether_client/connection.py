@@ -100,6 +100,10 @@ class Connection:
         self.dispatch: Hook = _ignore
         self._ws: ClientConnection | None = None
         self._ready = asyncio.Event()
+        # Set once the client resumed (chat: its `sync` answered); clients that resume
+        # asynchronously set `resume_gate` and call `mark_resumed()` themselves.
+        self._resumed = asyncio.Event()
+        self.resume_gate = False
         self._stopped = True
         self._runner: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -127,14 +131,18 @@ class Connection:
         self._stopped = False
         self._runner = asyncio.create_task(self._run(), name="tether-connection")
 
+    def mark_resumed(self) -> None:
+        if self._ready.is_set():
+            self._resumed.set()
+
     async def wait_ready(self, timeout: float | None = 30) -> dict[str, Any]:
         """Wait until connected and resumed; the `welcome`. Raises the reason when the
         client stopped for good instead (NotAuthenticated, Forbidden, Disconnected)."""
         async with asyncio.timeout(timeout):
-            while not self._ready.is_set():
+            while not self._resumed.is_set():
                 if self._stopped:
                     raise self._stop_error()
-                waiter = asyncio.create_task(self._ready.wait())
+                waiter = asyncio.create_task(self._resumed.wait())
                 runner = self._runner
                 waits = {waiter} | ({runner} if runner else set())
                 try:
@@ -316,6 +324,8 @@ class Connection:
         for hook in self.on_welcome:
             await hook(frame)
         self._ready.set()
+        if not self.resume_gate:
+            self._resumed.set()
         self._set_state("connected", node=frame.get("node"), user=frame.get("user"))
         self.hub.emit("welcome", frame)
         for hook in self.on_ready:
@@ -324,6 +334,7 @@ class Connection:
     def _teardown(self) -> None:
         was_up = self.welcome is not None
         self._ready.clear()
+        self._resumed.clear()
         self._ws = None
         for task in list(self._conn_tasks):
             task.cancel()
