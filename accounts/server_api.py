@@ -1,9 +1,7 @@
 """The backend API (PROTOCOL 12): the application's backend acting on Tether with a
 service token, each row behind its scope. The rules are the user-facing paths'
-own (presence, control messages, publishing); only who may call differs.
-
-Not yet: `POST /api/server/conversations/` and its member and message rows
-(system messages need `sender: null` through the message store).
+own (presence, control messages, publishing); only who may call differs. The
+chat rows are in accounts/server_chat.py.
 """
 
 from __future__ import annotations
@@ -91,23 +89,24 @@ class ServerPublished(serializers.Serializer):
         ref_name = "ServerPublished"
 
 
-def _needs(scope: str) -> Any:
+def needs(scope: str) -> Any:
     return doc.error(f"`forbidden`: the credential lacks the `{scope}` scope (staff too)")
 
 
 EXTERNAL_ID = doc.path("external_id", {"type": "string"}, "the application's user id (1 to 150)")
 
 
-def _external_id(value: str) -> str:
+def _external_id(value: Any, field: str) -> str:
     if not signed.valid_sub(value):
-        raise bad_request("external_id", f"must be 1 to {signed.MAX_SUB_CHARS} characters")
+        raise bad_request(field, f"must be 1 to {signed.MAX_SUB_CHARS} characters")
     return value
 
 
-def _user(external_id: str) -> User:
-    user = User.objects.filter(external_id=_external_id(external_id)).first()
+def user_by_external_id(external_id: Any, field: str = "external_id") -> User:
+    """The user of an external id (PROTOCOL 12), or `not_found` naming `field`."""
+    user = User.objects.filter(external_id=_external_id(external_id, field)).first()
     if user is None:
-        raise TetherError(Code.NOT_FOUND, "no user with that external_id")
+        raise TetherError(Code.NOT_FOUND, f"{field}: no user with that external_id", field=field)
     return user
 
 
@@ -132,7 +131,7 @@ class UserView(APIView):
             200: doc.UserBody,
             201: doc.UserBody,
             400: doc.error("a field invalid"),
-            403: _needs("users"),
+            403: needs("users"),
         },
     )
     def put(self, request: Request, external_id: str) -> Response:
@@ -141,8 +140,8 @@ class UserView(APIView):
         if active is not None and not isinstance(active, bool):
             raise bad_request("is_active", "must be true or false")
         with transaction.atomic():
-            user = User.objects.select_for_update().filter(external_id=_external_id(external_id))
-            user = user.first()
+            wanted_id = _external_id(external_id, "external_id")
+            user = User.objects.select_for_update().filter(external_id=wanted_id).first()
             created = user is None
             if created:
                 name = data.get("username")
@@ -172,7 +171,7 @@ class DisconnectView(APIView):
         responses={
             200: Closed,
             400: doc.error("`code` not 4401 or 4403"),
-            403: _needs("connections"),
+            403: needs("connections"),
             404: doc.error("no user with that external_id"),
         },
     )
@@ -181,7 +180,7 @@ class DisconnectView(APIView):
         code = data.get("code", Close.FORBIDDEN)
         if code not in (Close.UNAUTHENTICATED, Close.FORBIDDEN) or isinstance(code, bool):
             raise bad_request("code", "must be 4401 or 4403")
-        user = _user(external_id)
+        user = user_by_external_id(external_id)
         return Response({"closed": control.close_connections_where(code, user_id=user.pk)})
 
 
@@ -202,7 +201,7 @@ class PresenceView(APIView):
         responses={
             200: ServerPresence,
             400: doc.error("more than 500 ids, or a bad one"),
-            403: _needs("presence"),
+            403: needs("presence"),
         },
     )
     def get(self, request: Request) -> Response:
@@ -229,7 +228,7 @@ class PublishView(APIView):
         responses={
             201: ServerPublished,
             400: doc.error("a publication invalid"),
-            403: _needs("publish"),
+            403: needs("publish"),
         },
     )
     def post(self, request: Request) -> Response:

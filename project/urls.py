@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from accounts import server_api
+from accounts import server_api, server_chat
 from accounts import views as account_views
 from monitoring import views as monitoring_views
 from project import config_api, pages
@@ -44,6 +44,16 @@ api_patterns = [
     # The backend API (PROTOCOL 12): service tokens with scopes.
     path("server/users/<str:external_id>/", server_api.UserView.as_view()),
     path("server/users/<str:external_id>/disconnect/", server_api.DisconnectView.as_view()),
+    path("server/conversations/", server_chat.ConversationsView.as_view()),
+    path("server/conversations/<str:conversation_id>/members/", server_chat.MembersView.as_view()),
+    path(
+        "server/conversations/<str:conversation_id>/members/<int:user_id>/",
+        server_chat.MemberDetailView.as_view(),
+    ),
+    path(
+        "server/conversations/<str:conversation_id>/messages/",
+        server_chat.MessagesView.as_view(),
+    ),
     path("server/presence/", server_api.PresenceView.as_view()),
     path("server/publish/", server_api.PublishView.as_view()),
     path("stats/", admin_api.StatsView.as_view()),

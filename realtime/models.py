@@ -68,8 +68,9 @@ class Conversation(models.Model):
     id = models.CharField(max_length=24, primary_key=True)
     kind = models.CharField(max_length=8, choices=KINDS)
     title = models.CharField(max_length=200, blank=True, default="")
+    # Null for a group the application's backend created (PROTOCOL 12).
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True
     )
     created_at = models.DateTimeField(default=timezone.now)
     last_seq = models.BigIntegerField(default=0)
@@ -106,7 +107,10 @@ class Message(models.Model):
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
     seq = models.BigIntegerField()
-    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # Null for a system message, posted by the application's backend (PROTOCOL 12).
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True
+    )
     client_id = models.CharField(max_length=64)
     body = models.TextField()
     ts = models.BigIntegerField()
@@ -115,4 +119,10 @@ class Message(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["conversation", "seq"], name="one_seq"),
             models.UniqueConstraint(fields=["sender", "client_id"], name="idempotent_send"),
+            # A system message has no sender: its key is unique in its conversation.
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=models.Q(sender__isnull=True),
+                name="idempotent_system_send",
+            ),
         ]

@@ -37,6 +37,10 @@ def forbidden() -> TetherError:
     return TetherError(Code.FORBIDDEN, "you are not a member of that conversation")
 
 
+def no_conversation() -> TetherError:
+    return TetherError(Code.NOT_FOUND, "no such conversation")
+
+
 def access_conversation(user_id: int, conversation_id: Any) -> tuple[Conversation, Membership]:
     """The conversation and the caller's membership, or `forbidden`."""
     if not valid_conversation_id(conversation_id):
@@ -49,6 +53,19 @@ def access_conversation(user_id: int, conversation_id: Any) -> tuple[Conversatio
     if membership is None:
         raise forbidden()
     return membership.conversation, membership
+
+
+def conversation_for(actor: Any | None, conversation_id: Any) -> Conversation:
+    """The conversation `actor` may act on: a member's, or any for the application's
+    backend (`actor` None, PROTOCOL 12), which gets `not_found` for an unknown id."""
+    if actor is not None:
+        return access_conversation(actor.id, conversation_id)[0]
+    if not valid_conversation_id(conversation_id):
+        raise bad_request("conversation", "must be a conversation id (a string)")
+    conversation = Conversation.objects.filter(pk=conversation_id).first()
+    if conversation is None:
+        raise no_conversation()
+    return conversation
 
 
 def is_member(user_id: int, conversation_id: Any) -> bool:
@@ -90,13 +107,15 @@ def _users(ids: Any, field: str) -> list[Any]:
     return users
 
 
-def check_create_group(creator: Any, title: Any, member_ids: Any) -> Conversation:
+def check_create_group(creator: Any | None, title: Any, member_ids: Any) -> Conversation:
+    """A group of `creator` (a member, its `created_by`) and `member_ids`; `creator`
+    None: the application's backend's, which is not a member (PROTOCOL 12)."""
     if not isinstance(title, str) or not 1 <= len(title.strip()) <= MAX_TITLE_CHARS:
         raise bad_request("title", f"must be 1 to {MAX_TITLE_CHARS} characters")
     if "\x00" in title:  # PostgreSQL cannot store it
         raise bad_request("title", "must not contain NUL characters")
     users = _users(member_ids if member_ids is not None else [], "members")
-    if len(users) + 1 > MAX_GROUP_MEMBERS:
+    if len(users) + (creator is not None) > MAX_GROUP_MEMBERS:
         raise bad_request("members", f"at most {MAX_GROUP_MEMBERS} members")
     return do_create(creator, Conversation.GROUP, title.strip(), users, None)
 
@@ -106,19 +125,32 @@ def check_create_direct(creator: Any, member_ids: Any) -> tuple[Conversation, bo
     others = [u for u in users if u.id != creator.id]
     if len(others) != 1 or len(users) != 1:
         raise bad_request("members", "a direct conversation names exactly one other user")
-    other = others[0]
-    key = f"{min(creator.id, other.id)}:{max(creator.id, other.id)}"
+    return _direct(creator, [creator, others[0]])
+
+
+def check_create_direct_between(member_ids: Any) -> tuple[Conversation, bool]:
+    """The backend's direct conversation: exactly two users, neither of them the caller."""
+    users = _users(member_ids, "members")
+    if len(users) != 2:
+        raise bad_request("members", "a direct conversation names exactly two users")
+    return _direct(None, users)
+
+
+def _direct(creator: Any | None, pair: list[Any]) -> tuple[Conversation, bool]:
+    """The one direct conversation of a pair of users, found or created."""
+    low, high = sorted(u.id for u in pair)
+    key = f"{low}:{high}"
     existing = Conversation.objects.filter(direct_key=key).first()
     if existing is not None:
         return existing, False
     try:
-        return do_create(creator, Conversation.DIRECT, "", [other], key), True
+        return do_create(creator, Conversation.DIRECT, "", pair, key), True
     except IntegrityError:  # created at the same moment elsewhere
         return Conversation.objects.get(direct_key=key), False
 
 
 def do_create(
-    creator: Any, kind: str, title: str, others: list[Any], direct_key: str | None
+    creator: Any | None, kind: str, title: str, others: list[Any], direct_key: str | None
 ) -> Conversation:
     with transaction.atomic():
         conversation = Conversation.objects.create(
@@ -128,7 +160,7 @@ def do_create(
             created_by=creator,
             direct_key=direct_key,
         )
-        users = {creator.id: creator, **{u.id: u for u in others}}
+        users = {u.id: u for u in [*([creator] if creator is not None else []), *others]}
         Membership.objects.bulk_create(
             [Membership(conversation=conversation, user_id=uid) for uid in users]
         )
@@ -136,8 +168,10 @@ def do_create(
     return conversation
 
 
-def check_add_member(actor: Any, conversation_id: str, user_id: Any) -> tuple[Any, bool]:
-    conversation, _ = access_conversation(actor.id, conversation_id)
+def check_add_member(actor: Any | None, conversation_id: str, user_id: Any) -> tuple[Any, bool]:
+    """Add a user to a group `actor` is a member of (any group when `actor` is None:
+    the application's backend, PROTOCOL 12)."""
+    conversation = conversation_for(actor, conversation_id)
     if conversation.kind == Conversation.DIRECT:
         raise bad_request("user", "a direct conversation always has exactly two members")
     if isinstance(user_id, bool) or not isinstance(user_id, int):
@@ -162,9 +196,11 @@ def do_add_member(conversation: Conversation, user: Any) -> None:
             events.members_joined(conversation.id, [user.id])
 
 
-def check_remove_member(actor: Any, conversation_id: str, user_id: int) -> None:
-    conversation, _ = access_conversation(actor.id, conversation_id)
-    if actor.id != user_id and actor.id != conversation.created_by_id:
+def check_remove_member(actor: Any | None, conversation_id: str, user_id: int) -> None:
+    """A member leaves, or the group's creator removes one (`actor` None: the
+    application's backend removes any member, PROTOCOL 12)."""
+    conversation = conversation_for(actor, conversation_id)
+    if actor is not None and actor.id != user_id and actor.id != conversation.created_by_id:
         raise TetherError(
             Code.FORBIDDEN, "only the member themself or the conversation's creator may do that"
         )

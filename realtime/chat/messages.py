@@ -52,12 +52,13 @@ class Sent:
         return out
 
 
-def stored(sender_id: int, client_id: str) -> Message | None:
-    return (
-        Message.objects.select_related("sender")
-        .filter(sender_id=sender_id, client_id=client_id)
-        .first()
-    )
+def stored(sender_id: int | None, client_id: str, conversation_id: str | None) -> Message | None:
+    """The message stored under a send's key: a member's is theirs across conversations,
+    a system message's (no sender) its conversation's."""
+    rows = Message.objects.select_related("sender").filter(client_id=client_id)
+    if sender_id is None:
+        return rows.filter(sender__isnull=True, conversation_id=conversation_id).first()
+    return rows.filter(sender_id=sender_id).first()
 
 
 def validate_send(client_id: Any, body: Any) -> None:

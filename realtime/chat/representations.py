@@ -10,13 +10,14 @@ from realtime.protocol import user_repr
 
 
 def message_repr(message: Message) -> dict[str, Any]:
-    """The `message` frame's fields without `type`; the sender must be loaded."""
+    """The `message` frame's fields without `type`; the sender must be loaded. A
+    system message's sender is null (PROTOCOL 12)."""
     return {
         "conversation": message.conversation_id,
         "seq": message.seq,
         "message_id": message.id,
         "client_id": message.client_id,
-        "sender": user_repr(message.sender),
+        "sender": None if message.sender_id is None else user_repr(message.sender),
         "body": message.body,
         "ts": message.ts,
     }
@@ -35,7 +36,9 @@ def conversation_repr(
         "kind": conversation.kind,
         "title": conversation.title,
         "members": [user_repr(u) for u in members],
-        "created_by": user_repr(conversation.created_by),
+        "created_by": (
+            None if conversation.created_by_id is None else user_repr(conversation.created_by)
+        ),
         "last_seq": conversation.last_seq,
     }
     if read_seq is not None:

@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 
 from monitoring import metrics
 from realtime.chat import events, messages
-from realtime.chat.conversations import forbidden, valid_conversation_id
+from realtime.chat.conversations import forbidden, no_conversation, valid_conversation_id
 from realtime.chat.messages import Sent, table_sql
 from realtime.models import Message
 from realtime.node.db import bound_cursor, is_postgres, values_table
@@ -32,28 +32,56 @@ T = TypeVar("T")
 Reader = Callable[[], T]  # a statement's result, read once its round trip is over
 
 
+# A send's idempotency key: (sender id, key, None) for a member's, (None, key,
+# conversation) for a system message's, whose key space is its conversation.
+Key = tuple[int | None, str, str | None]
+
+
 @dataclass(frozen=True)
 class SendRequest:
-    """One validated `send`: who, where, the idempotency key and the body."""
+    """One validated `send`: who (None: a system message, PROTOCOL 12), where, the
+    idempotency key and the body."""
 
-    sender: Any
+    sender: Any | None
     conversation_id: str
     client_id: str
     body: str
 
+    @property
+    def sender_id(self) -> int | None:
+        return None if self.sender is None else self.sender.pk
 
-def _existing(cursor: Any, keys: list[tuple[int, str]]) -> Reader[dict[tuple[int, str], Message]]:
-    """Messages already stored under these (sender, key) pairs (read after the round trip)."""
-    table, params = values_table([("sid", "bigint"), ("ckey", "text")], keys)
-    cursor.execute(
-        table_sql(
-            "SELECT sender_id, client_id, id, conversation_id, seq, body, ts FROM {message} "
+    @property
+    def key(self) -> Key:
+        if self.sender is None:
+            return (None, self.client_id, self.conversation_id)
+        return (self.sender.pk, self.client_id, None)
+
+
+def _existing(cursor: Any, keys: set[Key]) -> Reader[dict[Key, Message]]:
+    """Messages already stored under these keys (read after the round trip)."""
+    columns = "sender_id, client_id, id, conversation_id, seq, body, ts"
+    parts: list[str] = []
+    params: list[Any] = []
+    members = sorted((sid, ckey) for sid, ckey, _ in keys if sid is not None)
+    system = sorted((cid, ckey) for sid, ckey, cid in keys if sid is None)
+    if members:
+        table, values = values_table([("sid", "bigint"), ("ckey", "text")], members)
+        parts.append(
+            f"SELECT {columns} FROM {{message}} "
             f"WHERE (sender_id, client_id) IN (SELECT sid, ckey FROM ({table}) AS v)"
-        ),
-        params,
-    )
+        )
+        params += values
+    if system:
+        table, values = values_table([("cid", "text"), ("ckey", "text")], system)
+        parts.append(
+            f"SELECT {columns} FROM {{message}} WHERE sender_id IS NULL "
+            f"AND (conversation_id, client_id) IN (SELECT cid, ckey FROM ({table}) AS s)"
+        )
+        params += values
+    cursor.execute(table_sql(" UNION ALL ".join(parts)), params)
     return lambda: {
-        (sender_id, client_id): Message(
+        (sender_id, client_id, None if sender_id is not None else cid): Message(
             id=mid,
             conversation_id=cid,
             seq=seq,
@@ -68,6 +96,8 @@ def _existing(cursor: Any, keys: list[tuple[int, str]]) -> Reader[dict[tuple[int
 
 def _memberships(cursor: Any, pairs: set[tuple[str, int]]) -> Reader[set[tuple[str, int]]]:
     """Which (conversation, user) pairs are memberships (read after the round trip)."""
+    if not pairs:  # system messages only: nobody's membership to check
+        return set
     table, params = values_table([("cid", "text"), ("uid", "bigint")], sorted(pairs))
     cursor.execute(
         table_sql(
@@ -178,8 +208,8 @@ def _commit_now(cursor: Any) -> None:
 
 def _store(requests: list[SendRequest]) -> list[Result]:
     results: list[Result | None] = [None] * len(requests)
-    keys = sorted({(r.sender.pk, r.client_id) for r in requests})
-    asked = {(r.conversation_id, r.sender.pk) for r in requests}
+    keys = {r.key for r in requests}
+    asked = {(r.conversation_id, r.sender_id) for r in requests if r.sender is not None}
     # Seqs are taken before the look-ups answer, for every send that may be new:
     # one per key and conversation, since a key refused in one conversation (not a
     # member) may then be stored in another by a later send of the batch, as it
@@ -188,10 +218,10 @@ def _store(requests: list[SendRequest]) -> list[Result]:
     # gap-free. Two round trips whatever the batch: look-ups with locks and seqs,
     # then rows and commit.
     taken: dict[str, int] = defaultdict(int)
-    for _sender, _key, cid in {(r.sender.pk, r.client_id, r.conversation_id) for r in requests}:
+    for _sender, _key, cid in {(r.sender_id, r.client_id, r.conversation_id) for r in requests}:
         taken[cid] += 1
     fresh: list[int] = []
-    first: dict[tuple[int, str], int] = {}  # key → index of the send that stores it
+    first: dict[Key, int] = {}  # key → index of the send that stores it
     with (
         transaction.atomic(),
         bound_cursor() as one,
@@ -205,12 +235,14 @@ def _store(requests: list[SendRequest]) -> list[Result]:
             read_seqs = _bump(three, four, taken)
         stored, members, next_seq = read_stored(), read_members(), read_seqs()
         for i, r in enumerate(requests):
-            key = (r.sender.pk, r.client_id)
+            key = r.key
             if key in stored:
                 results[i] = Sent(stored[key], True)
             elif key in first:
                 continue  # the same key twice in one batch: answered after the insert
-            elif (r.conversation_id, r.sender.pk) not in members:
+            elif r.sender is None and r.conversation_id not in next_seq:
+                results[i] = no_conversation()
+            elif r.sender is not None and (r.conversation_id, r.sender_id) not in members:
                 results[i] = forbidden()
             else:
                 first[key] = i
@@ -241,16 +273,18 @@ def _store(requests: list[SendRequest]) -> list[Result]:
             results[i] = Sent(rows[-1], False)
         read: dict[tuple[str, int], int] = {}
         for m in rows:
-            read[(m.conversation_id, m.sender_id)] = m.seq
+            if m.sender_id is not None:
+                read[(m.conversation_id, m.sender_id)] = m.seq
         with _one_round_trip():
             _give_back(three, unused)
             if rows:
                 _insert(one, rows)
+            if read:
                 _mark_read(two, read)
             _commit_now(one)
     for i, r in enumerate(requests):
         if results[i] is None:
-            earlier = results[first[(r.sender.pk, r.client_id)]]
+            earlier = results[first[r.key]]
             results[i] = Sent(earlier.message, True) if isinstance(earlier, Sent) else earlier
     metrics.MESSAGES_STORED.inc(len(fresh))
     return results  # type: ignore[return-value]
@@ -262,7 +296,7 @@ def _one(request: SendRequest) -> Result:
     try:
         return _store([request])[0]
     except IntegrityError:
-        existing = messages.stored(request.sender.pk, request.client_id)
+        existing = messages.stored(*request.key)
         if existing is None:
             raise
         return Sent(existing, True)
@@ -289,9 +323,11 @@ def request(sender: Any, conversation_id: Any, client_id: Any, body: Any) -> Sen
     return SendRequest(sender, conversation_id, client_id, body)
 
 
-def send(sender: Any, conversation_id: Any, client_id: Any, body: Any) -> Sent:
+def send(sender: Any | None, conversation_id: Any, client_id: Any, body: Any) -> Sent:
     """One send from sync code (REST, commands): checked and stored as a socket send
-    is, and out through chat/events.py once committed; TetherError when refused."""
+    is, and out through chat/events.py once committed; TetherError when refused.
+    `sender` None stores a system message (PROTOCOL 12: the backend's, in any
+    conversation)."""
     result = _one(request(sender, conversation_id, client_id, body))
     if isinstance(result, TetherError):
         raise result

@@ -96,7 +96,7 @@ class ConversationBody(serializers.Serializer):
     kind = serializers.ChoiceField(choices=["group", "direct"])
     title = serializers.CharField(allow_blank=True, help_text='`""` for a direct conversation')
     members = UserBody(many=True)
-    created_by = UserBody()
+    created_by = UserBody(allow_null=True, help_text="null for a group the backend created")
     last_seq = serializers.IntegerField(min_value=0)
     read_seq = serializers.IntegerField(min_value=0, help_text="the caller's read position")
     unread = serializers.IntegerField(min_value=0, help_text="for the caller")
@@ -169,7 +169,7 @@ class MessageBody(serializers.Serializer):
     seq = serializers.IntegerField(min_value=1)
     message_id = serializers.CharField()
     client_id = serializers.CharField(help_text="the sender's idempotency key (`id`)")
-    sender = UserBody()
+    sender = UserBody(allow_null=True, help_text="null for a system message")
     body = serializers.CharField(allow_blank=True)
     ts = serializers.IntegerField(help_text="ms since the epoch")
 

@@ -137,7 +137,9 @@ function refreshListItem(s, li = s.li) {
   unread.textContent = String(s.unread);
   unread.dataset.count = String(s.unread);
   li.querySelector(".preview").textContent = s.last
-    ? `${s.last.sender.id === me.id ? "You" : s.last.sender.username}: ${s.last.body}`
+    ? s.last.sender
+      ? `${isMine(s.last) ? "You" : s.last.sender.username}: ${s.last.body}`
+      : s.last.body
     : "";
 }
 
@@ -211,14 +213,19 @@ function readers(s, seq) {
   return names.join(", ");
 }
 
+// A system message (from the application's backend, PROTOCOL 12) has no sender.
+function isMine(m) {
+  return m.sender !== null && m.sender.id === me.id;
+}
+
 function messageEl(s, m) {
-  const mine = m.sender.id === me.id;
+  const mine = isMine(m);
   const node = el("div", {
-    class: mine ? "msg mine" : "msg",
+    class: mine ? "msg mine" : m.sender ? "msg" : "msg system",
     "data-testid": "message",
     "data-seq": String(m.seq),
     "data-state": "sent",
-    "data-sender": m.sender.username,
+    "data-sender": m.sender ? m.sender.username : "",
     "data-time": timeOf(m.ts),
   });
   if (m.client_id) node.dataset.clientId = m.client_id;
@@ -556,15 +563,15 @@ client.addEventListener("message", async (e) => {
       return;
     }
   }
-  if (m.sender.id === me.id && m.client_id) s.pending.delete(m.client_id);
+  if (isMine(m) && m.client_id) s.pending.delete(m.client_id);
   // Kept even before the history is loaded: loadLatest merges by seq.
   insertMessage(s, m);
   s.lastSeq = Math.max(s.lastSeq, m.seq);
   if (!s.last || s.last.seq < m.seq) s.last = m;
-  s.typing.delete(m.sender.id);
+  if (m.sender) s.typing.delete(m.sender.id);
   const seen = openId === s.id && stickToBottom && document.visibilityState === "visible";
-  if (m.sender.id !== me.id && !seen && m.seq > (s.info.read_seq || 0)) s.unread += 1;
-  if (m.sender.id === me.id) s.info.read_seq = Math.max(s.info.read_seq || 0, m.seq);
+  if (!isMine(m) && !seen && m.seq > (s.info.read_seq || 0)) s.unread += 1;
+  if (isMine(m)) s.info.read_seq = Math.max(s.info.read_seq || 0, m.seq);
   refreshListItem(s);
   bumpToTop(s);
   if (openId === s.id) {

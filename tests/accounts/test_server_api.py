@@ -1,4 +1,5 @@
-"""The backend API (PROTOCOL 12): service tokens, scopes, and the rows built so far."""
+"""The backend API (PROTOCOL 12): service tokens, scopes, and each row (the chat rows' own
+rules in test_server_chat.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ ROWS: list[tuple[str, str, str, Any]] = [
     ("users", "put", "/api/server/users/app-1/", {"username": "ann"}),
     ("connections", "post", "/api/server/users/app-1/disconnect/", {}),
     ("presence", "get", "/api/server/presence/?users=1", None),
+    ("chat", "post", "/api/server/conversations/", {"kind": "group", "title": "t", "members": []}),
+    ("chat", "post", "/api/server/conversations/k0/members/", {"user": 1}),
+    ("chat", "delete", "/api/server/conversations/k0/members/1/", None),
+    ("chat", "post", "/api/server/conversations/k0/messages/", {"id": "a", "body": "b"}),
     (
         "publish",
         "post",

@@ -24,7 +24,7 @@ from tests.support.browser import (
     staff_token,
     tab_factory,
 )
-from tests.support.live import STAFF_PASSWORD, DaphneNode, Stack, http
+from tests.support.live import STAFF_PASSWORD, DaphneNode, Stack, http, manage
 from tests.support.names import unique
 
 pytestmark = pytest.mark.timeout(150)
@@ -116,6 +116,36 @@ def test_two_users_chat_both_ways_with_unread_receipts_typing_presence(
     b.wait_bodies(["hello bob", "second", "hi\nalice"])
     assert rest_bodies(web, alice, cid) == ["hello bob", "second", "hi\nalice"]
     assert not a.console_errors and not b.console_errors, (a.console_errors, b.console_errors)
+
+
+def test_a_system_message_shows_as_the_system_s_not_a_person_s(
+    web: DaphneNode, tab: Callable[[], Tab]
+) -> None:
+    _, a, bob, b, cid = pair(web, tab)
+    b.open(cid)
+    a.send("before")
+    service = unique("svc")
+    web.register(service)
+    token = manage(web.stack.env(), "issue_token", service, "--scope", "chat").stdout.strip()
+    status, sent, _ = http(
+        "POST",
+        f"{web.url}/api/server/conversations/{cid}/messages/",
+        {"id": "notice", "body": "Bob joined the team", "sender": None},
+        {"Authorization": f"Bearer {token}"},
+    )
+    assert status == 201 and sent["sender"] is None, sent
+    # Live on an open page, and from history on a page opened afterwards.
+    b.wait_bodies(["before", "Bob joined the team"])
+    late = tab()
+    late.login(bob)
+    late.open(cid)
+    for page in (b, late):
+        page.wait_bodies(["before", "Bob joined the team"])
+        shown = page.page.locator('[data-testid="message"][data-seq="2"]')
+        assert shown.get_attribute("class") == "msg system"
+        assert shown.get_attribute("data-sender") == ""
+    assert b.conversation(cid).locator(".preview").inner_text() == "Bob joined the team"
+    assert not a.console_errors and not b.console_errors and not late.console_errors
 
 
 def test_offline_peer_gets_missed_messages_once_in_order(

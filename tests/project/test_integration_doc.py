@@ -37,13 +37,13 @@ async def test_the_integration_guide_works_as_written(
         "issue_token",
         name,
         "--scope",
-        "users,publish,presence,connections",
+        "users,chat,publish,presence,connections",
     ).stdout.strip()
     monkeypatch.setenv("TETHER_URL", app_node.url)
     monkeypatch.setenv("JWT_SECRET", SECRET)
     monkeypatch.setenv("SERVICE_TOKEN", service)
     blocks = python_blocks()
-    assert len(blocks) >= 8, "the guide lost its examples"
+    assert len(blocks) >= 9, "the guide lost its examples"
     namespace: dict[str, Any] = {}
     printed = io.StringIO()
     with redirect_stdout(printed):
