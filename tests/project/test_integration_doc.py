@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from contextlib import redirect_stdout
@@ -46,10 +47,19 @@ async def test_the_integration_guide_works_as_written(
     assert len(blocks) >= 9, "the guide lost its examples"
     namespace: dict[str, Any] = {}
     printed = io.StringIO()
-    with redirect_stdout(printed):
-        for block in blocks:
-            exec(compile(block, "docs/integration.md", "exec"), namespace)
-    assert "'external_id': 'u-1001'" in printed.getvalue()
+
+    def run_blocks() -> None:
+        with redirect_stdout(printed):
+            for block in blocks:
+                exec(compile(block, "docs/integration.md", "exec"), namespace)
+
+    # In a thread of its own, as a reader's script runs: a block may call asyncio.run().
+    await asyncio.to_thread(run_blocks)
+    out = printed.getvalue()
+    assert "'external_id': 'u-1001'" in out
+    # The SDK's section: typed errors, and the bot's message after the system one.
+    assert "bad_request publications[0].topic" in out and "forbidden" in out
+    assert "['Welcome aboard', 'Hello from a bot']" in out
 
     # The token the guide signs opens a socket as the user the guide created.
     token = namespace["tether_token"]("u-1001", "ada")
