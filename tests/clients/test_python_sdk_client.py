@@ -305,6 +305,31 @@ async def test_the_client_pings_when_idle_and_the_server_keeps_it(tight: App) ->
         assert not [e for e in events.pending() if e.type == "disconnect"]
 
 
+async def test_the_client_answers_the_servers_pings(tight: App) -> None:
+    sub, _ = tight.user()
+    async with ChatClient(tight.ws, token=mint(sub)) as chat:
+        events = chat.events("disconnect")
+        answered = asyncio.Queue[dict[str, Any]]()
+        send = chat.conn.send_frame
+
+        async def no_pings_of_our_own(frame: dict[str, Any]) -> bool:
+            # A client that never pings: only its answers keep it alive (PROTOCOL 5).
+            if frame["type"] == "ping":
+                return True
+            sent = await send(frame)
+            if frame["type"] == "pong":
+                answered.put_nowait(frame)
+            return sent
+
+        chat.conn.send_frame = no_pings_of_our_own  # type: ignore[method-assign]
+        # The server pings after 1 s without output; four answers span more than its
+        # 3 s of patience (4408 otherwise).
+        for _ in range(4):
+            await asyncio.wait_for(answered.get(), WAIT)
+        assert chat.conn.generation == 1 and chat.state == "connected"
+        assert not events.pending()
+
+
 async def test_a_silent_server_is_given_up_and_the_client_reconnects(tight: App) -> None:
     sub, _ = tight.user()
     proxy = await BlackholeProxy(tight.node.port).start()
