@@ -86,6 +86,7 @@ class EventHub:
     def __init__(self) -> None:
         self._callbacks: dict[str, list[Callable[[Any], Any]]] = {}
         self._streams: set[EventStream] = set()
+        self._tasks: set[asyncio.Future] = set()
 
     def on(self, type: str, callback: Callable[[Any], Any]) -> Callable[[], None]:
         """Call `callback(data)` (a function or a coroutine function) for every event
@@ -102,12 +103,16 @@ class EventHub:
         event = Event(type, data)
         for stream in list(self._streams):
             stream._put(event)
-        for callback in self._callbacks.get(type, []) + self._callbacks.get("*", []):
-            arg = event if callback in self._callbacks.get("*", []) else data
+        calls = [(cb, data) for cb in self._callbacks.get(type, [])]
+        calls += [(cb, event) for cb in self._callbacks.get("*", [])]
+        for callback, arg in calls:
             try:
                 result = callback(arg)
                 if inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
+                    # The loop keeps only weak references to tasks: hold them here.
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
                     task.add_done_callback(_log_failure)
             except Exception:
                 # The application's bug must not take the socket down with it.
