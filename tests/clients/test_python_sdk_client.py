@@ -16,6 +16,7 @@ from tether_client import (
     RateLimited,
     Server,
     StreamClient,
+    external,
     fetch_ticket,
 )
 
@@ -287,8 +288,9 @@ def tight(embedded_stack, tmp_path_factory) -> Iterator[App]:
         MAX_CONNECTIONS_PER_USER="2",
         RATE_LIMIT_PER_SECOND="2",
         RATE_LIMIT_BURST="4",
+        REPLAY_LIMIT="3",
     )
-    with Server(node.url, service_token(node, "users", "publish")) as server:
+    with Server(node.url, service_token(node, "users", "publish", "chat")) as server:
         yield App(node, server, "")
     node.stop()
 
@@ -383,6 +385,30 @@ async def test_socket_errors_are_typed_and_the_outbox_waits_out_rate_limits(tigh
         acks = chat.events("ack")
         got = {(await acks.next("ack", timeout=20)).data["id"] for _ in range(8)}
         assert got == set(ids) and not chat.outbox
+
+
+async def test_an_incomplete_sync_is_paged_in_with_history(tight: App) -> None:
+    (ann, _), (ben, ben_user) = tight.user(), tight.user()
+    cid = group_of(tight, ann, ben_user)
+    gate = Gate(tight.node.url, ben)
+    async with ChatClient(tight.ws, get_ticket=gate) as b:
+        inbox, synced = b.events("message"), b.events("synced")
+        tight.server.post_message(cid, "first", "first", sender=external(ann))
+        assert (await inbox.next(timeout=WAIT)).data["seq"] == 1
+        gate.open.clear()
+        b.conn.drop()
+        for i in range(10):  # more than REPLAY_LIMIT (3) while Ben is away
+            tight.server.post_message(cid, f"away-{i}", f"away {i}", sender=external(ann))
+        frames = recorded(b)
+        gate.open.set()
+        reply = (await synced.next(timeout=WAIT)).data
+        assert reply["conversations"][cid] == {"seq": 11, "replayed": 3, "complete": False}
+        got = await take(inbox, 10)
+        assert [m["seq"] for m in got] == list(range(2, 12))
+        assert [m["body"] for m in got] == [f"away {i}" for i in range(10)]
+        history = [f for f in frames if f["type"] == "history"]
+        assert history and history[0]["after"] == 4  # paged after what the sync replayed
+        assert not inbox.pending() and b.positions[cid] == 11
 
 
 async def test_a_connection_token_is_refreshed_before_it_expires(app: App) -> None:
