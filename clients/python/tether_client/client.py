@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 from .connection import Connection
 from .credentials import Provider
@@ -59,7 +59,7 @@ class SocketClient:
     def welcome(self) -> dict[str, Any] | None:
         return self.conn.welcome
 
-    async def connect(self, wait: bool = True, timeout: float | None = 30) -> Any:
+    async def connect(self, wait: bool = True, timeout: float | None = 30) -> Self:
         """Start (and, with `wait`, wait until connected and resumed); returns self."""
         self.conn.start()
         if wait:
@@ -85,7 +85,7 @@ class SocketClient:
         """An async iterator of events (of `types`, or all) from now on."""
         return self.hub.stream(*types)
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:

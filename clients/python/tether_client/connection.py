@@ -303,6 +303,10 @@ class Connection:
             log.warning("tether_client: %s", trouble)
             ws.transport.abort()
             code = ABNORMAL
+        except BaseException:
+            # A failure of ours (or a cancellation): leave no socket open behind us.
+            ws.transport.abort()
+            raise
         finally:
             self._teardown()
         if self._gave_up is not None:
