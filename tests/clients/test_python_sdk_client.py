@@ -89,6 +89,31 @@ async def test_messages_arrive_once_in_order_and_every_send_is_acked(app: App) -
         assert [m["seq"] for m in history["messages"]] == [20, 21]
 
 
+async def test_positions_kept_by_the_application_resume_a_new_client(app: App) -> None:
+    (ann, _), (ben, ben_user) = app.user(), app.user()
+    cid = group_of(app, ann, ben_user)
+    for i in range(5):
+        app.server.post_message(cid, f"p{i}", f"m{i}", sender=external(ann))
+    seen: list[int] = []
+    replayed = asyncio.Queue[dict[str, Any]]()
+
+    async def later(message: dict[str, Any]) -> None:
+        await replayed.put(message)
+
+    # As after a restart of the bot: it held messages 1 and 2.
+    b = ChatClient(app.ws, token=mint(ben), positions={cid: 2})
+    b.on("message", lambda m: seen.append(m["seq"]))
+    undo = b.on("message", later)
+    await b.connect()  # returns once `synced` arrived: the replay came before it
+    assert seen == [3, 4, 5] and b.positions == {cid: 5}
+    assert [(await replayed.get())["body"] for _ in range(3)] == ["m2", "m3", "m4"]
+    undo()
+    app.server.post_message(cid, "p5", "m5", sender=external(ann))
+    await asyncio.wait_for(_until(lambda: seen[-1] == 6), WAIT)
+    assert replayed.empty()  # the async callback was removed
+    await b.close()
+
+
 async def test_a_dropped_socket_resumes_with_sync_and_sends_its_outbox(app: App) -> None:
     (ann, _), (ben, ben_user) = app.user(), app.user()
     cid = group_of(app, ann, ben_user)
