@@ -1,4 +1,4 @@
-"""One SDK-ready node per mode for a module; each test makes users of its own."""
+"""One SDK-ready node per mode for the folder; each test makes users of its own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tether_client import Server
 from tests.support.sdk import SCOPES, App, service_token, start_node
 
 
-@pytest.fixture(scope="module", params=["embedded", "production"])
+@pytest.fixture(scope="package", params=["embedded", "production"])
 def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     stack = request.getfixturevalue(f"{request.param}_stack")
     node = start_node(stack, tmp_path_factory.mktemp("sdk"))

@@ -23,7 +23,7 @@ from tether_client import (
 from tests.support.blackhole import BlackholeProxy
 from tests.support.live import DaphneNode
 from tests.support.names import unique
-from tests.support.sdk import SETTINGS, App, mint, service_token, start_node
+from tests.support.sdk import SETTINGS, App, mint, one_stack, service_token, start_node
 from tests.support.services import free_port
 
 WAIT = 10
@@ -436,6 +436,7 @@ async def test_an_incomplete_sync_is_paged_in_with_history(tight: App) -> None:
         assert not inbox.pending() and b.positions[cid] == 11
 
 
+@one_stack
 async def test_a_connection_token_is_refreshed_before_it_expires(app: App) -> None:
     sub, _ = app.user()
     ttls = iter([4, 120, 120])

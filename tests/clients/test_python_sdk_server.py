@@ -22,7 +22,16 @@ from tether_client import (
 
 from tests.support.live import http
 from tests.support.names import unique
-from tests.support.sdk import AUDIENCE, ISSUER, SECRET, App, mint, service_token, start_node
+from tests.support.sdk import (
+    AUDIENCE,
+    ISSUER,
+    SECRET,
+    App,
+    mint,
+    one_stack,
+    service_token,
+    start_node,
+)
 from tests.support.waiting import eventually
 
 WAIT = 10
@@ -95,6 +104,7 @@ async def test_publish_many_in_order_to_a_stream_client(app: App) -> None:
         assert [r["offset"] for r in mixed] == [4, 5]
 
 
+@one_stack
 async def test_the_async_server_has_the_same_rows(app: App) -> None:
     async with AsyncServer(app.node.url, app.service) as server:
         sub = unique("async-")
@@ -109,6 +119,7 @@ async def test_the_async_server_has_the_same_rows(app: App) -> None:
         assert raised.value.status == 404
 
 
+@one_stack
 def test_typed_errors_carry_the_protocols_codes(app: App) -> None:
     with Server(app.node.url, service_token(app.node, "users")) as users_only:
         with pytest.raises(Forbidden) as raised:
@@ -150,6 +161,7 @@ def test_429_is_rate_limited_with_retry_after(embedded_stack, tmp_path) -> None:
         node.stop()
 
 
+@one_stack
 async def test_tokens_signed_by_the_sdk_are_what_tether_accepts(app: App) -> None:
     sub = unique("tok-")
     name = unique("Nia")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tether_client import Server, connection_token
 
 from tests.support.live import DaphneNode, Stack, manage
@@ -27,6 +28,10 @@ SETTINGS = {
     "JWT_ISSUER": ISSUER,
     "TOPIC_NAMESPACES": json.dumps(NAMESPACES),
 }
+
+# For tests whose subject does not depend on the stack (token checks, REST error
+# shapes, node-local timers): the `app` fixture on one stack, to keep `make test` short.
+one_stack = pytest.mark.parametrize("app", ["embedded"], indirect=True)
 
 
 def start_node(stack: Stack, log_dir: Path, name: str = "", **settings: str) -> DaphneNode:

@@ -42,6 +42,8 @@ REQUEST_TIMEOUT = 15.0
 # Renew a connection token this long before it expires (or at half its life left).
 REFRESH_BEFORE = 60.0
 REFRESH_RETRY = 2.0
+# A sync replay is one frame per message; nothing Tether sends comes near this.
+MAX_INCOMING_BYTES = 16 * 1024 * 1024
 
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 ReplyHook = Callable[[dict[str, Any]], None]
@@ -269,8 +271,8 @@ class Connection:
                     open_timeout=None,
                     ping_interval=None,  # the JSON heartbeat crosses every proxy
                     close_timeout=5,
-                    max_size=None,
-                    max_queue=None,
+                    max_size=MAX_INCOMING_BYTES,
+                    max_queue=None,  # we read at once; the server bounds what it sends
                 )
                 self._ws = ws
                 first_frame = await ws.recv()
