@@ -86,7 +86,11 @@ class SocketClient:
         return self.hub.stream(*types)
 
     async def __aenter__(self) -> Self:
-        return await self.connect()
+        try:
+            return await self.connect()
+        except BaseException:
+            await self.close()  # the block never runs: nothing may keep reconnecting
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -281,11 +281,17 @@ class Connection:
             return (closed.rcvd.code if closed.rcvd else ABNORMAL), False
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as trouble:
             log.debug("tether_client: connecting to %s failed: %r", url, trouble)
-            if self._ws is not None:
-                self._ws.transport.abort()
-            self._ws = None
+            self._abort_pending()
             return CLIENT_GAVE_UP, False
+        except BaseException:
+            self._abort_pending()  # cancelled by close(): no half-open socket left
+            raise
         return await self._serve(ws, first_frame)
+
+    def _abort_pending(self) -> None:
+        if self._ws is not None:
+            self._ws.transport.abort()
+        self._ws = None
 
     async def _serve(self, ws: ClientConnection, first_frame: str | bytes) -> tuple[int, bool]:
         was_up = False
