@@ -26,8 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 
-# `AUTH_RATE_LIMIT`'s period (project/config.py checks the form): s, m, h or d first.
-PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from realtime.node import quotas
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,7 @@ class Attempt:
 
 
 def _limit() -> tuple[int, int]:
-    count, _, period = settings.AUTH_RATE_LIMIT.partition("/")
-    return int(count), PERIODS[period[0]]
+    return quotas.rate(settings.AUTH_RATE_LIMIT)
 
 
 def login_name(raw: Any) -> str:
@@ -53,24 +51,6 @@ def login_name(raw: Any) -> str:
 def address(request: Any) -> str:
     """The client's address (REMOTE_ADDR: daphne --proxy-headers sets it behind nginx)."""
     return str(request.META.get("REMOTE_ADDR", ""))
-
-
-def _take(key: str, window: int) -> int:
-    """Add one to `key` (created for `window` seconds); the new count. Atomic."""
-    for _ in range(3):
-        cache.add(key, 0, timeout=window)
-        try:
-            return cache.incr(key)
-        except ValueError:  # expired between the two calls: start the window again
-            continue
-    return 1
-
-
-def _give_back(key: str) -> None:
-    try:
-        cache.decr(key)
-    except ValueError:
-        pass  # the window ended meanwhile
 
 
 def begin(request: Any, username: Any) -> Attempt | int:
@@ -84,20 +64,20 @@ def begin(request: Any, username: Any) -> Attempt | int:
         f"tether:guard:pair:{name}:{ip}",
         window,
     )
-    if _take(attempt.address_key, window) > limit:
-        _give_back(attempt.address_key)
+    if quotas.take(attempt.address_key, window) > limit:
+        quotas.give_back(attempt.address_key)
         return window
-    if _take(attempt.name_key, window) > limit and cache.get(attempt.pair_key):
-        _give_back(attempt.address_key)
-        _give_back(attempt.name_key)
+    if quotas.take(attempt.name_key, window) > limit and cache.get(attempt.pair_key):
+        quotas.give_back(attempt.address_key)
+        quotas.give_back(attempt.name_key)
         return window
     return attempt
 
 
 def succeeded(attempt: Attempt) -> None:
     """A right password: the attempt counts against nobody."""
-    _give_back(attempt.address_key)
-    _give_back(attempt.name_key)
+    quotas.give_back(attempt.address_key)
+    quotas.give_back(attempt.name_key)
 
 
 def failed(attempt: Attempt) -> None:

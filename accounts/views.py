@@ -28,6 +28,7 @@ from accounts.usernames import USERNAME_TAKEN
 from realtime.protocol import user_repr
 from realtime.rest import openapi as doc
 from realtime.rest.errors import error_response
+from realtime.rest.throttles import UserQuota
 from realtime.transport import signed
 
 
@@ -217,8 +218,11 @@ class UserLookupView(APIView):
     """`GET /api/users/?username=bob,carol`: exact (case-insensitive) names to users.
 
     Any signed-in user may ask, so that people can start conversations by name;
-    only exact names are answered (no listing or prefix search of accounts).
+    only exact names are answered (no listing or prefix search of accounts), and
+    at most `QUOTA_USER_LOOKUPS` a user (no enumeration by brute force).
     """
+
+    throttle_classes = [UserQuota.of("user_lookups", "GET")]
 
     MAX_NAMES = 50
 

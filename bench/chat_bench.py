@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_times, process_cpu, steal_percent  # noqa: E402
+from realtime.node.quotas import all_off as quotas_off  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -266,6 +267,7 @@ def main() -> None:
         # Every load socket comes from 127.0.0.1: no per-address handshake bound.
         "HANDSHAKE_RATE_PER_SECOND": "1000000",
         "HANDSHAKE_BURST": "1000000",
+        **quotas_off(),
         "MAX_CONNECTIONS_PER_USER": "5",
     }
     nodes = []

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_times, process_cpu, stat_cpu, steal_percent  # noqa: E402
 from bench.wsload import percentile, raise_nofile, worker_main  # noqa: E402
+from realtime.node.quotas import all_off as quotas_off  # noqa: E402
 
 PLAIN_PATH = "/ws/plain/"
 # Tether plus the plain Channels baseline at PLAIN_PATH (bench/plain_asgi.py).
@@ -674,6 +675,7 @@ def main() -> None:
         # Every load socket comes from 127.0.0.1: no per-address handshake bound.
         "HANDSHAKE_RATE_PER_SECOND": "1000000",
         "HANDSHAKE_BURST": "1000000",
+        **quotas_off(),
         "HEARTBEAT_INTERVAL": "3600",
         "PING_TIMEOUT": "7200",
     }

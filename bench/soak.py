@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 from bench import soak_load as load  # noqa: E402
 from bench.soak_probe import Probe, Target, growth  # noqa: E402
+from realtime.node.quotas import all_off as quotas_off  # noqa: E402
 
 DB_POOL_SIZE, DB_POOL_MIN = 10, 2
 NODE_SETTINGS = {
@@ -49,6 +50,7 @@ NODE_SETTINGS = {
     # Every load socket comes from 127.0.0.1: no per-address handshake bound.
     "HANDSHAKE_RATE_PER_SECOND": "1000000",
     "HANDSHAKE_BURST": "1000000",
+    **quotas_off(),
     "DB_POOL_SIZE": str(DB_POOL_SIZE),
     "DB_POOL_MIN": str(DB_POOL_MIN),
     # Idle connections are given back within a few seconds of the load stopping,

@@ -407,6 +407,16 @@ DECLARATIONS: tuple[Setting, ...] = (
         "bytes a socket may have waiting while its client does not read (close 4509 beyond)",
         minimum=1024,
     ),
+    Setting(
+        "MAX_REPLY_BYTES",
+        parse_int,
+        524288,
+        "largest single reply in bytes: a `subscribe` replay beyond it answers "
+        "`recovered: false` with no publications (the client reads history by page), a "
+        "conversations page is cut short (`has_more`), a `sync` replay stops "
+        "(`complete: false`)",
+        minimum=65536,
+    ),
     Setting("MAX_BODY_CHARS", parse_int, 4000, "longest message body", minimum=1),
     Setting(
         "RATE_LIMIT_PER_SECOND",
@@ -424,6 +434,44 @@ DECLARATIONS: tuple[Setting, ...] = (
         "failed password tries (token, login form, Django admin) per client address and "
         "per user name, and sign-ups per address and name, e.g. `10/minute`, `100/hour` "
         "(429 beyond)",
+    ),
+    Setting(
+        "QUOTA_MESSAGES",
+        parse_rate,
+        "120/minute",
+        "messages a user may post over REST, across nodes (sockets have their token "
+        "bucket; the backend API is not counted); 429 `rate_limited` beyond",
+    ),
+    Setting(
+        "QUOTA_CONVERSATIONS",
+        parse_rate,
+        "60/hour",
+        "conversations a user may create (`POST /api/conversations/`), across nodes",
+    ),
+    Setting(
+        "QUOTA_MEMBER_ADDS",
+        parse_rate,
+        "300/hour",
+        "members a user may add to groups, across nodes",
+    ),
+    Setting(
+        "QUOTA_USER_LOOKUPS",
+        parse_rate,
+        "60/minute",
+        "user look-ups (`GET /api/users/`) per user, across nodes",
+    ),
+    Setting(
+        "QUOTA_TOPIC_HISTORY",
+        parse_rate,
+        "600/minute",
+        "topic history reads per user (REST history, `subscribe` with `since`), across nodes",
+    ),
+    Setting(
+        "QUOTA_SUBSCRIPTIONS",
+        parse_rate,
+        "1200/minute",
+        "`subscribe` and `unsubscribe` frames per user, across nodes (`rate_limited` "
+        "beyond; the socket stays open)",
     ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(

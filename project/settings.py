@@ -33,6 +33,7 @@ MAX_CONNECTIONS_PER_USER: int = _c["MAX_CONNECTIONS_PER_USER"]
 MAX_SUBSCRIPTIONS_PER_CLIENT: int = _c["MAX_SUBSCRIPTIONS_PER_CLIENT"]
 MAX_FRAME_BYTES: int = _c["MAX_FRAME_BYTES"]
 MAX_BODY_CHARS: int = _c["MAX_BODY_CHARS"]
+MAX_REPLY_BYTES: int = _c["MAX_REPLY_BYTES"]
 OUTBOUND_MAX_FRAMES: int = _c["OUTBOUND_MAX_FRAMES"]
 OUTBOUND_MAX_BYTES: int = _c["OUTBOUND_MAX_BYTES"]
 RATE_LIMIT_PER_SECOND: int = _c["RATE_LIMIT_PER_SECOND"]
@@ -49,6 +50,12 @@ JWT_PUBLIC_KEY: str = _c["JWT_PUBLIC_KEY"]
 JWT_AUDIENCE: str = _c["JWT_AUDIENCE"]
 JWT_ISSUER: str = _c["JWT_ISSUER"]
 AUTH_RATE_LIMIT: str = _c["AUTH_RATE_LIMIT"]
+QUOTA_MESSAGES: str = _c["QUOTA_MESSAGES"]
+QUOTA_CONVERSATIONS: str = _c["QUOTA_CONVERSATIONS"]
+QUOTA_MEMBER_ADDS: str = _c["QUOTA_MEMBER_ADDS"]
+QUOTA_USER_LOOKUPS: str = _c["QUOTA_USER_LOOKUPS"]
+QUOTA_TOPIC_HISTORY: str = _c["QUOTA_TOPIC_HISTORY"]
+QUOTA_SUBSCRIPTIONS: str = _c["QUOTA_SUBSCRIPTIONS"]
 SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
 API_TOKEN_TTL: int = _c["API_TOKEN_TTL"]
 REDIS_URL: str = _c["REDIS_URL"]
@@ -271,7 +278,9 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# The JavaScript client's one source is its npm package (clients/js/); the
+# pages load it from the same place as before, /static/tether/client.js.
+STATICFILES_DIRS = [BASE_DIR / "static", ("tether", BASE_DIR / "clients" / "js" / "src")]
 # Serve straight from the app directories too, so static files work without
 # collectstatic (tests) and without DEBUG (both modes).
 WHITENOISE_USE_FINDERS = True

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from realtime.node import quotas
 from tests.support.live import DaphneNode, Stack
 from tests.support.services import postgres_service, redis_service  # noqa: F401 - fixtures
 
@@ -84,6 +85,8 @@ async def runtime() -> AsyncIterator[object]:
 def _generous_auth_throttle(settings) -> None:
     """In-process tests log in often; tests of the throttle lower it themselves."""
     settings.AUTH_RATE_LIMIT = "100000/minute"
+    for name, value in quotas.all_off().items():
+        setattr(settings, name, value)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from realtime.models import Conversation
 from realtime.protocol import bad_request, user_repr
 from realtime.rest import openapi as doc
 from realtime.rest.parsing import int_param, json_body
+from realtime.rest.throttles import UserQuota
 
 MAX_PAGE = 200
 
@@ -25,6 +26,8 @@ BAD_ID = "`bad_request`: `conversation` is not an id (1 to 64 characters)"
 
 
 class ConversationsView(APIView):
+    throttle_classes = [UserQuota.of("conversations", "POST")]
+
     @extend_schema(
         summary="The caller's conversations",
         operation_id="conversations_list",
@@ -93,6 +96,8 @@ class ConversationDetailView(APIView):
 
 
 class MembersView(APIView):
+    throttle_classes = [UserQuota.of("members", "POST")]
+
     @extend_schema(
         summary="Add a member to a group",
         description="201 when added, 200 when already a member.",
@@ -141,6 +146,8 @@ class MemberDetailView(APIView):
 
 
 class MessagesView(APIView):
+    throttle_classes = [UserQuota.of("messages", "POST")]
+
     @extend_schema(
         summary="A conversation's messages",
         description="In increasing `seq`: the latest ones, those `before` a seq, or those "

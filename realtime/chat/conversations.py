@@ -9,13 +9,14 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 
 from realtime.chat import events
 from realtime.chat.representations import conversation_repr
 from realtime.models import Conversation, Membership
-from realtime.protocol import Code, TetherError, bad_request, storable_int, valid_id
+from realtime.protocol import Code, TetherError, bad_request, encode, storable_int, valid_id
 
 User = get_user_model()
 
@@ -222,14 +223,22 @@ def do_remove_member(conversation: Conversation, user_id: int) -> None:
 
 
 def list_conversations(user_id: int, limit: int, offset: int) -> tuple[list[dict], bool]:
-    """The caller's conversations, most recently active first."""
+    """The caller's conversations, most recently active first: at most `limit`, and
+    no more than fit in `MAX_REPLY_BYTES` (a group's member list is long: a page of
+    big groups is cut short, `has_more` true, the next page at `offset + len`)."""
     memberships = list(
         Membership.objects.filter(user_id=user_id)
         .select_related("conversation", "conversation__created_by")
         .order_by("-conversation__last_seq", "conversation_id")[offset : offset + limit + 1]
     )
     has_more = len(memberships) > limit
-    return _reprs(memberships[:limit]), has_more
+    page = _reprs(memberships[:limit])
+    used = 0
+    for kept, item in enumerate(page):
+        used += len(encode(item).encode())
+        if used > settings.MAX_REPLY_BYTES and kept:
+            return page[:kept], True
+    return page, has_more
 
 
 def conversation_reprs(user_id: int, ids: list[str]) -> list[dict]:

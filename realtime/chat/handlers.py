@@ -15,12 +15,13 @@ from realtime.chat import conversations, events, fanout, messages, presence, sen
 from realtime.chat.node import chat_node
 from realtime.node import delivery
 from realtime.node.db import in_pool
-from realtime.protocol import MAX_ID_CHARS, Frame, bad_request, non_negative
+from realtime.protocol import MAX_ID_CHARS, Frame, bad_request, non_negative, storable_int
 
 if TYPE_CHECKING:
     from realtime.transport.consumer import TetherConsumer
 
 MAX_PRESENCE_QUERY = 500
+MAX_CONVERSATIONS_PAGE = 1000
 TYPING_EVERY_SECONDS = 1.0
 
 
@@ -116,8 +117,20 @@ async def handle_history(consumer: TetherConsumer, frame: Frame) -> dict[str, An
 
 
 async def handle_conversations(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    # Paged like GET /api/conversations/ (an addition): `limit` (default and most
+    # 1000) and `offset`; the page is also cut to MAX_REPLY_BYTES (`has_more`).
+    limit = frame.get("limit", MAX_CONVERSATIONS_PAGE)
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not 1 <= limit <= MAX_CONVERSATIONS_PAGE
+    ):
+        raise bad_request("limit", f"must be an integer from 1 to {MAX_CONVERSATIONS_PAGE}")
+    offset = non_negative(frame.get("offset", 0), "offset")
+    if not storable_int(offset):
+        raise bad_request("offset", "is beyond any list")
     items, has_more = await database_sync_to_async(conversations.list_conversations)(
-        consumer.user.id, 1000, 0
+        consumer.user.id, limit, offset
     )
     return {"type": "result", "data": {"conversations": items, "has_more": has_more}}
 

@@ -65,20 +65,18 @@ def _existing(cursor: Any, keys: set[Key]) -> Reader[dict[Key, Message]]:
     params: list[Any] = []
     members = sorted((sid, ckey) for sid, ckey, _ in keys if sid is not None)
     system = sorted((cid, ckey) for sid, ckey, cid in keys if sid is None)
-    if members:
-        table, values = values_table([("sid", "bigint"), ("ckey", "text")], members)
-        parts.append(
-            f"SELECT {columns} FROM {{message}} "
-            f"WHERE (sender_id, client_id) IN (SELECT sid, ckey FROM ({table}) AS v)"
-        )
-        params += values
-    if system:
-        table, values = values_table([("cid", "text"), ("ckey", "text")], system)
-        parts.append(
-            f"SELECT {columns} FROM {{message}} WHERE sender_id IS NULL "
-            f"AND (conversation_id, client_id) IN (SELECT cid, ckey FROM ({table}) AS s)"
-        )
-        params += values
+    lookups = [
+        (members, ("sid", "bigint"), "(sender_id, client_id)"),
+        (system, ("cid", "text"), "sender_id IS NULL AND (conversation_id, client_id)"),
+    ]
+    for rows, first, matched in lookups:
+        if rows:
+            table, values = values_table([first, ("ckey", "text")], rows)
+            parts.append(
+                f"SELECT {columns} FROM {{message}} "
+                f"WHERE {matched} IN (SELECT {first[0]}, ckey FROM ({table}) AS v)"
+            )
+            params += values
     cursor.execute(table_sql(" UNION ALL ".join(parts)), params)
     return lambda: {
         (sender_id, client_id, None if sender_id is not None else cid): Message(

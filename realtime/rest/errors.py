@@ -72,7 +72,12 @@ def error_response(code: str, detail: str, http_status: int, **extra: Any) -> Re
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every failure in the `{"error", "detail"}` shape."""
     if isinstance(exc, TetherError):
-        return error_response(exc.code, exc.message, STATUS_BY_CODE.get(exc.code, 400), **exc.extra)
+        response = error_response(
+            exc.code, exc.message, STATUS_BY_CODE.get(exc.code, 400), **exc.extra
+        )
+        if "retry_after" in exc.extra:  # ms in the body; whole seconds for HTTP clients
+            response["Retry-After"] = str(-(-exc.extra["retry_after"] // 1000))
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     if isinstance(exc, UNAVAILABLE):

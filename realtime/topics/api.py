@@ -15,6 +15,7 @@ from realtime.protocol import Code, TetherError, bad_request
 from realtime.rest import openapi as doc
 from realtime.rest.parsing import int_param, json_body
 from realtime.rest.permissions import has_scope
+from realtime.rest.throttles import UserQuota
 from realtime.topics import service as topics
 from realtime.topics.store import get_store
 
@@ -135,6 +136,8 @@ def _page_size(request: Request) -> int:
 
 
 class HistoryView(APIView):
+    throttle_classes = [UserQuota.of("topic_history", "GET")]
+
     @extend_schema(
         summary="A topic's history",
         description="What history holds after `since` (by default all it holds), "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from monitoring import metrics
-from realtime.node import delivery, registry
+from realtime.node import delivery, quotas, registry
 from realtime.protocol import Code, Frame, TetherError, bad_request, non_negative
 from realtime.topics import fanout as topic_fanout
 from realtime.topics.events import group_name
@@ -33,6 +33,10 @@ def _since(value: Any) -> tuple[int | None, str | None]:
 
 
 async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
+    # Counted first, refused or not: probing topics is churn too (docs/security.md).
+    await quotas.acharge("subscriptions", consumer.user.pk)
+    if frame.get("since") is not None:
+        await quotas.acharge("topic_history", consumer.user.pk)
     topic = frame.get("topic")
     ns = readable_namespace(consumer.user, topic, token=frame.get("token"))
     since, since_epoch = _since(frame.get("since"))
@@ -62,7 +66,12 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
             raise
         conn.cursors[topic] = snap.offset
         conn.epochs[topic] = snap.epoch
-        recovered = snap.entries is not None
+        entries = snap.entries
+        if entries is not None and _replay_bytes(entries) > settings.MAX_REPLY_BYTES:
+            # All or nothing (PROTOCOL 7: `recovered` means every publication is
+            # here): the client rebuilds from REST history, by page, from `offset`.
+            entries = None
+        recovered = entries is not None
         if since is not None:
             metrics.RECOVERIES.labels("true" if recovered else "false").inc()
         reply = {
@@ -72,7 +81,7 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
             "offset": snap.offset,
             "epoch": snap.epoch,
             "recovered": recovered,
-            "publications": [publication(e) for e in snap.entries or ()],
+            "publications": [publication(e) for e in entries or ()],
         }
         if frame.id is None:
             del reply["id"]
@@ -83,7 +92,14 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
         await registry.set_subscriptions(conn.id, list(conn.epochs))
 
 
+def _replay_bytes(entries: list[Any]) -> int:
+    """About the bytes the publications take in the reply: their data (already JSON)
+    and the few fields around each."""
+    return sum(len(data.encode()) + 48 for _, _, data in entries)
+
+
 async def handle_unsubscribe(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    await quotas.acharge("subscriptions", consumer.user.pk)
     topic = frame.get("topic")
     conn = consumer.conn
     assert conn is not None

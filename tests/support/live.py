@@ -16,6 +16,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
+from realtime.node import quotas
 from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,8 @@ def node_env(**overrides: str) -> dict[str, str]:
             # Every test socket comes from 127.0.0.1; the handshake bound has its own tests.
             "HANDSHAKE_RATE_PER_SECOND": "100000",
             "HANDSHAKE_BURST": "100000",
+            # Test users do far more than people; the quotas have their own tests.
+            **quotas.all_off(),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -1,5 +1,7 @@
-// Tether's browser client (wire protocol v1): an ES module with no dependencies
-// and no DOM code, so any web app can import it. See docs/client.md.
+// Tether's JavaScript client (wire protocol v1): an ES module with no
+// dependencies and no DOM code, so any web app can import it. This file is both
+// the npm package `tether-client` (clients/js/) and the web app's
+// /static/tether/client.js. Types: client.d.ts beside it. See docs/client.md.
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 30000;
@@ -17,6 +19,12 @@ const CONNECT_TIMEOUT_MS = 15000;
 // rely on the refill, so a broken server cannot grow our memory without end.
 const MAX_HELD_PER_CONVERSATION = 2000;
 const HISTORY_PAGE = 100;
+// A connection token is refreshed a third of its remaining life before it ends,
+// at most this early: short-lived tokens still leave time for getToken() and
+// the round trip, long-lived ones are not renewed needlessly often.
+const REFRESH_LEAD_MAX_MS = 60000;
+// After a failed refresh, the next try (while the token has that long left).
+const REFRESH_RETRY_MS = 5000;
 
 /** A random id usable as an idempotency key (crypto.randomUUID needs a secure context). */
 export function randomId(prefix = "") {
@@ -44,7 +52,11 @@ export async function api(path, { method = "GET", body, headers = {} } = {}) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  return readJson(await fetch(path, init));
+}
+
+/** The decoded JSON body of a response; rejects with an Error carrying `status` and `code`. */
+async function readJson(response) {
   const text = await response.text();
   let data = null;
   try {
@@ -68,9 +80,32 @@ export async function fetchTicket() {
   return data.ticket;
 }
 
+/**
+ * Trade a connection token (a JWT from the application's backend, PROTOCOL 11)
+ * for a single-use socket ticket: POST /api/auth/ws-ticket/ with
+ * `Authorization: Bearer <jwt>`. Works across origins listed in the server's
+ * ALLOWED_ORIGINS. Rejects with an Error carrying `status` and `code`.
+ */
+export async function exchangeToken(token, ticketUrl = "/api/auth/ws-ticket/") {
+  // No cookies: a session riding along would make the server ask for CSRF.
+  const response = await fetch(ticketUrl, {
+    method: "POST",
+    credentials: "omit",
+    headers: { Accept: "application/json", Authorization: `Bearer ${token}` },
+  });
+  return (await readJson(response)).ticket;
+}
+
 function defaultUrl(path) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   return `${scheme}://${location.host}${path}`;
+}
+
+/** The HTTP(S) URL of `path` on the server that a socket URL points to. */
+function httpUrl(socketUrl, path) {
+  const url = new URL(socketUrl);
+  const scheme = url.protocol === "wss:" || url.protocol === "https:" ? "https" : "http";
+  return `${scheme}://${url.host}${path}`;
 }
 
 /** Full jitter (PROTOCOL 4): random(0, min(30 s, 0.5 s * 2^attempt)). */
@@ -85,15 +120,21 @@ export function backoffDelay(attempt, random = Math.random) {
  * for apps that want the plumbing only.
  *
  * Events (CustomEvent, data in `detail`): `state`, `welcome`, `frame`,
- * `error` (unsolicited error frames), `pong`, `auth-required`.
+ * `error` (unsolicited error frames), `pong`, `auth-required`, `disconnect`,
+ * `refresh` and `refresh-failed` (connection tokens from getToken).
  */
 export class Connection extends EventTarget {
   constructor(path, options = {}) {
     super();
     this.url = options.url || defaultUrl(path);
+    // A connection token source makes every attempt a ticket attempt: the token
+    // itself never goes into a URL (proxy logs), only the single-use ticket.
+    this.getToken = options.getToken || null;
+    this.ticketUrl = options.ticketUrl || httpUrl(this.url, "/api/auth/ws-ticket/");
     // "session": the cookie rides the handshake; "ticket": a fresh ticket per attempt.
-    this.auth = options.auth || "session";
-    this.getTicket = options.getTicket || fetchTicket;
+    this.auth = options.auth || (this.getToken ? "ticket" : "session");
+    this.getTicket =
+      options.getTicket || (this.getToken ? async () => exchangeToken(await this.getToken(), this.ticketUrl) : fetchTicket);
     this.WebSocketImpl = options.WebSocket || globalThis.WebSocket;
     this.random = options.random || Math.random;
     this.ws = null;
@@ -112,6 +153,11 @@ export class Connection extends EventTarget {
     this.triedNewCredentials = false;
     this.closeInfo = null;
     this.requestSeq = 0;
+    // The server's clock minus ours, from `welcome`: expiry times are the server's.
+    this.clockOffset = 0;
+    this.expiresAt = null;
+    this.refreshAt = 0;
+    this.refreshing = false;
     this.onOnline = () => this.reconnectNow("online");
     this.onOffline = () => this.dropForOffline();
     this.onVisible = () => {
@@ -242,6 +288,8 @@ export class Connection extends EventTarget {
     this.welcome = frame;
     this.upSince = Date.now();
     this.triedNewCredentials = false;
+    if (typeof frame.server_time === "number") this.clockOffset = frame.server_time - Date.now();
+    this.planRefresh(frame.expires_at);
     this.startHeartbeat();
     this.setState("connected", { node: frame.node, user: frame.user });
     this.emit("welcome", frame);
@@ -265,6 +313,55 @@ export class Connection extends EventTarget {
     }
     if (now - this.lastSent >= interval * 1000) this.sendFrame({ type: "ping", ts: now });
     if (this.attempt && now - this.upSince >= BACKOFF_RESET_MS) this.attempt = 0;
+    if (this.refreshAt && now >= this.refreshAt && !this.refreshing) this.refreshToken();
+  }
+
+  /** When to refresh a credential that ends at `expiresAt` (server ms), if getToken can. */
+  planRefresh(expiresAt) {
+    this.expiresAt = typeof expiresAt === "number" ? expiresAt : null;
+    this.refreshAt = 0;
+    if (!this.getToken || this.expiresAt === null) return;
+    const remaining = this.expiresAt - (Date.now() + this.clockOffset);
+    this.refreshAt = Date.now() + Math.max(0, remaining - Math.min(REFRESH_LEAD_MAX_MS, remaining / 3));
+  }
+
+  /**
+   * Send `refresh` with a new connection token before the current one ends, so
+   * the server does not close the socket with 4401 (PROTOCOL 11).
+   */
+  async refreshToken() {
+    const ws = this.ws;
+    const before = this.expiresAt;
+    this.refreshing = true;
+    this.refreshAt = 0;
+    try {
+      const token = await this.getToken();
+      if (ws !== this.ws || !this.welcome) return;
+      const reply = await this.request({ type: "refresh", token });
+      if (ws !== this.ws) return;
+      const expiresAt = reply.data && reply.data.expires_at;
+      this.emit("refresh", { expires_at: expiresAt });
+      if (typeof expiresAt === "number" && (before === null || expiresAt > before)) {
+        this.planRefresh(expiresAt);
+      } else {
+        // getToken() gave no later expiry (a cached token?): ask again a bit later.
+        this.retryRefresh();
+      }
+    } catch (error) {
+      // A socket that is gone needs no refresh: the next connect gets a token anyway.
+      if (ws !== this.ws || !this.welcome) return;
+      this.emit("refresh-failed", { code: error.code, status: error.status, message: error.message });
+      this.retryRefresh();
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  retryRefresh() {
+    // Only while there is time; otherwise the server closes with 4401 and the
+    // reconnect that follows starts from a new token.
+    const left = this.expiresAt === null ? 0 : this.expiresAt - (Date.now() + this.clockOffset);
+    this.refreshAt = left > REFRESH_RETRY_MS ? Date.now() + REFRESH_RETRY_MS : 0;
   }
 
   onClose(ws, code) {
@@ -342,6 +439,7 @@ export class Connection extends EventTarget {
     clearTimeout(this.connectTimer);
     clearInterval(this.tick);
     this.tick = null;
+    this.refreshAt = 0;
     const ws = this.ws;
     this.ws = null;
     const wasUp = Boolean(this.welcome);
@@ -399,20 +497,13 @@ export class Connection extends EventTarget {
   }
 }
 
-/**
- * The chat client for `/ws/chat/`: resumes with `sync`, delivers each
- * conversation's messages once and in order, refills gaps, and keeps an
- * outbox of unacknowledged sends that survives reconnects.
- *
- * Events: those of Connection, plus `message`, `ack`, `send-failed`,
- * `joined`, `left`, `receipt`, `typing`, `presence`, `synced`.
- */
 /** What ChatClient and StreamClient share: one Connection, its events passed on. */
 class SocketClient extends EventTarget {
   constructor(path, options) {
     super();
     this.conn = new Connection(path, options);
-    for (const type of ["state", "welcome", "pong", "auth-required", "error", "disconnect"]) {
+    const passed = ["state", "welcome", "pong", "auth-required", "error", "disconnect", "refresh", "refresh-failed"];
+    for (const type of passed) {
       this.conn.addEventListener(type, (event) => this.emit(type, event.detail));
     }
     this.conn.addEventListener("frame", (event) => this.onFrame(event.detail));
@@ -436,6 +527,14 @@ class SocketClient extends EventTarget {
   }
 }
 
+/**
+ * The chat client for `/ws/chat/`: resumes with `sync`, delivers each
+ * conversation's messages once and in order, refills gaps, and keeps an
+ * outbox of unacknowledged sends that survives reconnects.
+ *
+ * Events: those of Connection, plus `message`, `ack`, `send-failed`,
+ * `joined`, `left`, `receipt`, `typing`, `presence`, `synced`.
+ */
 export class ChatClient extends SocketClient {
   constructor(options = {}) {
     super("/ws/chat/", options);
@@ -693,7 +792,8 @@ export class ChatClient extends SocketClient {
 
 /**
  * The topic client for `/ws/stream/`: subscribes, re-subscribes after a
- * reconnect with `since {offset, epoch}`, and drops publications it has seen.
+ * reconnect with `since {offset, epoch}` (and a subscription token where the
+ * topic needs one), and drops publications it has seen.
  *
  * Events: those of Connection, plus `subscribed` (with `recovered`), `pub`,
  * `unsubscribed`, `subscribe-failed`.
@@ -702,19 +802,31 @@ export class StreamClient extends SocketClient {
   constructor(options = {}) {
     super("/ws/stream/", options);
     this.topics = new Map();
+    // Kept apart from `topics`, which apps persist: tokens are credentials.
+    this.tokens = new Map();
+    this.getSubscriptionToken = options.getSubscriptionToken || null;
     this.conn.addEventListener("welcome", () => this.resubscribeAll());
   }
 
-  /** Follow a topic; `since` resumes from a known {offset, epoch}. */
-  subscribe(topic, since) {
+  /**
+   * Follow a topic. `options.offset` and `options.epoch` resume from a known
+   * position; `options.token` is the topic's subscription token (PROTOCOL 11):
+   * a string, or a function of the topic called before every subscribe, the
+   * ones after a reconnect included (else the client's getSubscriptionToken).
+   */
+  subscribe(topic, options) {
     const known = this.topics.get(topic);
     const entry = known || { topic, offset: null, epoch: null, active: false };
-    if (since) Object.assign(entry, { offset: since.offset, epoch: since.epoch });
+    if (options && (options.offset !== undefined || options.epoch !== undefined)) {
+      Object.assign(entry, { offset: options.offset ?? null, epoch: options.epoch ?? null });
+    }
+    if (options && options.token !== undefined) this.tokens.set(topic, options.token);
     this.topics.set(topic, entry);
     if (this.conn.welcome) this.sendSubscribe(entry);
   }
 
   unsubscribe(topic) {
+    this.tokens.delete(topic);
     if (!this.topics.delete(topic)) return;
     if (this.conn.welcome) {
       this.conn
@@ -728,16 +840,39 @@ export class StreamClient extends SocketClient {
     for (const entry of this.topics.values()) this.sendSubscribe(entry);
   }
 
+  /** The subscription token for `topic`, or null when it needs none. */
+  async subscriptionToken(topic) {
+    const source = this.tokens.has(topic) ? this.tokens.get(topic) : this.getSubscriptionToken;
+    if (!source) return null;
+    return (typeof source === "function" ? await source(topic) : source) || null;
+  }
+
   async sendSubscribe(entry) {
+    const welcome = this.conn.welcome;
+    entry.active = false;
+    let token;
+    try {
+      token = await this.subscriptionToken(entry.topic);
+    } catch (error) {
+      if (this.topics.get(entry.topic) !== entry) return;
+      this.topics.delete(entry.topic);
+      this.tokens.delete(entry.topic);
+      this.emit("subscribe-failed", { topic: entry.topic, code: "token", message: error.message });
+      return;
+    }
+    // Reconnected (the new welcome subscribes again) or unsubscribed meanwhile.
+    if (this.conn.welcome !== welcome || this.topics.get(entry.topic) !== entry) return;
     const frame = { type: "subscribe", topic: entry.topic };
     if (entry.offset !== null && entry.epoch) frame.since = { offset: entry.offset, epoch: entry.epoch };
-    entry.active = false;
+    if (token) frame.token = token;
     let reply;
     try {
       reply = await this.conn.request(frame);
     } catch (error) {
       if (error.code === "disconnected") return; // the next welcome re-subscribes
+      if (this.topics.get(entry.topic) !== entry) return;
       this.topics.delete(entry.topic);
+      this.tokens.delete(entry.topic);
       this.emit("subscribe-failed", { topic: entry.topic, code: error.code, message: error.message });
       return;
     }
