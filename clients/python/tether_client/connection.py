@@ -142,7 +142,7 @@ class Connection:
         client stopped for good instead (NotAuthenticated, Forbidden, Disconnected)."""
         async with asyncio.timeout(timeout):
             while not self._resumed.is_set():
-                if self._stopped:
+                if self._stopped or self._runner is None or self._runner.done():
                     raise self._stop_error()
                 waiter = asyncio.create_task(self._resumed.wait())
                 runner = self._runner
