@@ -188,6 +188,24 @@ async def test_tokens_signed_by_the_sdk_are_what_tether_accepts(app: App) -> Non
         reply = await stream.subscribe(topic, token=room_token)
         assert reply is not None and reply["topic"] == topic
 
+    # A client-wide provider, asked per topic (and again after every reconnect).
+    asked: list[str] = []
+
+    async def room_tokens(name: str) -> str | None:
+        asked.append(name)
+        if not name.startswith("room:"):
+            return None
+        return subscription_token(SECRET, sub, name, 60, audience=AUDIENCE, issuer=ISSUER)
+
+    async with StreamClient(app.ws, token=token, get_subscription_token=room_tokens) as stream:
+        assert await stream.subscribe(topic) is not None
+        assert await stream.subscribe("prices:open") is not None
+        subscribed = stream.events("subscribed")
+        stream.conn.drop()
+        again = {(await subscribed.next(timeout=WAIT)).data["topic"] for _ in range(2)}
+        assert again == {topic, "prices:open"}
+        assert sorted(asked) == sorted([topic, "prices:open"] * 2)
+
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

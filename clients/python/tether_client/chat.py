@@ -374,9 +374,17 @@ class ChatClient(SocketClient):
             frame["after"] = after
         return (await self.conn.request(frame))["data"]
 
-    async def conversations(self) -> dict[str, Any]:
-        """`{conversations, …}` with `last_seq`, `read_seq` and `unread` for each."""
-        return (await self.conn.request({"type": "conversations"}))["data"]
+    async def conversations(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        """`{conversations, has_more}` with `last_seq`, `read_seq` and `unread` for
+        each, highest `last_seq` first; `limit` / `offset` page it."""
+        frame: dict[str, Any] = {"type": "conversations"}
+        if limit is not None:
+            frame["limit"] = limit
+        if offset is not None:
+            frame["offset"] = offset
+        return (await self.conn.request(frame))["data"]
 
     async def presence(self, users: Iterable[int]) -> dict[str, str]:
         """`{"<user id>": "online" | "offline"}`."""

@@ -39,7 +39,7 @@ CLIENT_GAVE_UP = 4000
 ABNORMAL = 1006
 CONNECT_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 15.0
-# Renew a connection token this long before it expires (or at half its life left).
+# Renew a connection token this long before it expires (or at a third of its life left).
 REFRESH_BEFORE = 60.0
 REFRESH_RETRY = 2.0
 # A sync replay is one frame per message; nothing Tether sends comes near this.
@@ -459,22 +459,26 @@ class Connection:
     async def _refresher(self) -> None:
         while self.expires_at:
             left = (self.expires_at - (_now_ms() + self._clock_offset)) / 1000
-            await asyncio.sleep(max(0.0, left - min(self.refresh_before, left / 2)))
+            if left <= 0:
+                return  # the server closes with 4401; the reconnect asks for a new token
+            # A third of the life left, at most `refresh_before`: time for get_token().
+            await asyncio.sleep(max(0.0, left - min(self.refresh_before, left / 3)))
             try:
                 token = await self.credentials.fresh_token()
                 reply = await self.request({"type": "refresh", "token": token})
             except Disconnected:
                 return
             except Exception as failure:
-                # The socket lives until its credential ends; try again meanwhile, and
-                # after a 4401 the reconnect asks the provider anyway.
+                # The socket lives until its credential ends: try again meanwhile.
                 self.hub.emit("refresh_failed", {"error": failure})
                 await asyncio.sleep(REFRESH_RETRY)
                 continue
             renewed = (reply.get("data") or {}).get("expires_at")
             if not renewed or renewed <= self.expires_at:
+                # get_token() gave no later expiry (a cached token?): ask again later.
                 self.hub.emit("refresh_failed", {"error": None, "expires_at": renewed})
-                return
+                await asyncio.sleep(REFRESH_RETRY)
+                continue
             self.expires_at = renewed
             self.hub.emit("refreshed", {"expires_at": renewed})
 

@@ -4,13 +4,16 @@ application each publication once, in increasing `offset`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .client import SocketClient
 from .credentials import Provider, call
 from .errors import Disconnected, TetherError
+
+TopicTokens = Callable[[str], str | Awaitable[str | None] | None]
 
 
 @dataclass
@@ -32,8 +35,18 @@ class StreamClient(SocketClient):
 
     PATH = "/ws/stream/"
 
-    def __init__(self, url: str | Iterable[str], **options: Any) -> None:
+    def __init__(
+        self,
+        url: str | Iterable[str],
+        *,
+        get_subscription_token: TopicTokens | None = None,
+        **options: Any,
+    ) -> None:
+        """`get_subscription_token(topic)` (sync or async) gives a subscription token
+        for a topic, or None for one that needs none; asked before every subscribe
+        (after each reconnect too) of a topic subscribed without a `token` of its own."""
         super().__init__(url if isinstance(url, str) else list(url), **options)
+        self.get_subscription_token = get_subscription_token
         self.topics: dict[str, Topic] = {}
         self.conn.on_ready.append(self._resubscribe_all)
 
@@ -80,9 +93,9 @@ class StreamClient(SocketClient):
             frame["since"] = {"offset": entry.offset, "epoch": entry.epoch}
         entry.active = False
         try:
-            if entry.token is not None:
-                token = entry.token
-                frame["token"] = token if isinstance(token, str) else await call(token)
+            token = await self._token_for(entry)
+            if token is not None:
+                frame["token"] = token
             reply = await self.conn.request(
                 frame, on_reply=lambda r: self._activate(entry, r, resumed)
             )
@@ -101,6 +114,16 @@ class StreamClient(SocketClient):
                 raise
             return None
         return reply
+
+    async def _token_for(self, entry: Topic) -> str | None:
+        if isinstance(entry.token, str):
+            return entry.token
+        if entry.token is not None:
+            return await call(entry.token)
+        if self.get_subscription_token is not None:
+            token = self.get_subscription_token(entry.topic)
+            return await token if inspect.isawaitable(token) else token
+        return None
 
     def _activate(self, entry: Topic, reply: dict[str, Any], resumed: bool) -> None:
         if self.topics.get(entry.topic) is not entry:
