@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -11,10 +12,13 @@ import jwt
 import pytest
 from tether_client import (
     BadRequest,
+    ChatClient,
     Forbidden,
     NotAuthenticated,
     RateLimited,
+    StreamClient,
     TetherError,
+    Topic,
     WebhookVerificationError,
     backoff_delay,
     connection_token,
@@ -136,3 +140,51 @@ def test_backoff_is_full_jitter_capped_at_30_s() -> None:
     assert backoff_delay(50, lambda: 1.0) == 30.0
     assert backoff_delay(5, lambda: 0.0) == 0.0
     assert backoff_delay(4, lambda: 0.5) == 4.0
+
+
+def _message(cid: str, seq: int) -> dict:
+    return {"type": "message", "conversation": cid, "seq": seq, "body": f"b{seq}", "sender": None}
+
+
+async def test_chat_holds_a_gap_pages_it_with_history_and_delivers_each_seq_once() -> None:
+    # No server: the gap comes from frames handed in directly, history from a stub.
+    chat = ChatClient("ws://127.0.0.1:9", positions={"k": 1})
+    asked: list[dict] = []
+    refilled = asyncio.Event()
+
+    async def history(frame: dict, timeout: float | None = None, on_reply=None) -> dict:
+        asked.append(frame)
+        refilled.set()
+        messages = [_message("k", s) for s in range(frame["after"] + 1, 5)]
+        return {
+            "data": {
+                "messages": [{k: v for k, v in m.items() if k != "type"} for m in messages],
+                "has_more": False,
+            }
+        }
+
+    chat.conn.request = history  # type: ignore[method-assign]
+    chat.conn._ready.set()  # as after a welcome
+    seen = chat.events("message")
+    for seq in (4, 2, 5, 2, 1):  # 3 missing; 2 twice; 1 already held by the app
+        await chat.conn.dispatch(_message("k", seq))
+    await asyncio.wait_for(refilled.wait(), 5)
+    got = [(await seen.next(timeout=5)).data["seq"] for _ in range(4)]
+    assert got == [2, 3, 4, 5] and chat.positions == {"k": 5}
+    assert asked and asked[0]["after"] == 2 and not seen.pending()
+
+
+async def test_stream_drops_seen_publications_and_follows_a_new_epoch() -> None:
+    stream = StreamClient("ws://127.0.0.1:9")
+    stream.topics["prices:X"] = Topic("prices:X", offset=5, epoch="e1", active=True)
+    seen = stream.events("pub")
+    for offset, epoch in ((5, "e1"), (6, "e1"), (6, "e1"), (1, "e2"), (2, "e2")):
+        await stream.conn.dispatch(
+            {"type": "pub", "topic": "prices:X", "offset": offset, "epoch": epoch, "data": offset}
+        )
+    assert [(e.data["offset"], e.data["epoch"]) for e in seen.pending()] == [
+        (6, "e1"),
+        (1, "e2"),
+        (2, "e2"),
+    ]
+    assert (stream.topics["prices:X"].offset, stream.topics["prices:X"].epoch) == (2, "e2")
