@@ -134,7 +134,7 @@ class ChatClient(SocketClient):
         if kind == "message":
             self._on_message(frame)
         elif kind == "ack":
-            entry = self.outbox.get(frame.get("id"))  # type: ignore[arg-type]
+            entry = self.outbox.get(frame.get("id") or "")
             if entry is not None:
                 self._settle(entry, frame)
         elif kind == "error":
