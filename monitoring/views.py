@@ -95,8 +95,24 @@ async def _run_check(check: Any) -> str | None:
     return None
 
 
+def _nobody(user: Any) -> bool:
+    return False
+
+
+# Which signed-in users are operators here. The rule (a staff account with the right
+# to view operations) is realtime's, a package above this one: realtime/apps.py hands
+# it over at start; until then no session is an operator.
+_operator_rule: Callable[[Any], bool] = _nobody
+
+
+def set_operator_rule(rule: Callable[[Any], bool]) -> None:
+    """Use `rule(user)` (blocking: it may read permissions) to tell operators' sessions."""
+    global _operator_rule
+    _operator_rule = rule
+
+
 async def _operator(request: HttpRequest) -> bool:
-    """A staff session, or the `METRICS_TOKEN` bearer that monitoring systems hold."""
+    """An operator's session, or the `METRICS_TOKEN` bearer that monitoring systems hold."""
     token = settings.METRICS_TOKEN
     if token:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -104,9 +120,9 @@ async def _operator(request: HttpRequest) -> bool:
             return True
     try:
         user = await request.auser()
-    except Exception:  # the session store is what is down: nobody is known
+        return bool(user.is_authenticated) and await sync_to_async(_operator_rule)(user)
+    except Exception:  # the session store or the database is what is down: nobody is known
         return False
-    return bool(user.is_authenticated and user.is_staff)
 
 
 @csrf_exempt

@@ -296,6 +296,13 @@ DECLARATIONS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "DB_TRANSACTION_POOLING",
+        parse_bool,
+        False,
+        "PostgreSQL is reached through a transaction pooler (PgBouncer `pool_mode = "
+        "transaction`): server-side prepared statements off (docs/deployment.md)",
+    ),
+    Setting(
         "SECRET_KEY",
         parse_str,
         "",
@@ -356,7 +363,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         parse_topic_namespaces,
         DEFAULT_TOPIC_NAMESPACES,
         "topic namespaces as JSON: `{name: {history_size, history_ttl (s), access}}`, access "
-        "`open` (any user), `own` (`user:<id>` for that user), `staff`, or `token` (a "
+        "`open` (any user), `own` (`user:<id>` for that user), `staff` (staff with "
+        "`realtime.view_operations`), or `token` (a "
         "subscription token the application's backend signed, PROTOCOL 11)",
         default_doc="`prices` open, `user` own (100, 1 day), `ops` staff; `prices`/`ops` keep "
         "1000 for 1 h",
@@ -487,7 +495,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         parse_bool,
         True,
         "apply pending database migrations when a node starts (one node at a time, under a "
-        "PostgreSQL advisory lock)",
+        "PostgreSQL transaction-scoped advisory lock, which a transaction pooler keeps)",
     ),
     Setting(
         "METRICS_TOKEN",

@@ -10,9 +10,12 @@ from rest_framework.response import Response
 from project.config import redacted
 from realtime.node.admin_api import StaffView
 from realtime.rest import openapi as doc
+from realtime.rest.permissions import VIEW_OPERATIONS
 
 
 class ConfigView(StaffView):
+    right = VIEW_OPERATIONS
+
     @extend_schema(
         summary="The effective configuration",
         description="Every setting with its value and source; secrets redacted.",

@@ -23,6 +23,7 @@ from accounts.backends import refused_for
 from accounts.models import User
 from accounts.serializers import RegisterSerializer
 from monitoring.stats import OPS_TOPIC
+from realtime.rest.permissions import VIEW_OPERATIONS, holds
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -89,12 +90,18 @@ def feeds(request: HttpRequest) -> HttpResponse:
 def ops(request: HttpRequest) -> HttpResponse:
     """Live per-node charts fed by the staff topic `ops:stats` (docs/deployment.md, "Monitoring").
 
-    Anonymous visitors go to the login form (login_required); a signed-in user who
-    is not staff gets 403 rather than a login loop, since logging in again cannot help.
+    Anonymous visitors go to the login form (login_required); a signed-in user without
+    the right gets 403 rather than a login loop, since logging in again cannot help.
     """
-    if not request.user.is_staff:
-        raise PermissionDenied("the ops dashboard is for staff")
+    if not holds(request.user, VIEW_OPERATIONS):
+        raise PermissionDenied(f"the ops dashboard needs the `{VIEW_OPERATIONS}` permission")
     return render(request, "ops.html", {"topic": OPS_TOPIC})
+
+
+def operator_links(request: HttpRequest) -> dict[str, Any]:
+    """Template context: whether the navigation shows `/ops/`, by the right the page
+    asks (called by the template only where it is needed: no query on other pages)."""
+    return {"may_view_operations": lambda: holds(request.user, VIEW_OPERATIONS)}
 
 
 class LoginView(auth_views.LoginView):

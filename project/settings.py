@@ -66,6 +66,7 @@ CACHE_POOL_SIZE = 8
 DB_POOL_MIN: int = _c["DB_POOL_MIN"]
 DB_POOL_TIMEOUT: float = _c["DB_POOL_TIMEOUT"]
 DB_POOL_MAX_IDLE: float = _c["DB_POOL_MAX_IDLE"]
+DB_TRANSACTION_POOLING: bool = _c["DB_TRANSACTION_POOLING"]
 
 # Seconds between the node's maintenance passes (node heartbeat, batched
 # last_seen, reaper). Not an operator setting: derived from the heartbeat.
@@ -133,6 +134,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "project.pages.operator_links",
             ],
         },
     },
@@ -178,6 +180,14 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_idle": DB_POOL_MAX_IDLE,
         "name": "tether",
     }
+    # The hot paths' raw statements (realtime/node/db.py, bound_cursor) keep the
+    # same text whatever the batch, so PostgreSQL parses and plans each once per
+    # connection after its 5th run (Django's own queries bind on the client and
+    # are never prepared). Behind PgBouncer in transaction mode, consecutive
+    # transactions of a connection may run on different server sessions, where a
+    # statement prepared on another is unknown ("prepared statement _pg3_0 does
+    # not exist"): nothing is prepared then.
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None if DB_TRANSACTION_POOLING else 5
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

@@ -23,6 +23,7 @@ from django.utils.html import format_html
 from realtime.models import Conversation, LiveConnection, Membership, Message, Node
 from realtime.node import control
 from realtime.node.registry import is_alive, silent_after
+from realtime.rest.permissions import DISCONNECT, holds
 from realtime.topics.service import namespaces
 
 # How many choices a "who" filter offers besides the selected one: the list of
@@ -33,7 +34,7 @@ TOP_CHOICES = 10
 ACCESS_RULES = {
     "open": "any signed-in user",
     "own": "user:<id> only for that user",
-    "staff": "staff only",
+    "staff": "staff with “Can view operations”",
 }
 
 
@@ -115,9 +116,8 @@ class LiveConnectionAdmin(ReadOnlyAdmin):
         return format_html('<a href="?user={}">{}</a>', obj.user_id, obj.user.get_username())
 
     def has_disconnect_permission(self, request: HttpRequest) -> bool:
-        # Records themselves are never deleted here, so the model's delete permission
-        # is free to mean "may close sockets".
-        return request.user.has_perm("realtime.delete_liveconnection")
+        # The right the REST kick asks too (DELETE /api/admin/connections/<id>/).
+        return holds(request.user, DISCONNECT)
 
     @admin.action(description="Disconnect selected (close 4403)", permissions=["disconnect"])
     def disconnect_selected(self, request: HttpRequest, queryset: QuerySet) -> None:

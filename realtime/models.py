@@ -19,6 +19,16 @@ class Node(models.Model):
     # The node's own figures, refreshed with every heartbeat (GET /api/stats/).
     stats = models.JSONField(default=dict, blank=True)
 
+    class Meta:
+        # Operators' rights (docs/security.md, "Who may do what"); checked with
+        # realtime/rest/permissions.py `holds`.
+        permissions = [
+            (
+                "view_operations",
+                "Can view operations: cluster figures, /ops/, staff topics, configuration",
+            )
+        ]
+
     def __str__(self) -> str:
         return self.name
 
@@ -43,9 +53,22 @@ class LiveConnection(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["user", "endpoint"])]
+        # Records are never deleted by hand (their node removes them): closing the
+        # socket is the right an operator is given.
+        permissions = [("disconnect_liveconnection", "Can disconnect live connection")]
 
     def __str__(self) -> str:
         return self.id
+
+
+class Topic(models.Model):
+    """No table: topics live in the history store (realtime/topics/store.py). The model
+    exists to carry the permission to publish, shown as "topic" in the Django admin."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [("publish_topic", "Can publish to topics")]
 
 
 class Presence(models.Model):

@@ -10,6 +10,8 @@ import pytest
 
 from realtime.node import quotas
 from tests.support.live import DaphneNode, Stack
+from tests.support.nginx import make_nginx_front  # noqa: F401 - fixture
+from tests.support.pgbouncer import PgBouncer, pgbouncer_service  # noqa: F401 - fixture
 from tests.support.services import postgres_service, redis_service  # noqa: F401 - fixtures
 
 MODES = ("embedded", "production")
@@ -26,6 +28,21 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
 def production_stack(postgres_service, redis_service) -> Stack:  # noqa: F811
     """PostgreSQL + Redis, shared by every node of the session."""
     return Stack("production", postgres_service.url, redis_service.url)
+
+
+@pytest.fixture(scope="session")
+def pooled_stack(
+    postgres_service,  # noqa: F811
+    redis_service,  # noqa: F811
+    pgbouncer_service: PgBouncer,  # noqa: F811
+) -> Stack:
+    """The production stack with PostgreSQL reached through PgBouncer in transaction mode."""
+    return Stack(
+        "pooled",
+        pgbouncer_service.url_for(postgres_service.url),
+        redis_service.url,
+        settings={"DB_TRANSACTION_POOLING": "1"},
+    )
 
 
 @pytest.fixture(params=MODES)

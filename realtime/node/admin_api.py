@@ -1,4 +1,5 @@
-"""Staff APIs (PROTOCOL 9): effective configuration and live connections."""
+"""Staff APIs (PROTOCOL 9): effective configuration and live connections, each behind
+an operator's right (realtime/rest/permissions.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,6 +20,7 @@ from realtime.node import control, registry
 from realtime.node.runtime import get_runtime
 from realtime.protocol import MAX_STORABLE_INT, Code, TetherError, bad_request, user_repr
 from realtime.rest import openapi as doc
+from realtime.rest.permissions import DISCONNECT, VIEW_CONNECTIONS, VIEW_OPERATIONS, HasRight
 
 MAX_PAGE = 500
 MAX_NUMBER = 1e9  # seconds (31 years) or rows
@@ -45,7 +46,14 @@ def connection_repr(c: LiveConnection, now: Any) -> dict[str, Any]:
 
 
 class StaffView(APIView):
-    permission_classes = [IsAdminUser]
+    """A staff row: the right it needs is the view's `right`."""
+
+    right = ""
+
+    def get_permissions(self) -> list[Any]:
+        # No default: an empty right would be every superuser's and nobody else's.
+        assert self.right, f"{type(self).__name__} names no right"
+        return [HasRight.of(self.right)()]
 
 
 def _number(request: Request, name: str) -> float | None:
@@ -66,6 +74,8 @@ def _number(request: Request, name: str) -> float | None:
 
 
 class ConnectionsView(StaffView):
+    right = VIEW_CONNECTIONS
+
     @extend_schema(
         summary="Live connections",
         description="Oldest first, on every node.",
@@ -125,6 +135,8 @@ class ConnectionsView(StaffView):
 
 
 class ConnectionDetailView(StaffView):
+    right = DISCONNECT
+
     @extend_schema(
         summary="Close a connection",
         description="Closed with 4403 by whichever node holds it; its record goes with it.",
@@ -143,6 +155,8 @@ class ConnectionDetailView(StaffView):
 
 
 class CleanupView(StaffView):
+    right = DISCONNECT
+
     @extend_schema(
         summary="Remove records no node holds",
         tags=["admin"],
@@ -189,6 +203,8 @@ class StatsView(StaffView):
     silent (`registry.silent_after`: three missed heartbeats, at least 15 s) is listed
     as not alive and left out
     of the totals (the reaper removes it soon after)."""
+
+    right = VIEW_OPERATIONS
 
     def get(self, request: Request) -> Response:
         now = timezone.now()

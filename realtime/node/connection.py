@@ -65,6 +65,9 @@ class Connection:
     outbound: Any = field(default=None, repr=False)  # backpressure.Outbound, under daphne
     # Topics: topic → epoch of what this socket was sent (None while subscribing).
     epochs: dict[str, str | None] = field(default_factory=dict, repr=False)
+    # How often the user's rights changed while this socket was open: a check made
+    # before a change is made again after it.
+    rights_changes: int = 0
 
     @property
     def id(self) -> str:

@@ -1,5 +1,5 @@
-"""Control messages to sockets on any node (kick, revoked credential; joined and left
-from chat/events.py).
+"""Control messages to sockets on any node (kick, revoked credential, changed rights;
+joined and left from chat/events.py).
 
 A socket has no channel-layer channel of its own: its record names its node's
 control channel (`LiveConnection.channel_name`, read by the node hub), and one
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -61,6 +61,16 @@ def disconnect(connection_ids: list[str]) -> int:
     if not connection_ids:
         return 0
     return close_connections_where(Close.FORBIDDEN, id__in=list(connection_ids))
+
+
+def rights_changed(user_ids: Iterable[int]) -> int:
+    """These users' rights changed (staff status, permissions, groups): each of their
+    sockets, on whichever node holds it, ends what the user may no longer do (the
+    endpoint decides what that is). Returns how many sockets were told."""
+    ids = sorted(set(user_ids))
+    if not ids:
+        return 0
+    return send_where({"type": "tether.rights_changed"}, user_id__in=ids)
 
 
 def install(hub: Hub, local: Callable[[str], Connection | None]) -> None:

@@ -245,6 +245,10 @@ async def catch_up(
     lossy: bool = False,
 ) -> None:
     """Fill the gap up to the pending arrivals (or `head`) from the store, then send them."""
+    if key not in conn.cursors:
+        # Left meanwhile (a fill scheduled before an unsubscribe): recreating the
+        # sequence's state would keep it on the socket for nothing.
+        return
     state = sequence_state(conn, key)
     if state.lock.locked() or conn.holding:
         # The running fill picks everything up; a held socket waits for its `sync`

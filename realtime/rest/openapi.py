@@ -21,7 +21,8 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.permissions import IsAdminUser
+
+from realtime.rest.permissions import HasRight
 
 # --- shapes -----------------------------------------------------------------
 
@@ -351,8 +352,9 @@ class TetherAutoSchema(AutoSchema):
                 "`not_authenticated`: no credentials, an invalid or revoked token, "
                 "or a disabled account",
             )
-        if any(isinstance(p, IsAdminUser) for p in permissions):
-            add(403, "`forbidden`: staff only")
+        for p in permissions:
+            if isinstance(p, HasRight):
+                add(403, f"`forbidden`: not a staff account with the `{p.right}` permission")
         if self.method not in ("GET", "HEAD", "OPTIONS") and any(
             isinstance(a, SessionAuthentication) for a in authenticators
         ):

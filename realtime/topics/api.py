@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from realtime.protocol import Code, TetherError, bad_request
 from realtime.rest import openapi as doc
 from realtime.rest.parsing import int_param, json_body
-from realtime.rest.permissions import has_scope
+from realtime.rest.permissions import PUBLISH, has_scope, holds
 from realtime.rest.throttles import UserQuota
 from realtime.topics import service as topics
 from realtime.topics.store import get_store
@@ -69,10 +69,11 @@ class TopicHistory(serializers.Serializer):
 
 
 def may_publish(request: Request) -> bool:
-    """Staff, or an API token issued with the publish right (`issue_token --publish`)."""
+    """A credential with the `publish` scope (`issue_token --publish`), or a staff
+    account with the permission to publish (docs/security.md)."""
     if has_scope(request, "publish"):
         return True
-    return bool(request.user.is_staff)
+    return holds(request.user, PUBLISH)
 
 
 class PublishView(APIView):
@@ -87,15 +88,17 @@ class PublishView(APIView):
                 f"{BAD_TOPIC}; `data` missing; `too_large`: `data` over MAX_FRAME_BYTES"
             ),
             403: doc.error(
-                "`forbidden`: neither staff nor a token with the publish right; "
-                "an unknown namespace"
+                f"`forbidden`: neither a token with the `publish` scope nor a staff account "
+                f"with the `{PUBLISH}` permission; an unknown namespace"
             ),
         },
     )
     def post(self, request: Request, topic: str) -> Response:
         if not may_publish(request):
             raise TetherError(
-                Code.FORBIDDEN, "publishing needs a staff account or an API token with publish"
+                Code.FORBIDDEN,
+                f"publishing needs a token with the `publish` scope or a staff account "
+                f"with the `{PUBLISH}` permission",
             )
         data = json_body(request)
         if "data" not in data:

@@ -14,3 +14,6 @@ class StreamConsumer(TetherConsumer):
 
     async def on_leave(self) -> None:
         await stream_handlers.unsubscribe_all(self)
+
+    async def on_rights_changed(self) -> None:
+        await stream_handlers.rights_changed(self)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from functools import lru_cache
 
 from realtime.node.hub import hub_layer
 
@@ -18,9 +17,11 @@ log = logging.getLogger("tether.topics")
 HUB_MESSAGE = "hub.pub"
 
 
-@lru_cache(maxsize=100_000)
 def group_name(topic: str) -> str:
-    """The hub group of a topic (channel-layer group names allow neither `:` nor `@`)."""
+    """The hub group of a topic (channel-layer group names allow neither `:` nor `@`).
+
+    Not cached: a cache keyed by names that anyone may subscribe to would grow with
+    every random name, and the hash costs well under a microsecond."""
     return "topic." + hashlib.blake2b(topic.encode(), digest_size=12).hexdigest()
 
 

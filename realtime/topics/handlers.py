@@ -1,21 +1,33 @@
-"""Frame handlers of `/ws/stream/` (PROTOCOL 7): subscribe and unsubscribe."""
+"""Frame handlers of `/ws/stream/` (PROTOCOL 7): subscribe and unsubscribe, and the end
+of subscriptions the user's rights no longer allow."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from monitoring import metrics
 from realtime.node import delivery, quotas, registry
+from realtime.node.db import in_pool
 from realtime.protocol import Code, Frame, TetherError, bad_request, non_negative
+from realtime.rest.permissions import current_user
 from realtime.topics import fanout as topic_fanout
 from realtime.topics.events import group_name
-from realtime.topics.service import publication, readable_namespace
-from realtime.topics.store import get_store
+from realtime.topics.service import (
+    STAFF,
+    may_read,
+    namespace_of,
+    publication,
+    readable_namespace,
+)
+from realtime.topics.store import EMPTY_EPOCH, Namespace, get_store
 
 if TYPE_CHECKING:
     from realtime.transport.consumer import TetherConsumer
+
+log = logging.getLogger("tether.topics")
 
 MAX_EPOCH_CHARS = 64
 
@@ -32,16 +44,39 @@ def _since(value: Any) -> tuple[int | None, str | None]:
     return offset, epoch
 
 
+def _readable_now(user_id: int, topic: str, token: Any) -> Namespace:
+    return readable_namespace(current_user(user_id), topic, token=token)
+
+
+async def _readable(consumer: TetherConsumer, topic: Any, token: Any) -> Namespace:
+    """`readable_namespace` for this socket's user. Where the answer depends on the
+    user's rights, they are read from the database now: the socket's user object is
+    as old as the socket, its permissions cached since the first check."""
+    if namespace_of(topic).access == STAFF:
+        return await in_pool(_readable_now)(consumer.user.pk, topic, token)
+    return readable_namespace(consumer.user, topic, token=token)
+
+
 async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
     # Counted first, refused or not: probing topics is churn too (docs/security.md).
     await quotas.acharge("subscriptions", consumer.user.pk)
     if frame.get("since") is not None:
         await quotas.acharge("topic_history", consumer.user.pk)
     topic = frame.get("topic")
-    ns = readable_namespace(consumer.user, topic, token=frame.get("token"))
-    since, since_epoch = _since(frame.get("since"))
     conn = consumer.conn
     assert conn is not None
+    # A change of rights may come between the check below and the subscription:
+    # then the subscription is checked again once made (end of this handler).
+    rights_seen = conn.rights_changes
+    try:
+        ns = await _readable(consumer, topic, frame.get("token"))
+    except TetherError:
+        if isinstance(topic, str) and topic in conn.epochs:
+            # Refused what it holds: the rights shrank without the news reaching this
+            # socket (a change that sent no signal, docs/security.md); end it now.
+            await end_forbidden(consumer)
+        raise
+    since, since_epoch = _since(frame.get("since"))
     if topic not in conn.epochs and len(conn.epochs) >= settings.MAX_SUBSCRIPTIONS_PER_CLIENT:
         raise TetherError(
             Code.LIMIT_EXCEEDED,
@@ -56,12 +91,18 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
         new = topic not in conn.epochs
         conn.epochs[topic] = None
         conn.cursors[topic] = 0
-        if new:
-            topic_fanout.TOPIC_OF_GROUP[group] = topic
-            await consumer.runtime.hub.subscribe(group, conn)
         try:
+            if new:
+                topic_fanout.TOPIC_OF_GROUP[group] = topic
+                await consumer.runtime.hub.subscribe(group, conn)
             snap = await get_store().snapshot(topic, ns, since, since_epoch)
+            if snap.epoch == EMPTY_EPOCH and state.pending:
+                # The first publications came while the empty topic was read: answer
+                # their epoch, or each later `pub` would look like a new epoch and
+                # rewind the cursor over what `pending` already delivered.
+                snap = await get_store().snapshot(topic, ns, since, since_epoch)
         except Exception:
+            # Nothing of a subscription that never answered stays on the node.
             await _drop(consumer, topic)
             raise
         conn.cursors[topic] = snap.offset
@@ -90,6 +131,8 @@ async def handle_subscribe(consumer: TetherConsumer, frame: Frame) -> None:
         await delivery.catch_up(conn, topic, topic_fanout.read_pubs, lossy=True)
     if new:
         await registry.set_subscriptions(conn.id, list(conn.epochs))
+    if ns.access == STAFF and conn.rights_changes != rights_seen:
+        await end_forbidden(consumer)
 
 
 def _replay_bytes(entries: list[Any]) -> int:
@@ -106,7 +149,7 @@ async def handle_unsubscribe(consumer: TetherConsumer, frame: Frame) -> dict[str
     if not isinstance(topic, str) or topic not in conn.epochs:
         # The same answer as `subscribe` would give (nothing to learn by probing); a
         # topic subscribed to may always be left (its token is not asked again).
-        readable_namespace(consumer.user, topic, token=frame.get("token"))
+        await _readable(consumer, topic, frame.get("token"))
     if topic in conn.epochs:
         await _drop(consumer, topic)
         await registry.set_subscriptions(conn.id, list(conn.epochs))
@@ -118,7 +161,58 @@ async def _drop(consumer: TetherConsumer, topic: str) -> None:
     assert conn is not None
     conn.epochs.pop(topic, None)
     delivery.forget(conn, topic)
-    await consumer.runtime.hub.unsubscribe(group_name(topic), conn)
+    hub = consumer.runtime.hub
+    group = group_name(topic)
+    await hub.unsubscribe(group, conn)
+    if group not in hub.groups:
+        # The last local socket left: the node keeps nothing of the topic
+        # (a loop of subscribe/unsubscribe over random names leaves memory flat).
+        topic_fanout.TOPIC_OF_GROUP.pop(group, None)
+
+
+def _still_allowed(user_id: int, topics: list[str]) -> set[str]:
+    user = current_user(user_id)
+    return {topic for topic in topics if may_read(user, topic, namespace_of(topic))}
+
+
+async def rights_changed(consumer: TetherConsumer) -> None:
+    """The user's rights changed (staff status, a permission, a group; accounts'
+    receivers tell every node): end what they no longer allow."""
+    conn = consumer.conn
+    if conn is None or conn.closing:
+        return
+    conn.rights_changes += 1
+    await end_forbidden(consumer)
+
+
+async def end_forbidden(consumer: TetherConsumer) -> None:
+    """End the subscriptions to `staff` namespaces that the user's current rights no
+    longer allow, each with an `unsubscribed` carrying `reason: "forbidden"` and no
+    `id` (docs/protocol.md, section 7)."""
+    conn = consumer.conn
+    assert conn is not None
+    topics = [topic for topic in conn.epochs if namespace_of(topic).access == STAFF]
+    if not topics:
+        return
+    allowed = await in_pool(_still_allowed)(conn.user_id, topics)
+    ended = False
+    for topic in topics:
+        state = conn.sequences.get(topic)
+        if topic in allowed or state is None:
+            continue
+        # Under the topic's lock: a subscribe under way answers first, so the client
+        # hears `subscribed` before `unsubscribed`, never the other way round.
+        async with state.lock:
+            if topic not in conn.epochs or conn.closing:
+                continue
+            await _drop(consumer, topic)
+            await consumer.send_frame(
+                {"type": "unsubscribed", "topic": topic, "reason": "forbidden"}
+            )
+        ended = True
+        log.info("connection %s: %s no longer allowed; unsubscribed", conn.id, topic)
+    if ended:
+        await registry.set_subscriptions(conn.id, list(conn.epochs))
 
 
 async def unsubscribe_all(consumer: TetherConsumer) -> None:

@@ -15,6 +15,7 @@ from realtime.protocol import TetherError
 from realtime.topics import fanout
 from realtime.topics.demo_feed import run_demo_feed
 from realtime.topics.service import apublish
+from realtime.topics.store import MemoryStore, get_store
 
 if TYPE_CHECKING:
     from realtime.node.runtime import NodeRuntime
@@ -37,7 +38,13 @@ class TopicsNode:
         return None  # a subscription rests on no other socket
 
     def sizes(self) -> dict[str, int]:
-        return {}
+        # Both grow only with topics that sockets on this node follow (embedded:
+        # with topics published to), never with names merely read.
+        out = {"topic_groups": len(fanout.TOPIC_OF_GROUP)}
+        store = get_store()
+        if isinstance(store, MemoryStore):
+            out["topics_in_memory"] = len(store.topics)
+        return out
 
 
 async def _publish_stats(node: str, stats: dict[str, Any]) -> None:

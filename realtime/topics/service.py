@@ -30,6 +30,7 @@ from realtime.protocol import (
     utf8_length_exceeds,
     valid_topic,
 )
+from realtime.rest.permissions import VIEW_OPERATIONS, holds
 from realtime.topics import events
 from realtime.topics.store import Entry, Namespace, get_store
 from realtime.transport import signed
@@ -65,10 +66,18 @@ def namespace_of(topic: Any, field: str = "topic") -> Namespace:
     return ns
 
 
+# The access rule whose answer changes with the user's rights (docs/security.md): an
+# open socket re-checks these subscriptions when the rights change (topics/handlers.py).
+STAFF = "staff"
+
+
 def may_read(user: Any, topic: str, ns: Namespace, token: Any = None) -> bool:
-    """PROTOCOL 7 access rules: `open`, `own` (`user:<id>` only for that user), `staff`;
+    """PROTOCOL 7 access rules: `open`, `own` (`user:<id>` only for that user), `staff`
+    (a staff account with the `realtime.view_operations` permission);
     PROTOCOL 11: `token`, a subscription token the application's backend signed for
-    this user (`sub`: its `external_id`, or its id) and this exact `topic`."""
+    this user (`sub`: its `external_id`, or its id) and this exact `topic`.
+
+    `staff` asks the database (blocking) unless the user's permissions are cached."""
     if user is None or not user.is_authenticated or not user.is_active:
         return False
     if ns.access == "open":
@@ -77,7 +86,7 @@ def may_read(user: Any, topic: str, ns: Namespace, token: Any = None) -> bool:
         return topic.split(":", 1)[1] == str(user.pk)
     if ns.access == "token":
         return _signed_for(user, topic, token)
-    return bool(user.is_staff)
+    return holds(user, VIEW_OPERATIONS)
 
 
 def _signed_for(user: Any, topic: str, token: Any) -> bool:

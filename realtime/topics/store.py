@@ -5,6 +5,11 @@ history and epoch together, so no reader ever sees one without the others; the
 epoch is recreated whenever the history key is gone (restart without
 persistence, flush, expiry), so a client never believes a recovery that lost
 data. Embedded: the same in memory, with new epochs at every process start.
+
+Only a publication creates a topic's state. Reading a topic that has none
+(never published, or its keys lost) stores nothing and answers offset 0 in
+`EMPTY_EPOCH`, so probing random names costs no memory (docs/architecture.md,
+"Topic choices").
 """
 
 from __future__ import annotations
@@ -48,6 +53,27 @@ def new_epoch() -> str:
     return "e-" + secrets.token_urlsafe(6)
 
 
+# The epoch of a topic with no stored position: nothing published yet, or its
+# state lost (flush, restart without persistence, expiry of the hash). It only
+# ever goes with offset 0 and no publication carries it (`new_epoch` draws
+# eight characters after "e-"), so handing it out needs nothing stored, and a
+# topic that restarts at 1 after losing its state still gets a fresh epoch:
+# a reader's epoch cannot be the one a later first publication draws, since
+# "never published" and "lost" look alike without a record.
+EMPTY_EPOCH = "e-0"
+
+
+def _matching(since: int | None, epoch: str | None) -> str | None:
+    """The epoch a resume from `since` must match; None: whichever is current.
+
+    A client at offset 0 of `EMPTY_EPOCH` holds nothing of the topic, so every
+    publication from offset 1 of the current epoch, if history still has them
+    all, is its whole state (docs/protocol.md, "Epochs")."""
+    if since == 0 and epoch == EMPTY_EPOCH:
+        return None
+    return epoch
+
+
 def _fresh(entries: list[Entry], ns: Namespace) -> list[Entry]:
     """Drop entries older than the namespace's history lifetime."""
     cutoff = int(time.time() * 1000) - ns.history_ttl * 1000
@@ -70,7 +96,8 @@ class TopicStore:
     ) -> Snapshot:
         """Position and, when `since` is given, every entry after it if all are present.
 
-        `epoch` None means "whatever is current" (REST history)."""
+        `epoch` None means "whatever is current" (REST history). Creates nothing for
+        a topic without publications: (0, EMPTY_EPOCH)."""
         raise NotImplementedError
 
     async def read_range(
@@ -120,7 +147,8 @@ class MemoryStore(TopicStore):
     async def snapshot(
         self, topic: str, ns: Namespace, since: int | None, epoch: str | None
     ) -> Snapshot:
-        state = self._topic(topic)
+        state = self.topics.get(topic) or _MemoryTopic(epoch=EMPTY_EPOCH)
+        epoch = _matching(since, epoch)
         entries = None
         if since is not None and epoch in (None, state.epoch) and 0 <= since <= state.offset:
             found = _fresh([e for e in state.history if e[0] > since], ns)
@@ -148,10 +176,15 @@ class MemoryStore(TopicStore):
 # ARGV: mode, candidate epoch, meta ttl, then per mode:
 #   pub:  data, ts, history size, history ttl          → {offset, epoch}
 #   read: since (-1: none), since epoch ("": any), max → {offset, epoch, entries}
+# A read of a topic without a hash writes nothing and answers epoch "" (the
+# caller's EMPTY_EPOCH): only a publication creates a topic's keys.
 # The history key gone while publications since the last restart should be in
 # it means history was lost: a new epoch, so no client trusts a recovery across it.
 _SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'e')
+if (not epoch) and ARGV[1] ~= 'pub' then
+  return {0, '', {}}
+end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local restarted = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
 if (not epoch) or (offset > restarted and redis.call('EXISTS', KEYS[2]) == 0) then
@@ -252,11 +285,12 @@ class RedisStore(TopicStore):
                 new_epoch(),
                 ns.history_ttl + META_EXTRA_TTL,
                 -1 if since is None else since,
-                epoch or "",
+                _matching(since, epoch) or "",
                 ns.history_size,
             ],
         )
-        offset, current = int(offset), current.decode()
+        offset, current = int(offset), current.decode() or EMPTY_EPOCH
+        epoch = _matching(since, epoch)
         entries = None
         if since is not None and epoch in (None, current) and 0 <= since <= offset:
             found = _fresh(_entries(raw), ns)

@@ -459,6 +459,14 @@ class TetherConsumer(AsyncWebsocketConsumer):
         """Control message from any node (kick, logout, revoked credential)."""
         await self.close_with(int(message.get("code", Close.FORBIDDEN)))
 
+    async def tether_rights_changed(self, message: dict[str, Any]) -> None:
+        """Control message from any node: the user's rights changed (node/control.py)."""
+        if self.conn is not None and not self.conn.closing:
+            await self.on_rights_changed()
+
+    async def on_rights_changed(self) -> None:
+        """End what the user's current rights no longer allow (endpoint-specific)."""
+
     async def disconnect(self, code: int) -> None:
         await self.cleanup(code, "closed by the client or the network")
 

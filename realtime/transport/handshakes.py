@@ -4,8 +4,9 @@ Authenticating a socket reads the database (a token, a ticket, a session); a
 flood of `?ticket=junk` handshakes from one address would keep it busy. Each
 address gets a token bucket (`HANDSHAKE_RATE_PER_SECOND`, `HANDSHAKE_BURST`) on
 this node; beyond it the handshake is refused before authentication, as a
-foreign Origin is (HTTP 403). nginx in front may bound it per cluster too
-(docs/deployment.md).
+foreign Origin is (HTTP 403). The shipped nginx site bounds handshakes per
+address first, for every node behind it (429, docs/deployment.md "Limits at
+nginx"); this is the second line, for handshakes that reach a node otherwise.
 """
 
 from __future__ import annotations

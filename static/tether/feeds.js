@@ -74,8 +74,7 @@ client.addEventListener("subscribed", (e) => {
   save();
 });
 
-client.addEventListener("subscribe-failed", (e) => {
-  const { topic, code, message } = e.detail;
+function refused(topic, code, message) {
   const v = views.get(topic);
   if (v) {
     v.section.remove();
@@ -83,6 +82,17 @@ client.addEventListener("subscribe-failed", (e) => {
   }
   errorEl.textContent = `${topic}: ${code === "forbidden" ? "not allowed" : message || code}`;
   save();
+}
+
+client.addEventListener("subscribe-failed", (e) => {
+  const { topic, code, message } = e.detail;
+  refused(topic, code, message);
+});
+
+client.addEventListener("unsubscribed", (e) => {
+  // With a reason, the server ended it (a right taken away); without, the user did.
+  const { topic, reason } = e.detail;
+  if (reason) refused(topic, reason);
 });
 
 client.addEventListener("pub", (e) => {

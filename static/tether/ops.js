@@ -375,6 +375,12 @@ client.addEventListener("subscribe-failed", (e) => {
   errorEl.textContent = `Cannot follow ${TOPIC}: ${e.detail.message || e.detail.code}`;
 });
 
+client.addEventListener("unsubscribed", (e) => {
+  if (e.detail.topic !== TOPIC || !e.detail.reason) return;
+  const why = e.detail.reason === "forbidden" ? "this account may no longer view operations" : e.detail.reason;
+  errorEl.textContent = `Stopped following ${TOPIC}: ${why}`;
+});
+
 async function start() {
   let since;
   try {

@@ -1,8 +1,10 @@
-"""/ready/ says which check failed to anyone, and why only to operators (staff)."""
+"""/ready/ says which check failed to anyone, and why only to operators (staff with the
+right to view operations, docs/security.md)."""
 
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 
 from accounts.models import User
@@ -23,6 +25,9 @@ def test_why_a_check_failed_is_for_staff_only(monkeypatch: pytest.MonkeyPatch) -
     user.force_login(User.objects.create_user("someone"))
     assert user.get("/ready/").json()["checks"]["channel_layer"] == "failed"
     staff = Client()
-    staff.force_login(User.objects.create_user("op", is_staff=True))
+    op = User.objects.create_user("op", is_staff=True)
+    staff.force_login(op)
+    assert staff.get("/ready/").json()["checks"]["channel_layer"] == "failed"
+    op.user_permissions.add(Permission.objects.get(codename="view_operations"))
     shown = staff.get("/ready/").json()["checks"]["channel_layer"]
     assert shown == "ConnectionError: redis.internal:6379 refused the connection"

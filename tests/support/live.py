@@ -97,9 +97,11 @@ class Stack:
     database_url: str
     redis_url: str = ""
     migrated: bool = False
+    # Settings every node and command of this stack needs (a pooler's, say).
+    settings: dict[str, str] = field(default_factory=dict)
 
     def env(self, **overrides: str) -> dict[str, str]:
-        extra = {"DATABASE_URL": self.database_url}
+        extra = {"DATABASE_URL": self.database_url, **self.settings}
         if self.redis_url:
             extra["REDIS_URL"] = self.redis_url
         extra.update(overrides)

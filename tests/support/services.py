@@ -322,6 +322,27 @@ def _find_pg_bins() -> tuple[str, str] | None:
     return None
 
 
+def unprivileged() -> tuple[list[str], pwd.struct_passwd | None]:
+    """The command prefix that runs a server as an unprivileged user when we are root
+    (PostgreSQL and PgBouncer refuse root), and that user; ([], None) otherwise."""
+    if os.geteuid() != 0:
+        return [], None
+    runuser = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)), None
+    )
+    owner: pwd.struct_passwd | None = None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            owner = pwd.getpwnam(name)
+            break
+    if runuser is None or owner is None:
+        raise ServiceUnavailable(
+            f"running as root needs `runuser` and a 'postgres' or 'nobody' user "
+            f"(runuser={runuser}, user={owner})."
+        )
+    return [runuser, "-u", owner.pw_name, "--"], owner
+
+
 class PostgresServer:
     """A fresh PostgreSQL database: on DATABASE_URL's server, or in a throwaway cluster."""
 
@@ -396,23 +417,10 @@ class PostgresServer:
             )
         initdb, self._pg_ctl = bins
 
-        owner: pwd.struct_passwd | None = None
-        if os.geteuid() == 0:
-            # PostgreSQL refuses to run as root; run it as an unprivileged user.
-            runuser = shutil.which("runuser") or next(
-                (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)),
-                None,
-            )
-            for name in ("postgres", "nobody"):
-                with contextlib.suppress(KeyError):
-                    owner = pwd.getpwnam(name)
-                    break
-            if runuser is None or owner is None:
-                raise ServiceUnavailable(
-                    f"PostgreSQL: {why_not_env}; running as root needs `runuser` and a "
-                    f"'postgres' or 'nobody' user (runuser={runuser}, user={owner}). {fix}"
-                )
-            self._prefix = [runuser, "-u", owner.pw_name, "--"]
+        try:
+            self._prefix, owner = unprivileged()
+        except ServiceUnavailable as exc:
+            raise ServiceUnavailable(f"PostgreSQL: {why_not_env}; {exc} {fix}") from None
 
         # Under /tmp when root: the unprivileged owner must be able to traverse the parent.
         self._base = Path(tempfile.mkdtemp(prefix="tether-pg-", dir="/tmp" if owner else None))

@@ -35,7 +35,10 @@ class WsClient:
         cookie: str | None = None,
         headers: dict[str, str] | None = None,
         auto_pong: bool = True,
+        **connect_options: Any,
     ) -> WsClient:
+        """Open a socket; `connect_options` go to the connection (e.g. `ssl` for wss
+        through a test nginx, `local_addr` for another client address)."""
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
@@ -49,6 +52,7 @@ class WsClient:
             max_queue=None,  # keep reading: a full queue would stall the close handshake
             ping_interval=None,
             open_timeout=10,
+            **connect_options,
         )
         return cls(ws, auto_pong)
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from realtime.topics.store import MemoryStore, Namespace, RedisStore, TopicStore
+from realtime.topics.store import EMPTY_EPOCH, MemoryStore, Namespace, RedisStore, TopicStore
 
 NS = Namespace("prices", history_size=3, history_ttl=3600, access="open")
 
@@ -30,21 +30,22 @@ def now() -> int:
 
 async def test_offsets_history_and_recovery(store: TopicStore) -> None:
     empty = await store.snapshot("prices:A", NS, None, None)
-    assert empty.offset == 0 and empty.entries is None
+    assert (empty.offset, empty.epoch, empty.entries) == (0, EMPTY_EPOCH, None)
     results = [await store.publish("prices:A", NS, f'{{"i":{i}}}', now()) for i in range(5)]
     assert [r[0] for r in results] == [1, 2, 3, 4, 5]
-    assert {r[1] for r in results} == {empty.epoch}  # a subscriber before the first publication
-    snap = await store.snapshot("prices:A", NS, 3, empty.epoch)
+    epoch = results[0][1]
+    assert {r[1] for r in results} == {epoch} and epoch != EMPTY_EPOCH
+    snap = await store.snapshot("prices:A", NS, 3, epoch)
     assert snap.offset == 5 and [e[0] for e in snap.entries or []] == [4, 5]
     assert snap.entries is not None and snap.entries[0][2] == '{"i":3}'
-    assert (await store.snapshot("prices:A", NS, 1, empty.epoch)).entries is None  # trimmed
+    assert (await store.snapshot("prices:A", NS, 1, epoch)).entries is None  # trimmed
     assert (await store.snapshot("prices:A", NS, 4, "e-other")).entries is None
-    assert (await store.snapshot("prices:A", NS, 9, empty.epoch)).entries is None
-    assert (await store.snapshot("prices:A", NS, 5, empty.epoch)).entries == []
-    epoch, entries = await store.read_range("prices:A", NS, 2, 5)
-    assert epoch == empty.epoch and [e[0] for e in entries] == [3, 4, 5]
+    assert (await store.snapshot("prices:A", NS, 9, epoch)).entries is None
+    assert (await store.snapshot("prices:A", NS, 5, epoch)).entries == []
+    got, entries = await store.read_range("prices:A", NS, 2, 5)
+    assert got == epoch and [e[0] for e in entries] == [3, 4, 5]
     heads = await store.heads(["prices:A", "prices:never"])
-    assert heads == {"prices:A": (5, empty.epoch)}
+    assert heads == {"prices:A": (5, epoch)}
 
 
 async def test_history_lifetime_counts_as_missing(store: TopicStore) -> None:

@@ -796,7 +796,7 @@ export class ChatClient extends SocketClient {
  * topic needs one), and drops publications it has seen.
  *
  * Events: those of Connection, plus `subscribed` (with `recovered`), `pub`,
- * `unsubscribed`, `subscribe-failed`.
+ * `unsubscribed` (with `reason` when the server ended it), `subscribe-failed`.
  */
 export class StreamClient extends SocketClient {
   constructor(options = {}) {
@@ -891,6 +891,12 @@ export class StreamClient extends SocketClient {
   }
 
   onFrame(frame) {
+    if (frame.type === "unsubscribed" && frame.id === undefined) {
+      // Ended by the server, e.g. a right taken away (docs/protocol.md, section 7):
+      // asking again after a reconnect would only be refused.
+      if (this.topics.delete(frame.topic)) this.emit("unsubscribed", frame);
+      return;
+    }
     if (frame.type !== "pub") return;
     const entry = this.topics.get(frame.topic);
     if (!entry || !entry.active) return;
