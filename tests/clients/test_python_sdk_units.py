@@ -188,3 +188,17 @@ async def test_stream_drops_seen_publications_and_follows_a_new_epoch() -> None:
         (2, "e2"),
     ]
     assert (stream.topics["prices:X"].offset, stream.topics["prices:X"].epoch) == (2, "e2")
+
+
+async def test_a_subscription_the_server_ends_is_not_resubscribed() -> None:
+    stream = StreamClient("ws://127.0.0.1:9")
+    stream.topics["ops:stats"] = Topic("ops:stats", offset=3, epoch="e1", active=True)
+    stream.topics["prices:X"] = Topic("prices:X", active=True)
+    ended = stream.events("unsubscribed")
+    frame = {"type": "unsubscribed", "topic": "ops:stats", "reason": "forbidden"}
+    await stream.conn.dispatch(frame)
+    assert list(stream.topics) == ["prices:X"]
+    assert [e.data for e in ended.pending()] == [frame]
+    # A reply to our own unsubscribe (it has an id) is not the server's doing.
+    await stream.conn.dispatch({"type": "unsubscribed", "id": "r9", "topic": "prices:X"})
+    assert list(stream.topics) == ["prices:X"] and not ended.pending()

@@ -31,7 +31,7 @@ class StreamClient(SocketClient):
     """`/ws/stream/`. Events: those of every client (`state`, `welcome`, …) plus
     `subscribed` (the reply and `resumed`: whether `since` was sent; `recovered`
     false after a resume means the gap is lost: rebuild from your own data), `pub`,
-    `unsubscribed`, `subscribe_failed`."""
+    `unsubscribed` (with `reason` when the server ended it), `subscribe_failed`."""
 
     PATH = "/ws/stream/"
 
@@ -141,6 +141,12 @@ class StreamClient(SocketClient):
         self.hub.emit("subscribed", {**reply, "resumed": resumed})
 
     async def _dispatch(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "unsubscribed" and "id" not in frame:
+            # The server ended it (the user's rights shrank): subscribing again after a
+            # reconnect would only be refused.
+            if self.topics.pop(frame.get("topic") or "", None) is not None:
+                self.hub.emit("unsubscribed", frame)
+            return
         if frame["type"] != "pub":
             return
         entry = self.topics.get(frame.get("topic") or "")
