@@ -79,10 +79,21 @@ def run_python_blocks(node: DaphneNode, monkeypatch: pytest.MonkeyPatch) -> dict
     assert len(python) >= 9, "the guide lost its examples"
     namespace: dict[str, Any] = {}
     printed = io.StringIO()
-    with redirect_stdout(printed):
-        for block in python:
-            exec(compile(block, "docs/integration.md", "exec"), namespace)
-    assert "'external_id': 'u-1001'" in printed.getvalue()
+
+    def run_blocks() -> None:
+        with redirect_stdout(printed):
+            for block in python:
+                exec(compile(block, "docs/integration.md", "exec"), namespace)
+
+    # In a thread of its own, as a reader's script runs: the SDK's block calls
+    # asyncio.run(), which a thread with a running loop (Playwright's) refuses.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(run_blocks).result()
+    out = printed.getvalue()
+    assert "'external_id': 'u-1001'" in out
+    # The SDK's section: typed errors, and the bot's message after the system one.
+    assert "bad_request publications[0].topic" in out and "forbidden" in out
+    assert "['Welcome aboard', 'Hello from a bot']" in out
     return namespace
 
 
