@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 
-from realtime.node import quotas
+from realtime.rest import quotas
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_times, process_cpu, steal_percent  # noqa: E402
-from realtime.node.quotas import all_off as quotas_off  # noqa: E402
+from realtime.rest.quotas import all_off as quotas_off  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_times, process_cpu, stat_cpu, steal_percent  # noqa: E402
 from bench.wsload import percentile, raise_nofile, worker_main  # noqa: E402
-from realtime.node.quotas import all_off as quotas_off  # noqa: E402
+from realtime.rest.quotas import all_off as quotas_off  # noqa: E402
 
 PLAIN_PATH = "/ws/plain/"
 # Tether plus the plain Channels baseline at PLAIN_PATH (bench/plain_asgi.py).

@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from bench import soak_load as load  # noqa: E402
 from bench.soak_probe import Probe, Target, growth  # noqa: E402
-from realtime.node.quotas import all_off as quotas_off  # noqa: E402
+from realtime.rest.quotas import all_off as quotas_off  # noqa: E402
 
 DB_POOL_SIZE, DB_POOL_MIN = 10, 2
 NODE_SETTINGS = {

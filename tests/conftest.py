@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.node import quotas
+from realtime.rest import quotas
 from tests.support.live import DaphneNode, Stack
 from tests.support.nginx import make_nginx_front  # noqa: F401 - fixture
 from tests.support.pgbouncer import PgBouncer, pgbouncer_service  # noqa: F401 - fixture

@@ -1,4 +1,4 @@
-"""Per-user quotas on REST (realtime/node/quotas.py), as DRF throttles: checked after
+"""Per-user quotas on REST (realtime/rest/quotas.py), as DRF throttles: checked after
 authentication and before the body is read, so a refused request costs nothing."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework.throttling import BaseThrottle
 
-from realtime.node import quotas
+from realtime.rest import quotas
 
 
 class UserQuota(BaseThrottle):

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from monitoring import metrics
-from realtime.node import delivery, quotas, registry
+from realtime.node import delivery, registry
 from realtime.node.db import in_pool
 from realtime.protocol import Code, Frame, TetherError, bad_request, non_negative
+from realtime.rest import quotas
 from realtime.rest.permissions import current_user
 from realtime.topics import fanout as topic_fanout
 from realtime.topics.events import group_name

@@ -16,7 +16,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
-from realtime.node import quotas
+from realtime.rest import quotas
 from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
