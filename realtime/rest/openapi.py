@@ -159,20 +159,6 @@ class TicketBody(serializers.Serializer):
         ref_name = "WsTicket"
 
 
-class ConversationBody(serializers.Serializer):
-    id = serializers.CharField()
-    kind = serializers.ChoiceField(choices=["group", "direct"])
-    title = serializers.CharField(allow_blank=True, help_text='`""` for a direct conversation')
-    members = UserBody(many=True)
-    created_by = UserBody(allow_null=True, help_text="null for a group the backend created")
-    last_seq = serializers.IntegerField(min_value=0)
-    read_seq = serializers.IntegerField(min_value=0, help_text="the caller's read position")
-    unread = serializers.IntegerField(min_value=0, help_text="for the caller")
-
-    class Meta:
-        ref_name = "Conversation"
-
-
 class BackendConversationBody(serializers.Serializer):
     """A conversation as the application's backend sees it: it is no member, so no
     read position (PROTOCOL 12)."""
@@ -186,6 +172,16 @@ class BackendConversationBody(serializers.Serializer):
 
     class Meta:
         ref_name = "BackendConversation"
+
+
+class ConversationBody(BackendConversationBody):
+    """A conversation as a member sees it: with their read position."""
+
+    read_seq = serializers.IntegerField(min_value=0, help_text="the caller's read position")
+    unread = serializers.IntegerField(min_value=0, help_text="for the caller")
+
+    class Meta:
+        ref_name = "Conversation"
 
 
 class ConversationList(serializers.Serializer):

@@ -24,7 +24,7 @@ from tests.support.services import (
     PostgresServer,
     ServiceUnavailable,
     free_port,
-    require_or_skip,
+    start_or_skip,
     unprivileged,
 )
 
@@ -139,14 +139,7 @@ class PgBouncer:
 def pgbouncer_service(postgres_service: PostgresServer) -> Iterator[PgBouncer]:
     """PgBouncer in transaction mode before the session's PostgreSQL."""
     bouncer = PgBouncer(postgres_service.url)
-    try:
-        bouncer.start()
-    except ServiceUnavailable as exc:
-        reason = str(exc)
-    else:
-        reason = ""
-    if reason:
-        require_or_skip(reason)
+    start_or_skip(bouncer)
     try:
         yield bouncer
     finally:

@@ -61,6 +61,10 @@ class _Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
+class _Startable(Protocol):
+    def start(self) -> object: ...
+
+
 # Servers still running; stopped by atexit if pytest dies before teardown.
 _LIVE: list[_Stoppable] = []
 
@@ -578,21 +582,25 @@ def require_or_skip(reason: str) -> NoReturn:
     pytest.skip(f"SKIPPED LOUDLY: {reason}")
 
 
+def start_or_skip(server: _Startable) -> None:
+    """`server.start()`, or skip (fail with REQUIRE_SERVICES=1) loudly saying why."""
+    try:
+        server.start()
+    except ServiceUnavailable as exc:
+        reason = str(exc)
+    else:
+        return
+    # Outside the except block, so the report does not repeat the chained error.
+    require_or_skip(reason)
+
+
 @pytest.fixture(scope="session")
 def redis_service(pytestconfig: pytest.Config) -> Iterator[RedisServer]:
     """A running Redis for the whole session (skip/fail loudly if impossible)."""
     global _config
     _config = pytestconfig
     server = RedisServer()
-    try:
-        server.start()
-    except ServiceUnavailable as exc:
-        reason = str(exc)
-    else:
-        reason = ""
-    if reason:
-        # Outside the except block, so the report does not repeat the chained error.
-        require_or_skip(reason)
+    start_or_skip(server)
     try:
         yield server
     finally:
@@ -605,15 +613,7 @@ def postgres_service(pytestconfig: pytest.Config) -> Iterator[PostgresServer]:
     global _config
     _config = pytestconfig
     server = PostgresServer()
-    try:
-        server.start()
-    except ServiceUnavailable as exc:
-        reason = str(exc)
-    else:
-        reason = ""
-    if reason:
-        # Outside the except block, so the report does not repeat the chained error.
-        require_or_skip(reason)
+    start_or_skip(server)
     try:
         yield server
     finally:
