@@ -8,9 +8,11 @@ class RealtimeConfig(AppConfig):
     def ready(self) -> None:
         from realtime import checks  # noqa: F401 - registers system checks
         from realtime.chat.node import chat_node
+        from realtime.hooks.node import hooks_node
         from realtime.node.runtime import add_part
         from realtime.topics.node import topics_node
 
         # The domains' work on every node, in this order (docs/architecture.md).
         add_part(chat_node)
         add_part(topics_node)
+        add_part(hooks_node)
