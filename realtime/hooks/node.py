@@ -111,6 +111,15 @@ class Delivery:
         except httpx.HTTPError as exc:
             delivered, error = False, f"{type(exc).__name__}: {exc}"
             outcome = "connection_error"
+        except Exception as exc:  # anything else is retried as well, and logged
+            log.exception("webhook event %s: request failed", event.event_id)
+            delivered, error, outcome = False, f"{type(exc).__name__}: {exc}", "connection_error"
+        self._settle(event, delivered, status, error, outcome)
+
+    def _settle(
+        self, event: Claimed, delivered: bool, status: int | None, error: str, outcome: str
+    ) -> None:
+        """Count the attempt and keep its result for the next write-back."""
         metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
         retry_at = None if delivered else queue.next_attempt(event, settings.WEBHOOK_MAX_AGE)
         if delivered or retry_at is None:

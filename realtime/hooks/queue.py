@@ -104,10 +104,8 @@ def claim(limit: int, lease_seconds: float) -> list[Claimed]:
 
 
 def _as_datetime(value: datetime | str) -> datetime:
-    """Raw SQL hands SQLite's datetimes back as text (UTC, as Django writes them)."""
-    if isinstance(value, datetime):
-        return value
-    parsed = parse_datetime(value)
+    """Raw SQL hands SQLite's datetimes back naive or as text (UTC, as Django writes them)."""
+    parsed = value if isinstance(value, datetime) else parse_datetime(value)
     assert parsed is not None, value
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
