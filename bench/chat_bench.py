@@ -250,6 +250,11 @@ def main() -> None:
         default="auto",
         help="event loop of the lean load generator (auto: uvloop when installed)",
     )
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="with WEBHOOK_URL set: every message also goes to a receiver on 127.0.0.1",
+    )
     args = parser.parse_args()
 
     from tests.support.live import DaphneNode, Stack
@@ -270,6 +275,12 @@ def main() -> None:
         **quotas_off(),
         "MAX_CONNECTIONS_PER_USER": "5",
     }
+    receiver = None
+    if args.webhooks:
+        from tests.support.receiver import SECRET, Receiver
+
+        receiver = Receiver().start()
+        settings.update(WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET)
     nodes = []
     try:
         stack.migrate()
@@ -331,6 +342,11 @@ def main() -> None:
         ]
         for proc in procs:
             proc.join(10)
+        if receiver is not None:
+            # What the node delivered by the end of the run, and soon after.
+            delivered_at_end = len(receiver.events("conversation.event"))
+            time.sleep(5)
+            delivered_later = len(receiver.events("conversation.event"))
     finally:
         for node in nodes:
             node.stop()
@@ -378,6 +394,12 @@ def main() -> None:
     print(f"CPU time taken by the host (steal): {stolen} % of the machine")
     if acks:
         print(f"mean ack {statistics.mean(acks) * 1000:.1f} ms")
+    if receiver is not None:
+        print(
+            f"webhook events delivered: {delivered_at_end} by the end, "
+            f"{delivered_later} 5 s later (of {len(acks)} acknowledged)"
+        )
+        receiver.stop()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from django.db import connection
 from django.utils import timezone
 
 from realtime.models import LiveConnection, Membership, OutboxEvent
-from realtime.node.db import any_of, values_table
+from realtime.node.db import any_of, is_postgres, values_table
 from realtime.protocol import encode, user_repr
 
 CONVERSATION_EVENT = "conversation.event"
@@ -85,10 +85,18 @@ def _table(model: Any) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+SQLITE_ROWS = 400
+
+
 def insert(cursor: Any, events: list[Event]) -> None:
     """The same as `record`, as one statement on the caller's cursor (the batched send
     path: it joins that path's last round trip). Rows get ids in list order."""
     if not events:
+        return
+    if not is_postgres() and len(events) > SQLITE_ROWS:
+        # SQLite takes at most 500 terms in a compound SELECT (values_table's form).
+        for start in range(0, len(events), SQLITE_ROWS):
+            insert(cursor, events[start : start + SQLITE_ROWS])
         return
     values, params = values_table(
         [
