@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -56,6 +57,12 @@ class Sender:
         self.reader = asyncio.ensure_future(self.read())
 
     async def read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        with contextlib.suppress(ConnectionClosed):  # idle at the end: closed 4408
+            await self._read()
+
+    async def _read(self) -> None:
         async for text in self.ws:
             if '"type":"ack"' in text:
                 frame = json.loads(text)
@@ -80,8 +87,13 @@ class Sender:
 
 
 async def drain(ws: Any) -> None:
-    async for _ in ws:
-        pass
+    """Read a socket that only receives, answering the server's heartbeat (PROTOCOL 5)."""
+    from websockets.exceptions import ConnectionClosed
+
+    with contextlib.suppress(ConnectionClosed):
+        async for text in ws:
+            if '"type":"ping"' in text:
+                await ws.send('{"type":"pong"}')
 
 
 async def at_rate(senders: list[Sender], rate: float, until: Any) -> int:
@@ -169,6 +181,7 @@ async def run(args: argparse.Namespace) -> None:
         **quotas_off(),
         "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
         "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_CONCURRENCY": str(args.concurrency),
     }
     node = None
     try:
@@ -262,6 +275,7 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=100)
     parser.add_argument("--drain-rate", type=float, default=100, help="msg/s while catching up")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--concurrency", type=int, default=8, help="WEBHOOK_CONCURRENCY")
     args = parser.parse_args()
     os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
     asyncio.run(run(args))
