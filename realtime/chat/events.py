@@ -126,26 +126,18 @@ def members_joined(conversation_id: str, user_ids: list[int]) -> None:
     """After commit, every open chat socket of these users subscribes and gets `joined`;
     the backend hears of each (outbox, `member_joined`)."""
     message = {"type": "tether.joined", "conversation": conversation_id}
-    news = _member_news(conversation_id, user_ids, outbox.MEMBER_JOINED, signals.member_joined)
-
-    def send() -> None:
-        control.send_where(message, user_id__in=user_ids, endpoint="chat")
-        news()
-
-    _after_commit(send)
+    _after_commit(lambda: control.send_where(message, user_id__in=user_ids, endpoint="chat"))
+    _after_commit(
+        _member_news(conversation_id, user_ids, outbox.MEMBER_JOINED, signals.member_joined)
+    )
 
 
 def member_left(conversation_id: str, user_id: int) -> None:
     """After commit, every open chat socket of this user unsubscribes and gets `left`;
     the backend hears of it (outbox, `member_left`)."""
     message = {"type": "tether.left", "conversation": conversation_id}
-    news = _member_news(conversation_id, [user_id], outbox.MEMBER_LEFT, signals.member_left)
-
-    def send() -> None:
-        control.send_where(message, user_id=user_id, endpoint="chat")
-        news()
-
-    _after_commit(send)
+    _after_commit(lambda: control.send_where(message, user_id=user_id, endpoint="chat"))
+    _after_commit(_member_news(conversation_id, [user_id], outbox.MEMBER_LEFT, signals.member_left))
 
 
 async def _to_members(conversation_id: str, frame: dict[str, Any], exclude_user: int) -> None:
