@@ -49,11 +49,10 @@ def conversation_group(conversation_id: str) -> str:
     return f"conv.{conversation_id}"
 
 
-async def messages_stored(runs: dict[str, Run], stored: Sequence[Message] = ()) -> None:
+async def messages_stored(runs: dict[str, Run]) -> None:
     """Committed messages of one or more conversations (a batch of sends): one layer
-    message per conversation and node, sent together; then the webhook task is woken
-    (the rows were written with the messages) and `message_event_stored` sent for
-    each of `stored` (senders loaded)."""
+    message per conversation and node, sent together; the webhook task is woken (the
+    outbox rows were written with the messages)."""
     await group_send_many(
         hub_layer(),
         [
@@ -62,7 +61,12 @@ async def messages_stored(runs: dict[str, Run], stored: Sequence[Message] = ()) 
         ],
     )
     hooks_node.wake()
-    if stored and signals.message_event_stored.has_listeners():
+
+
+async def messages_signalled(stored: Sequence[Message]) -> None:
+    """`message_event_stored` for each committed message (senders loaded), when
+    anything listens."""
+    if signals.message_event_stored.has_listeners():
         for message in stored:
             _logged(
                 await signals.message_event_stored.asend_robust(
@@ -88,7 +92,15 @@ def _after_commit(send: Callable[[], Any]) -> None:
 def message_stored(message: Message, text: str) -> None:
     """From sync code (REST, commands): out once the storing transaction commits."""
     run = {message.conversation_id: [(message.seq, text)]}
-    _after_commit(lambda: async_to_sync(messages_stored)(run, [message]))
+    _after_commit(lambda: async_to_sync(messages_stored)(run))
+    if signals.message_event_stored.has_listeners():
+        _after_commit(
+            lambda: _logged(
+                signals.message_event_stored.send_robust(
+                    sender=Message, event=message_event(message)
+                )
+            )
+        )
 
 
 def _member_news(

@@ -39,9 +39,8 @@ async def publish_batch(results: list[Result]) -> None:
             stored.append(m)
             by_conversation[m.conversation_id].append((m.seq, messages.encoded_frame(m)))
     if by_conversation:
-        await events.messages_stored(
-            {cid: sorted(items) for cid, items in by_conversation.items()}, stored
-        )
+        await events.messages_stored({cid: sorted(items) for cid, items in by_conversation.items()})
+        await events.messages_signalled(stored)
 
 
 Publish = Callable[[list[Result]], Awaitable[None]]

@@ -44,7 +44,7 @@ def heard() -> Iterator[dict[str, list[dict[str, Any]]]]:
         signal.disconnect(receiver)
 
 
-async def test_messages_from_the_batched_path_and_from_rest(runtime, heard) -> None:
+async def test_messages_from_the_batched_path_and_from_rest(heard) -> None:
     (alice, _), (bob, _) = await person(), await person()
     conv = await group(alice, bob)
     queue = SendQueue()
