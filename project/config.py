@@ -545,6 +545,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         "where every event is POSTed (PROTOCOL 13): `https://backend.example.com/tether`; "
         "needs `WEBHOOK_SECRET`",
         default_doc="empty: no webhooks, no outbox rows written",
+        # A receiver's URL may carry a credential (user information, a token parameter).
+        secret=True,
     ),
     Setting(
         "WEBHOOK_SECRET",
