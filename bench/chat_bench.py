@@ -255,6 +255,11 @@ def main() -> None:
         action="store_true",
         help="nodes reach PostgreSQL through PgBouncer in transaction mode",
     )
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="with WEBHOOK_URL set: every message also goes to a receiver on 127.0.0.1",
+    )
     args = parser.parse_args()
 
     from tests.support.live import DaphneNode, Stack
@@ -288,6 +293,12 @@ def main() -> None:
         **quotas_off(),
         "MAX_CONNECTIONS_PER_USER": "5",
     }
+    receiver = None
+    if args.webhooks:
+        from tests.support.receiver import SECRET, Receiver
+
+        receiver = Receiver().start()
+        settings.update(WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET)
     nodes = []
     try:
         stack.migrate()
@@ -349,6 +360,11 @@ def main() -> None:
         ]
         for proc in procs:
             proc.join(10)
+        if receiver is not None:
+            # What the node delivered by the end of the run, and soon after.
+            delivered_at_end = len(receiver.events("conversation.event"))
+            time.sleep(5)
+            delivered_later = len(receiver.events("conversation.event"))
     finally:
         for node in nodes:
             node.stop()
@@ -398,6 +414,12 @@ def main() -> None:
     print(f"CPU time taken by the host (steal): {stolen} % of the machine")
     if acks:
         print(f"mean ack {statistics.mean(acks) * 1000:.1f} ms")
+    if receiver is not None:
+        print(
+            f"webhook events delivered: {delivered_at_end} by the end, "
+            f"{delivered_later} 5 s later (of {len(acks)} acknowledged)"
+        )
+        receiver.stop()
 
 
 if __name__ == "__main__":

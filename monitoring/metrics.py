@@ -8,7 +8,7 @@ deliveries a second.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -52,3 +52,29 @@ HANDSHAKES_REFUSED = Counter(
 SLOW_CONSUMER_CLOSES = Counter(
     "tether_slow_consumer_closes_total", "Sockets closed with 4509 (outbound queue overflow)"
 )
+
+# Webhooks (PROTOCOL 13; realtime/hooks/). Attempts by outcome: `delivered` (2xx),
+# `http_error` (another status), `timeout` (no answer within WEBHOOK_TIMEOUT),
+# `connection_error` (refused, reset, DNS).
+WEBHOOK_ATTEMPTS = Counter(
+    "tether_webhook_attempts_total", "Webhook requests made, by outcome", ["outcome"]
+)
+# Events finished: `delivered`, or `failed` (given up after WEBHOOK_MAX_AGE).
+WEBHOOK_DELIVERIES = Counter(
+    "tether_webhook_deliveries_total", "Webhook events finished, by result", ["result"]
+)
+WEBHOOK_EVENT_ATTEMPTS = Histogram(
+    "tether_webhook_event_attempts",
+    "Requests an event took until delivered or given up",
+    buckets=(1, 2, 3, 5, 8, 13, 21, 50, 100, 300),
+)
+# Read from the database by each node's maintenance pass: the same value on every node.
+WEBHOOK_PENDING = Gauge("tether_webhook_pending", "Webhook events waiting to be delivered")
+WEBHOOK_FAILED = Gauge("tether_webhook_failed", "Webhook events given up and kept (admin: retry)")
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "tether_webhook_oldest_pending_seconds", "Age of the oldest webhook event not yet delivered"
+)
+for _outcome in ("delivered", "http_error", "timeout", "connection_error"):
+    WEBHOOK_ATTEMPTS.labels(_outcome)
+for _result in ("delivered", "failed"):
+    WEBHOOK_DELIVERIES.labels(_result)

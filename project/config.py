@@ -134,6 +134,18 @@ def parse_rate(raw: str) -> str:
     return value
 
 
+def parse_webhook_url(raw: str) -> str:
+    url = raw.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("the port is not a number between 0 and 65535") from None
+    return url
+
+
 def parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -542,6 +554,47 @@ DECLARATIONS: tuple[Setting, ...] = (
         "",
         "when set, a connection token's `iss` must equal it",
     ),
+    Setting(
+        "WEBHOOK_URL",
+        parse_webhook_url,
+        "",
+        "where every event is POSTed (PROTOCOL 13): `https://backend.example.com/tether`; "
+        "needs `WEBHOOK_SECRET`",
+        default_doc="empty: no webhooks, no outbox rows written",
+        # A receiver's URL may carry a credential (user information, a token parameter).
+        secret=True,
+    ),
+    Setting(
+        "WEBHOOK_SECRET",
+        parse_str,
+        "",
+        "key of the `Tether-Signature` HMAC-SHA256 of each webhook; required with `WEBHOOK_URL`",
+        default_doc="empty",
+        secret=True,
+    ),
+    Setting(
+        "WEBHOOK_MAX_AGE",
+        parse_int,
+        86400,
+        "seconds an event is retried (growing delays) before it is kept as failed",
+        minimum=60,
+    ),
+    Setting(
+        "WEBHOOK_TIMEOUT",
+        parse_int,
+        10,
+        "seconds a webhook request may take in all before it counts as failed and is retried",
+        minimum=1,
+        maximum=300,
+    ),
+    Setting(
+        "WEBHOOK_CONCURRENCY",
+        parse_int,
+        8,
+        "webhook requests one node has in flight at most (and connections it keeps open)",
+        minimum=1,
+        maximum=256,
+    ),
     Setting("LOG_LEVEL", parse_log_level, "INFO", "logging level"),
     Setting(
         "LOG_FORMAT", parse_log_format, "text", "`text`, or `json` for one JSON object per line"
@@ -607,6 +660,11 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             "PING_TIMEOUT",
             f"must be greater than HEARTBEAT_INTERVAL ({values['PING_TIMEOUT']} <= "
             f"{values['HEARTBEAT_INTERVAL']})",
+        )
+    if values["WEBHOOK_URL"] and not values["WEBHOOK_SECRET"]:
+        raise ConfigError(
+            "WEBHOOK_SECRET",
+            "required when WEBHOOK_URL is set (receivers verify every request with it)",
         )
     return Config(values=values, sources=sources)
 

@@ -1,4 +1,5 @@
-"""The operators' admin: live connections and nodes, conversations, topic namespaces.
+"""The operators' admin: live connections and nodes, conversations, topic namespaces,
+webhook events.
 
 The registry and the message tables are written by the nodes and the chat
 service only; the admin reads them, and acts through the same services the
@@ -20,7 +21,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from realtime.models import Conversation, LiveConnection, Membership, Message, Node
+from realtime.hooks import queue
+from realtime.models import Conversation, LiveConnection, Membership, Message, Node, OutboxEvent
 from realtime.node import control
 from realtime.node.registry import is_alive, silent_after
 from realtime.rest.permissions import DISCONNECT, holds
@@ -307,3 +309,41 @@ class MessageAdmin(ReadOnlyAdmin):
     @admin.display(description="sent", ordering="ts")
     def sent_at(self, obj: Message) -> Any:
         return datetime.fromtimestamp(obj.ts / 1000, tz=timezone.get_current_timezone())
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(ReadOnlyAdmin):
+    """Webhook events (PROTOCOL 13): what waits, what failed and the receiver's last
+    answer. Written by the chat service and worked by the nodes; *retry* puts chosen
+    events back in the queue."""
+
+    list_display = (
+        "event_id",
+        "type",
+        "order_key",
+        "state",
+        "attempts",
+        "last_status",
+        "last_error",
+        "queued_at",
+        "next_attempt_at",
+    )
+    list_filter = ("state", "type")
+    search_fields = ("=event_id", "=order_key")
+    ordering = ("-id",)
+    fields = (*list_display, "ts", "finished_at", "data")
+    readonly_fields = fields
+    actions = ["retry_selected"]
+    show_full_result_count = False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("realtime.change_outboxevent")
+
+    @admin.action(description="Retry selected (send again now)", permissions=["retry"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        again = queue.retry(list(queryset.values_list("id", flat=True)))
+        self.message_user(
+            request,
+            f"{again} event(s) put back in the queue; pending ones were left as they are.",
+            messages.SUCCESS,
+        )

@@ -9,6 +9,7 @@ class RealtimeConfig(AppConfig):
         from monitoring.views import set_operator_rule
         from realtime import checks  # noqa: F401 - registers system checks
         from realtime.chat.node import chat_node
+        from realtime.hooks.node import hooks_node
         from realtime.node.runtime import add_part
         from realtime.rest.permissions import VIEW_OPERATIONS, holds
         from realtime.topics.node import topics_node
@@ -18,3 +19,4 @@ class RealtimeConfig(AppConfig):
         add_part(topics_node)
         # Why a /ready/ check failed is shown to operators (monitoring cannot import this).
         set_operator_rule(lambda user: holds(user, VIEW_OPERATIONS))
+        add_part(hooks_node)

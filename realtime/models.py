@@ -149,3 +149,52 @@ class Message(models.Model):
                 name="idempotent_system_send",
             ),
         ]
+
+
+class OutboxEvent(models.Model):
+    """An event for the application's backend (PROTOCOL 13), written in the same
+    transaction as the change it tells of and delivered by any node (realtime/hooks/)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    STATES = [(PENDING, "pending"), (DELIVERED, "delivered"), (FAILED, "failed")]
+
+    # The order events were written in: a conversation's are delivered in it.
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.CharField(max_length=40, unique=True)
+    type = models.CharField(max_length=32)
+    # The event's `data` as JSON text, encoded once when stored and sent as is.
+    data = models.TextField()
+    ts = models.BigIntegerField()
+    # What orders delivery: a conversation's id, or `user:<id>` for presence.
+    order_key = models.CharField(max_length=64)
+    state = models.CharField(max_length=10, choices=STATES, default=PENDING)
+    attempts = models.IntegerField(default=0)
+    # When it may be sent next; while a node holds it, the end of that node's lease.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_status = models.IntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+    # When it was written, or put back by the admin's *retry*: it is given up
+    # `WEBHOOK_MAX_AGE` after this.
+    queued_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The claim looks for each key's oldest pending event, and for due ones.
+            models.Index(
+                fields=["order_key", "id"],
+                name="outbox_pending_key",
+                condition=models.Q(state="pending"),
+            ),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbox_pending_due",
+                condition=models.Q(state="pending"),
+            ),
+            models.Index(fields=["state", "finished_at"], name="outbox_finished"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"

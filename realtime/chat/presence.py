@@ -7,6 +7,8 @@ or `offline` (docs/architecture.md, rule 9), and a reaped node's users go offlin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -17,8 +19,10 @@ ONLINE = "online"
 OFFLINE = "offline"
 
 
-def update(user_id: int) -> str | None:
-    """Re-evaluate a user's status; the new status if it changed, else None."""
+def update(user_id: int, on_change: Callable[[str], None] | None = None) -> str | None:
+    """Re-evaluate a user's status; the new status if it changed, else None.
+    `on_change(status)` runs inside the transaction that stores a change (the
+    outbox's row commits with it)."""
     try:
         Presence.objects.get_or_create(user_id=user_id)
     except IntegrityError:
@@ -31,7 +35,10 @@ def update(user_id: int) -> str | None:
         row.online = online
         row.changed_at = timezone.now()
         row.save(update_fields=["online", "changed_at"])
-    return ONLINE if online else OFFLINE
+        status = ONLINE if online else OFFLINE
+        if on_change is not None:
+            on_change(status)
+    return status
 
 
 def query(user_ids: list[int]) -> dict[str, str]:

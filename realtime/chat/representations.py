@@ -23,6 +23,15 @@ def message_repr(message: Message) -> dict[str, Any]:
     }
 
 
+def message_event(message: Message) -> dict[str, Any]:
+    """The event as the backend hears of it (webhook `conversation.event`, the
+    `message_event_stored` signal): the `message` frame's fields without `type`,
+    `kind` included (PROTOCOL 10, 13)."""
+    event = message_repr(message)
+    event.setdefault("kind", "message")
+    return event
+
+
 def message_frame(message: Message) -> dict[str, Any]:
     return {"type": "message", **message_repr(message)}
 

@@ -32,12 +32,15 @@ async def store_in_pool(requests: list[SendRequest]) -> list[Result]:
 async def publish_batch(results: list[Result]) -> None:
     """Tell every node about the new messages of a batch, per conversation in seq order."""
     by_conversation: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    stored = []
     for result in results:
         if isinstance(result, Sent) and not result.duplicate:
             m = result.message
+            stored.append(m)
             by_conversation[m.conversation_id].append((m.seq, messages.encoded_frame(m)))
     if by_conversation:
         await events.messages_stored({cid: sorted(items) for cid, items in by_conversation.items()})
+        await events.messages_signalled(stored)
 
 
 Publish = Callable[[list[Result]], Awaitable[None]]

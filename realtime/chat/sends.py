@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,6 +23,8 @@ from monitoring import metrics
 from realtime.chat import events, messages
 from realtime.chat.conversations import forbidden, no_conversation, valid_conversation_id
 from realtime.chat.messages import Sent, table_sql
+from realtime.chat.representations import message_event
+from realtime.hooks import outbox
 from realtime.models import Message
 from realtime.node.db import bound_cursor, is_postgres, values_table
 from realtime.protocol import TetherError, bad_request, now_ms
@@ -183,6 +185,21 @@ def _mark_read(cursor: Any, positions: dict[tuple[str, int], int]) -> None:
     )
 
 
+def _outbox_events(rows: list[Message], offline: outbox.Offline) -> list[outbox.Event]:
+    """The backend's events of stored messages, in seq order per conversation: each
+    message (`conversation.event`), then a `notify.offline` for each other member
+    with no open chat socket when it was stored (PROTOCOL 13)."""
+    events_out: list[outbox.Event] = []
+    for m in rows:
+        cid = m.conversation_id
+        events_out.append(outbox.event(outbox.CONVERSATION_EVENT, cid, message_event(m), m.ts))
+        for uid, user in offline.get(cid, ()):
+            if uid != m.sender_id:
+                data = {"user": user, "conversation": cid, "seq": m.seq, "message_id": m.id}
+                events_out.append(outbox.event(outbox.NOTIFY_OFFLINE, cid, data, m.ts))
+    return events_out
+
+
 @contextmanager
 def _one_round_trip() -> Iterator[None]:
     """Send the statements inside together and wait once (psycopg's pipeline mode):
@@ -220,18 +237,24 @@ def _store(requests: list[SendRequest]) -> list[Result]:
         taken[cid] += 1
     fresh: list[int] = []
     first: dict[Key, int] = {}  # key → index of the send that stores it
+    # With webhooks on, the batch's outbox rows join the same two round trips: who is
+    # offline is read with the look-ups, the rows are inserted with the messages.
+    hooked = outbox.enabled()
     with (
         transaction.atomic(),
         bound_cursor() as one,
         bound_cursor() as two,
         bound_cursor() as three,
         bound_cursor() as four,
+        bound_cursor() if hooked else nullcontext() as five,
     ):
         with _one_round_trip():
             read_stored = _existing(one, keys)
             read_members = _memberships(two, asked)
             read_seqs = _bump(three, four, taken)
+            read_offline = outbox.offline_members(five, list(taken)) if hooked else dict
         stored, members, next_seq = read_stored(), read_members(), read_seqs()
+        offline = read_offline()
         for i, r in enumerate(requests):
             key = r.key
             if key in stored:
@@ -279,6 +302,8 @@ def _store(requests: list[SendRequest]) -> list[Result]:
                 _insert(one, rows)
             if read:
                 _mark_read(two, read)
+            if hooked and rows:
+                outbox.insert(five, _outbox_events(rows, offline))
             _commit_now(one)
     for i, r in enumerate(requests):
         if results[i] is None:

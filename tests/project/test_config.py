@@ -70,6 +70,10 @@ def test_environment_overrides_and_origins_follow_port() -> None:
         ({"TOPIC_NAMESPACES": '{"p": {"history_size": -1}}'}, "TOPIC_NAMESPACES", "history_size"),
         ({"TOPIC_NAMESPACES": '{"p": {"ttl": 5}}'}, "TOPIC_NAMESPACES", "unknown keys"),
         ({"DEMO_FEED": "no topic"}, "DEMO_FEED", "topic name"),
+        ({"WEBHOOK_URL": "https://b.example.com/t"}, "WEBHOOK_SECRET", "required"),
+        ({"WEBHOOK_URL": "ftp://b.example.com/", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL", "http"),
+        ({"WEBHOOK_URL": "https:///t", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL", "host"),
+        ({"WEBHOOK_CONCURRENCY": "0"}, "WEBHOOK_CONCURRENCY", "at least 1"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict, name: str, fragment: str) -> None:

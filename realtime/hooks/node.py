@@ -1,0 +1,180 @@
+"""Webhook delivery on every node (a `NodePart`, added by realtime/apps.py).
+
+One task per node claims due events (realtime/hooks/queue.py) for its free
+slots, sends each with one shared httpx client (connections kept alive, at most
+`WEBHOOK_CONCURRENCY` requests in flight), and writes the results back together.
+The database work runs on the pool threads (docs/architecture.md, rule 7); the
+chat path only writes rows and, after its commit, wakes this task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import httpx
+from django.conf import settings
+
+from monitoring import metrics
+from realtime.hooks import outbox, queue, signing
+from realtime.hooks.queue import Claimed, Outcome
+from realtime.node.db import in_pool
+
+if TYPE_CHECKING:
+    from realtime.node.runtime import NodeRuntime
+
+log = logging.getLogger("tether.webhooks")
+
+# How often a node looks for due events when nothing woke it: events written on
+# other nodes, and retries coming due.
+POLL_SECONDS = 1.0
+# Events claimed per request slot: the next ones are at hand when a request ends,
+# instead of a claim's round trip later.
+CLAIM_AHEAD = 2
+# How long a pass waits for more answers when requests are still in flight.
+COALESCE_SECONDS = 0.005
+
+
+class Delivery:
+    """The node's delivery task and its in-flight requests."""
+
+    def __init__(self) -> None:
+        self.concurrency = settings.WEBHOOK_CONCURRENCY
+        self.timeout = float(settings.WEBHOOK_TIMEOUT)
+        # An event claimed may first wait for a free request slot behind the others
+        # claimed: at most one request's time for each of CLAIM_AHEAD rounds.
+        self.lease = CLAIM_AHEAD * self.timeout + queue.LEASE_MARGIN_SECONDS
+        self.slots = asyncio.Semaphore(self.concurrency)
+        # Events held by this node: sending, or waiting for a request slot.
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self._done: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def wake(self) -> None:
+        """Look for due events now (from any thread: called after commits)."""
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed: the node stopped
+            pass
+
+    async def run(self) -> None:
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        async with httpx.AsyncClient(
+            limits=limits, timeout=self.timeout, follow_redirects=False
+        ) as client:
+            try:
+                while True:
+                    try:
+                        await self._cycle(client)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        # The database is away: what was leased comes back after the lease.
+                        log.exception("webhook delivery pass failed")
+                        await asyncio.sleep(POLL_SECONDS)
+            finally:
+                for task in self.in_flight:
+                    task.cancel()
+
+    async def _cycle(self, client: httpx.AsyncClient) -> None:
+        self._wake.clear()
+        done, self._done = self._done, []
+        if done:
+            try:
+                await in_pool(queue.finish)(done)
+            except Exception:
+                self._done = done + self._done  # written with the next pass's
+                raise
+        free = CLAIM_AHEAD * self.concurrency - len(self.in_flight)
+        claimed = await in_pool(queue.claim)(free, self.lease) if free > 0 else []
+        for event in claimed:
+            task = asyncio.get_running_loop().create_task(self._deliver(client, event))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+        try:
+            # A finished request or a local commit wakes the task at once.
+            await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+        except TimeoutError:
+            return
+        if self.in_flight:
+            # More answers are on their way: write them back and claim together, one
+            # pool call and transaction for several events instead of two per event.
+            await asyncio.sleep(COALESCE_SECONDS)
+
+    async def _deliver(self, client: httpx.AsyncClient, event: Claimed) -> None:
+        raw = signing.body(event.event_id, event.type, event.ts, event.data)
+        headers = signing.headers(settings.WEBHOOK_SECRET, event.event_id, int(time.time()), raw)
+        status: int | None = None
+        try:
+            # httpx's timeout bounds each phase; the setting bounds the request in all.
+            async with self.slots, asyncio.timeout(self.timeout):
+                response = await client.post(settings.WEBHOOK_URL, content=raw, headers=headers)
+            status = response.status_code
+            delivered = 200 <= status < 300
+            error = "" if delivered else f"HTTP {status}: {response.text[:200]}"
+            outcome = "delivered" if delivered else "http_error"
+        except (TimeoutError, httpx.TimeoutException):
+            delivered, error, outcome = False, f"no answer within {self.timeout:g}s", "timeout"
+        except httpx.HTTPError as exc:
+            delivered, error = False, f"{type(exc).__name__}: {exc}"
+            outcome = "connection_error"
+        except Exception as exc:  # anything else is retried as well, and logged
+            log.exception("webhook event %s: request failed", event.event_id)
+            delivered, error, outcome = False, f"{type(exc).__name__}: {exc}", "connection_error"
+        self._settle(event, delivered, status, error, outcome)
+
+    def _settle(
+        self, event: Claimed, delivered: bool, status: int | None, error: str, outcome: str
+    ) -> None:
+        """Count the attempt and keep its result for the next write-back."""
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
+        retry_at = None if delivered else queue.next_attempt(event, settings.WEBHOOK_MAX_AGE)
+        if delivered or retry_at is None:
+            metrics.WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed").inc()
+            metrics.WEBHOOK_EVENT_ATTEMPTS.observe(event.attempts)
+            if not delivered:
+                log.warning("webhook event %s given up: %s", event.event_id, error)
+        self._done.append(Outcome(event.id, event.attempts, delivered, status, error, retry_at))
+        self._wake.set()
+
+
+class HooksNode:
+    """Webhook delivery where `WEBHOOK_URL` is set; the backlog's gauges on every node."""
+
+    def __init__(self) -> None:
+        self.delivery: Delivery | None = None
+
+    def start(self, runtime: NodeRuntime) -> None:
+        self.delivery = None
+        if outbox.enabled():
+            self.delivery = Delivery()
+            runtime.run_in_background(self.delivery.run(), "tether-webhooks")
+
+    async def maintain(self, runtime: NodeRuntime) -> None:
+        if not outbox.enabled():
+            return
+        backlog = await in_pool(queue.backlog)()
+        metrics.WEBHOOK_PENDING.set(backlog.pending)
+        metrics.WEBHOOK_FAILED.set(backlog.failed)
+        metrics.WEBHOOK_OLDEST_PENDING.set(backlog.oldest_pending_seconds)
+        await in_pool(queue.prune)()
+
+    async def recheck_users(self, user_ids: Iterable[int]) -> None:
+        return None  # presence events are written where presence changes
+
+    def sizes(self) -> dict[str, int]:
+        return {"webhooks_in_flight": len(self.delivery.in_flight) if self.delivery else 0}
+
+    def wake(self) -> None:
+        """Events were committed on this node: deliver them without waiting for a poll."""
+        if self.delivery is not None:
+            self.delivery.wake()
+
+
+hooks_node = HooksNode()
