@@ -126,6 +126,8 @@ async def test_stats_name_every_live_node_with_diagnostics(production_stack, mak
     body = stats()
     ghost = {n["name"]: n for n in body["nodes"]}.get("stats-ghost")
     assert ghost is None or ghost["alive"] is False  # None: a reaper already removed it
-    assert body["totals"]["nodes"] == 2
+    # The totals count the live nodes only (an earlier test's killed node may still
+    # look alive for PING_TIMEOUT + 10 s in the session's shared database).
+    assert body["totals"]["nodes"] == sum(1 for n in body["nodes"] if n["alive"]) >= 2
     await user.close()
     await on_b.close()

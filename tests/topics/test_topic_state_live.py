@@ -72,10 +72,12 @@ def rss(node: DaphneNode) -> int:
 
 
 def redis_keys(stack: Stack) -> set[bytes]:
+    """Every key but the per-user quota counters (docs/security.md, "Limits"): one a
+    user and window whatever the topics, each gone with its window."""
     import redis
 
     with redis.Redis.from_url(stack.redis_url) as client:
-        return set(client.scan_iter(count=1000))
+        return {k for k in client.scan_iter(count=1000) if b"tether:quota:" not in k}
 
 
 async def probe_sockets(client: WsClient, names: list[str]) -> set[tuple[Any, ...]]:
