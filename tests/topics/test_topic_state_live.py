@@ -17,7 +17,7 @@ from tests.support.waiting import eventually
 from tests.support.wsclient import WsClient
 
 # Names probed per way in (socket, REST): "a few thousand" in all.
-PROBES = 1500
+PROBES = 600
 # Frames in flight at once on the probing socket (each answered before the next batch).
 BATCH = 50
 # Without `ops`: the node's figures would otherwise create `ops:stats` mid-test.
