@@ -70,6 +70,7 @@ urlpatterns = [
     path("", pages.home, name="home"),
     path("chat/", pages.chat, name="chat"),
     path("feeds/", pages.feeds, name="feeds"),
+    path("sw.js", pages.service_worker, name="service-worker"),
     path("ops/", pages.ops, name="ops"),
     path("accounts/signup/", pages.signup, name="signup"),
     path("accounts/login/", pages.LoginView.as_view(), name="login"),
