@@ -146,9 +146,9 @@ class Delivery:
     async def _push(self, client: httpx.AsyncClient, event: Claimed, job: pushes.Prepared) -> None:
         """One push (PROTOCOL 14): 404/410 remove the subscription, 429 and 5xx are
         retried no sooner than `Retry-After`, other errors are given up."""
-        if job.request is None:
-            outcome = "refused" if job.action != pushes.DROP else "gone"
-            metrics.PUSH_ATTEMPTS.labels(outcome).inc()
+        if job.request is None:  # not sent: its subscription is gone, or its endpoint refused
+            if job.action != pushes.DROP:
+                metrics.PUSH_ATTEMPTS.labels("refused").inc()
             retry_at = (
                 queue.next_attempt(event, settings.WEBHOOK_MAX_AGE)
                 if job.action == pushes.RETRY
@@ -219,7 +219,7 @@ class Delivery:
 
 class HooksNode:
     """Outbox delivery on every node (pushes always, webhooks where `WEBHOOK_URL` is
-    set); the backlog's gauges where webhooks are on."""
+    set) and the backlog's gauges."""
 
     def __init__(self) -> None:
         self.delivery: Delivery | None = None
@@ -229,8 +229,8 @@ class HooksNode:
         runtime.run_in_background(self.delivery.run(), "tether-webhooks")
 
     async def maintain(self, runtime: NodeRuntime) -> None:
-        if not outbox.enabled():
-            return
+        # Push rows are written with or without a webhook URL: the gauges and the
+        # pruning run either way.
         backlog = await in_pool(queue.backlog)()
         metrics.WEBHOOK_PENDING.set(backlog.pending)
         metrics.WEBHOOK_FAILED.set(backlog.failed)

@@ -25,6 +25,19 @@ export class NotificationsToggle {
       }
     });
     this.ready = this.start();
+    // Logging out here turns this browser's pushes off first: the next person at
+    // this browser must not be shown the previous user's messages.
+    const logout = document.querySelector('[data-testid="logout"]');
+    const form = logout && logout.form;
+    if (form) {
+      form.addEventListener("submit", async (e) => {
+        if (this.button.dataset.state !== "on" || form.dataset.pushOff) return;
+        e.preventDefault();
+        form.dataset.pushOff = "1";
+        await this.off().catch(() => null);
+        form.submit();
+      });
+    }
   }
 
   async start() {

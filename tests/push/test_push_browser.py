@@ -233,3 +233,26 @@ def test_toggle_shows_denied_when_the_browser_refuses(
     t.page.evaluate("() => { Notification.requestPermission = async () => 'denied'; }")
     t.by_id("notifications-toggle").click()
     t.page.wait_for_selector('[data-testid="notifications-toggle"][data-state="denied"]')
+
+
+def test_logging_out_turns_this_browsers_pushes_off(
+    web: DaphneNode, tab: Callable[[], Tab], service: PushService
+) -> None:
+    dave = make_user(web, unique("dave"))
+    _, subscription = service.subscription()
+    t = tab()
+    t.context.grant_permissions(["notifications"], origin=web.url)
+    t.context.add_init_script(f"({FAKE_PUSH_MANAGER})({json.dumps(subscription.to_json())})")
+    t.login(dave)
+    t.by_id("notifications-toggle").click()
+    t.page.wait_for_selector('[data-testid="notifications-toggle"][data-state="on"]')
+
+    def stored() -> int:
+        return web.stack.sql(
+            "SELECT count(*) FROM realtime_pushsubscription WHERE user_id = %s", dave.id
+        )[0][0]
+
+    assert stored() == 1
+    t.by_id("logout").click()
+    t.page.wait_for_url(f"{web.url}/accounts/login/**")
+    assert stored() == 0
