@@ -216,3 +216,37 @@ async def test_pushes_survive_a_node_killed_before_sending(
     await wait(service, lambda s: s.of(token), 20, "the push after the restart")
     await asyncio.sleep(1)
     assert [p.payload["body"] for p in service.of(token)] == ["hey"]
+
+
+async def test_pushes_and_webhooks_together(
+    embedded_stack: Stack, make_node: Callable[..., DaphneNode], service: PushService
+) -> None:
+    from tests.support.receiver import SECRET, Receiver
+
+    receiver = Receiver().start()
+    try:
+        node = make_node(embedded_stack, **pushing(WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET))
+        alice, bob = person(node), person(node)
+        token, _ = subscribe(node, bob, service)
+        cid = group(node, alice, bob)
+        status, sent = alice.api(
+            node, "POST", f"/api/conversations/{cid}/messages/", {"id": unique("r"), "body": "b"}
+        )
+        assert status == 201
+        await wait(service, lambda s: s.of(token), 10, "the push")
+        notified = await asyncio.to_thread(
+            receiver.wait_for, lambda r: r.events("notify.offline"), 10, "notify.offline"
+        )
+        assert notified[0]["data"]["message_id"] == sent["message_id"]
+        assert service.of(token)[0].payload["message_id"] == sent["message_id"]
+        # The receiver never sees a push row.
+        await asyncio.sleep(1)
+        assert {e["type"] for e in receiver.events()} <= {
+            "member.joined",
+            "conversation.event",
+            "notify.offline",
+            "presence.online",
+            "presence.offline",
+        }
+    finally:
+        receiver.stop()

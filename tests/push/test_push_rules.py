@@ -162,3 +162,27 @@ def test_subscriptions_per_user_and_endpoint(settings, django_user_model) -> Non
         subscriptions.subscribe(alice, service.subscription()[1].to_json())
     assert alice.push_subscriptions.count() == subscriptions.MAX_PER_USER
     assert not alice.push_subscriptions.filter(endpoint=sub.endpoint).exists()
+
+
+def test_push_payload_of_a_message_and_of_a_system_message(django_user_model) -> None:
+    from realtime.hooks import outbox
+    from realtime.models import Message
+
+    alice = django_user_model(id=7, username="alice")
+    said = Message(id="m_1", conversation_id="k1", seq=3, sender=alice, body="é" * 150, ts=1)
+    assert outbox.push_payload(said) == {
+        "type": "message",
+        "conversation": "k1",
+        "seq": 3,
+        "message_id": "m_1",
+        "sender": {"id": 7, "username": "alice"},
+        "body": "é" * 100,
+    }
+    system = Message(id="m_2", conversation_id="k1", seq=4, sender=None, body="notice", ts=1)
+    assert outbox.push_payload(system)["sender"] is None
+    # One row per subscription of each member but the sender, keyed by subscription.
+    rows = outbox.pushes(said, {"k1": [(7, 1), (8, 2), (9, 3)]})
+    assert [(r.type, r.order_key) for r in rows] == [
+        ("push.message", "push:2"),
+        ("push.message", "push:3"),
+    ]
