@@ -564,6 +564,13 @@ DECLARATIONS: tuple[Setting, ...] = (
         "`subscribe` and `unsubscribe` frames per user, across nodes (`rate_limited` "
         "beyond; the socket stays open)",
     ),
+    Setting(
+        "QUOTA_PUSH_SUBSCRIPTIONS",
+        parse_rate,
+        "60/hour",
+        "Web Push subscriptions registered or removed per user (each registration resolves "
+        "the endpoint's host), across nodes",
+    ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(
         "API_TOKEN_TTL",

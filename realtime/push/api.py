@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from realtime.push import subscriptions, vapid
 from realtime.rest import openapi as doc
 from realtime.rest.parsing import json_body
+from realtime.rest.throttles import UserQuota
 
 
 class PushKeyBody(serializers.Serializer):
@@ -67,6 +68,8 @@ class PushKeyView(APIView):
 
 
 class PushSubscriptionsView(APIView):
+    throttle_classes = [UserQuota.of("push_subscriptions", "POST", "DELETE")]
+
     @extend_schema(
         summary="Register a push subscription",
         description="The browser's `PushSubscription.toJSON()`. 201 when new, 200 when the "
