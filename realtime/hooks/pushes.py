@@ -42,13 +42,20 @@ def prepare(claimed: list[Claimed]) -> dict[int, Prepared]:
     wanted = {c.id: json.loads(c.data) for c in claimed}
     rows = PushSubscription.objects.in_bulk({d["subscription"] for d in wanted.values()})
     out: dict[int, Prepared] = {}
+    resolved: dict[str, list[str]] = {}  # most pushes of a claim go to a few push services
+
+    def resolve(host: str) -> list[str]:
+        if host not in resolved:
+            resolved[host] = endpoints.resolve(host)
+        return resolved[host]
+
     for row_id, data in wanted.items():
         sid = data["subscription"]
         subscription = rows.get(sid)
         if subscription is None:
             out[row_id] = Prepared(DROP, sid, error="subscription removed")
             continue
-        why = endpoints.problem(subscription.endpoint)
+        why = endpoints.problem(subscription.endpoint, resolve)
         if why is not None:
             action = RETRY if "does not resolve" in why else REFUSE
             out[row_id] = Prepared(action, sid, error=f"endpoint {why}")

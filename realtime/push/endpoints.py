@@ -61,12 +61,14 @@ def problem(endpoint: object, resolver: Resolver | None = resolve) -> str | None
         return "is not a URL"
     if not host or any(c.isspace() for c in endpoint):
         return "is not a URL with a host"
+    # Before the allowlist: `http://127.0.0.1:80@elsewhere/` starts with an allowed
+    # prefix and goes to `elsewhere`.
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "must not carry credentials"
     if allowlisted(endpoint):
         return None
     if parts.scheme != "https":
         return "must be an https:// URL"
-    if parts.username is not None or parts.password is not None:
-        return "must not carry credentials"
     try:
         literal: str | None = str(ipaddress.ip_address(host))
     except ValueError:

@@ -72,8 +72,10 @@ def test_endpoints_allowed_and_the_allowlist(settings) -> None:
     assert endpoints.problem("http://127.0.0.1:9000/push/a", resolver({})) is not None
     settings.PUSH_ENDPOINT_ALLOWLIST = ["http://127.0.0.1:"]
     assert endpoints.problem("http://127.0.0.1:9000/push/a", resolver({})) is None
-    # A prefix is a prefix: another host that starts alike is not allowed.
+    # A prefix is a prefix: another host that starts alike is not allowed, nor a URL that
+    # starts with the prefix and names another host after credentials.
     assert endpoints.problem("http://127.0.0.2:9000/push/a", resolver({})) is not None
+    assert endpoints.problem("http://127.0.0.1:80@10.0.0.1/push", resolver({})) is not None
 
 
 def test_vapid_key_generated_once_and_kept(tmp_path: Path, monkeypatch) -> None:
