@@ -1,10 +1,11 @@
 """Web Push in a real Chromium (Playwright, Debian's /usr/bin/chromium): the chat page's
-notifications toggle subscribes and the server stores the subscription; a push the
+notifications toggle subscribes (and off unsubscribes; so does logging out) and the
+server stores the subscription; a push the
 server sent (to the fake push service, which decrypts it) is delivered to the
 service worker through the DevTools protocol (`ServiceWorker.deliverPushMessage`),
 which shows a notification with the sender, the text and a group's title, and
 stays silent while a Tether page is visible; the notification's click opens the
-conversation.
+conversation, by navigating a Tether tab there or in the open chat tab itself.
 
 Two stand-ins, because a test machine has no Google push service: Playwright's
 contexts are incognito-like, where Chromium refuses `pushManager.subscribe`
@@ -167,13 +168,20 @@ def test_toggle_subscribes_and_a_push_shows_a_notification_that_opens_the_conver
         return payload
 
     token = subscription.endpoint.rsplit("/", 1)[1]
-    # Bob's page is open but his chat socket is what counts: close the page's socket by
-    # leaving the origin; the service worker stays.
-    b.page.goto("about:blank")
-    for _ in range(100):
-        if not web.stack.sql("SELECT 1 FROM realtime_liveconnection WHERE user_id = %s", bob.id):
-            break
-        b.page.wait_for_timeout(100)
+
+    def away(page: Any) -> None:
+        """Leave the origin and wait until bob has no chat socket left; the worker stays."""
+        page.goto("about:blank")
+        for _ in range(100):
+            if not web.stack.sql(
+                "SELECT 1 FROM realtime_liveconnection WHERE user_id = %s", bob.id
+            ):
+                return
+            page.wait_for_timeout(100)
+        raise AssertionError("bob's chat socket is still recorded")
+
+    # Bob has no chat socket anywhere: the server pushes.
+    away(b.page)
     post("first, while nobody looks")
     first = pushed(1)
     assert first["sender"]["username"] == alice.username and first["conversation"] == cid
@@ -218,6 +226,42 @@ def test_toggle_subscribes_and_a_push_shows_a_notification_that_opens_the_conver
         f'[data-testid="conversation"][data-conversation-id="{cid}"].active', timeout=15_000
     )
     assert watcher.evaluate(NOTIFICATIONS) == []  # the click closed it
+
+    # A direct message (the sender's name as title) clicked while a chat tab is open:
+    # that tab opens it in place, without loading the page again.
+    status, direct, _ = http(
+        "POST",
+        web.url + "/api/conversations/",
+        {"kind": "direct", "members": [bob.id]},
+        {"Authorization": f"Bearer {alice.token}"},
+    )
+    assert status in (200, 201), direct
+    away(watcher)
+    cid = direct["id"]
+    status, _, _ = http(
+        "POST",
+        f"{web.url}/api/conversations/{cid}/messages/",
+        {"id": unique("m"), "body": "just you"},
+        {"Authorization": f"Bearer {alice.token}"},
+    )
+    assert status == 201
+    second = pushed(2)
+    assert second["conversation"] == cid
+    cdp.send(
+        "ServiceWorker.deliverPushMessage",
+        {"origin": web.url, "registrationId": registration, "data": json.dumps(second)},
+    )
+    watcher.goto(web.url + "/chat/")
+    watcher.wait_for_selector('[data-testid="connection-status"][data-state="connected"]')
+    watcher.wait_for_selector(f'[data-testid="conversation"][data-conversation-id="{cid}"]')
+    shown = watcher.evaluate(NOTIFICATIONS)
+    assert [(n["title"], n["body"]) for n in shown] == [(alice.username, "just you")]
+    watcher.evaluate("() => { window.__samePage = true; }")
+    assert worker.evaluate(CLICK) == cid
+    watcher.wait_for_selector(
+        f'[data-testid="conversation"][data-conversation-id="{cid}"].active', timeout=15_000
+    )
+    assert watcher.evaluate("() => window.__samePage") is True
 
 
 def test_toggle_shows_denied_when_the_browser_refuses(
