@@ -1,9 +1,8 @@
 """Web Push in a real Chromium (Playwright, Debian's /usr/bin/chromium): the chat page's
 notifications toggle subscribes (and off unsubscribes; so does logging out) and the
-server stores the subscription; a push the
-server sent (to the fake push service, which decrypts it) is delivered to the
-service worker through the DevTools protocol (`ServiceWorker.deliverPushMessage`),
-which shows a notification with the sender, the text and a group's title, and
+server stores the subscription; a push the server sent (to the fake push service,
+which decrypts it) is delivered to the service worker through the DevTools protocol
+(`ServiceWorker.deliverPushMessage`), which shows a notification with the sender, the text and a group's title, and
 stays silent while a Tether page is visible; the notification's click opens the
 conversation, by navigating a Tether tab there or in the open chat tab itself.
 
