@@ -219,7 +219,7 @@ class Delivery:
 
 class HooksNode:
     """Outbox delivery on every node (pushes always, webhooks where `WEBHOOK_URL` is
-    set) and the backlog's gauges."""
+    set); the webhook backlog's gauges where webhooks are on."""
 
     def __init__(self) -> None:
         self.delivery: Delivery | None = None
@@ -229,13 +229,15 @@ class HooksNode:
         runtime.run_in_background(self.delivery.run(), "tether-webhooks")
 
     async def maintain(self, runtime: NodeRuntime) -> None:
-        # Push rows are written with or without a webhook URL: the gauges and the
-        # pruning run either way.
-        backlog = await in_pool(queue.backlog)()
+        # Push rows are written with or without a webhook URL: the pruning runs either
+        # way; the gauges are the webhooks' (pushes have tether_push_attempts_total).
+        await in_pool(queue.prune)()
+        if not outbox.enabled():
+            return
+        backlog = await in_pool(queue.backlog)(outbox.PUSH_MESSAGE)
         metrics.WEBHOOK_PENDING.set(backlog.pending)
         metrics.WEBHOOK_FAILED.set(backlog.failed)
         metrics.WEBHOOK_OLDEST_PENDING.set(backlog.oldest_pending_seconds)
-        await in_pool(queue.prune)()
 
     async def recheck_users(self, user_ids: Iterable[int]) -> None:
         return None  # presence events are written where presence changes

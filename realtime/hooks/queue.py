@@ -205,14 +205,15 @@ class Backlog:
     oldest_pending_seconds: float
 
 
-def backlog() -> Backlog:
-    """What waits: the pending count, the failed count and the oldest pending event's age."""
-    pending = OutboxEvent.objects.filter(state=OutboxEvent.PENDING)
+def backlog(exclude_type: str = "") -> Backlog:
+    """What waits: the pending count, the failed count and the oldest pending event's age
+    (events of `exclude_type` left out: the webhook gauges do not count pushes, whose
+    push services fail on their own)."""
+    rows = OutboxEvent.objects.exclude(type=exclude_type) if exclude_type else OutboxEvent.objects
+    pending = rows.filter(state=OutboxEvent.PENDING)
     oldest = pending.order_by("id").values_list("queued_at", flat=True).first()
     age = 0.0 if oldest is None else max(0.0, (timezone.now() - oldest).total_seconds())
-    return Backlog(
-        pending.count(), OutboxEvent.objects.filter(state=OutboxEvent.FAILED).count(), age
-    )
+    return Backlog(pending.count(), rows.filter(state=OutboxEvent.FAILED).count(), age)
 
 
 def prune() -> int:

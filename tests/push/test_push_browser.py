@@ -2,9 +2,10 @@
 notifications toggle subscribes (and off unsubscribes; so does logging out) and the
 server stores the subscription; a push the server sent (to the fake push service,
 which decrypts it) is delivered to the service worker through the DevTools protocol
-(`ServiceWorker.deliverPushMessage`), which shows a notification with the sender, the text and a group's title, and
-stays silent while a Tether page is visible; the notification's click opens the
-conversation, by navigating a Tether tab there or in the open chat tab itself.
+(`ServiceWorker.deliverPushMessage`), which shows a notification with the sender,
+the text and a group's title, and stays silent while a Tether page is visible; the
+notification's click opens the conversation, by navigating a Tether tab there or in
+the open chat tab itself.
 
 Two stand-ins, because a test machine has no Google push service: Playwright's
 contexts are incognito-like, where Chromium refuses `pushManager.subscribe`
