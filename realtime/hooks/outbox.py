@@ -167,9 +167,11 @@ def push_targets(cursor: Any, conversation_ids: list[str]) -> Callable[[], Subsc
     if not conversation_ids:
         return dict
     where, params = any_of("m.conversation_id", sorted(conversation_ids))
+    # A disabled account's browsers are told nothing (its sockets were closed too).
     cursor.execute(
         f"SELECT m.conversation_id, s.user_id, s.id FROM {_table(PushSubscription)} s "
         f"JOIN {_table(Membership)} m ON m.user_id = s.user_id "
+        f"JOIN {_table(get_user_model())} u ON u.id = s.user_id AND u.is_active "
         f"WHERE {where} AND NOT EXISTS (SELECT 1 FROM {_table(LiveConnection)} c "
         "WHERE c.user_id = s.user_id AND c.endpoint = 'chat') ORDER BY s.id",
         params,

@@ -188,3 +188,41 @@ def test_push_payload_of_a_message_and_of_a_system_message(django_user_model) ->
         ("push.message", "push:2"),
         ("push.message", "push:3"),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_push_rows_for_members_away_but_not_the_sender_online_or_disabled(settings) -> None:
+    import json
+
+    from realtime.chat import sends
+    from realtime.models import OutboxEvent, PushSubscription
+    from tests.hooks.test_outbox import conversation, online, users
+
+    settings.WEBHOOK_URL = ""  # pushes do not need webhooks
+    alice, bob, carol, dave = users(4)
+    cid = conversation(alice, bob, carol, dave)
+    subs = {}
+    for who in (alice, bob, carol, dave):
+        keys = PushService().subscription()[1].to_json()["keys"]
+        subs[who.pk] = PushSubscription.objects.create(
+            user=who, endpoint=f"https://push.example.com/{who.pk}", **keys
+        ).pk
+    online(carol)
+    dave.is_active = False
+    dave.save()
+
+    def pushed() -> list[tuple[str, int, dict]]:
+        out = []
+        for e in OutboxEvent.objects.filter(type="push.message").order_by("id"):
+            data = json.loads(e.data)
+            out.append((e.order_key, data["subscription"], data["payload"]))
+        return out
+
+    sent = sends.send(alice, cid, "k1", "hi")
+    (key, sid, payload), *more = pushed()
+    assert more == [] and key == f"push:{subs[bob.pk]}" and sid == subs[bob.pk]
+    assert payload["message_id"] == sent.message.id and payload["seq"] == sent.message.seq
+    assert OutboxEvent.objects.exclude(type="push.message").count() == 0
+    # A duplicate send is no news.
+    sends.send(alice, cid, "k1", "hi")
+    assert len(pushed()) == 1
