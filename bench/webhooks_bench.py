@@ -27,10 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from realtime.node.quotas import all_off as quotas_off  # noqa: E402
-
 from bench.chat_bench import percentile, seed  # noqa: E402
 from bench.machine import process_cpu  # noqa: E402
+from realtime.rest.quotas import all_off as quotas_off  # noqa: E402
 
 
 async def open_socket(url: str, token: str) -> Any:

@@ -76,5 +76,14 @@ WEBHOOK_OLDEST_PENDING = Gauge(
 )
 for _outcome in ("delivered", "http_error", "timeout", "connection_error"):
     WEBHOOK_ATTEMPTS.labels(_outcome)
+# Web Push requests (PROTOCOL 14), from the same outbox: `delivered` (2xx), `gone`
+# (404/410: the subscription is removed), `http_error` (another status), `timeout`,
+# `connection_error`, `refused` (the endpoint now resolves to a private address, or
+# its keys cannot be encrypted for: not sent).
+PUSH_ATTEMPTS = Counter(
+    "tether_push_attempts_total", "Web Push requests made, by outcome", ["outcome"]
+)
+for _outcome in ("delivered", "gone", "http_error", "timeout", "connection_error", "refused"):
+    PUSH_ATTEMPTS.labels(_outcome)
 for _result in ("delivered", "failed"):
     WEBHOOK_DELIVERIES.labels(_result)

@@ -146,6 +146,61 @@ def parse_webhook_url(raw: str) -> str:
     return url
 
 
+def parse_vapid_key(raw: str) -> str:
+    """A P-256 private key, as PEM (`\\n` may stand for newlines) or as the base64url
+    of its 32 raw bytes (what web-push tools print); kept as PKCS#8 PEM."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    text = raw.strip().replace("\\n", "\n")
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+        else:
+            secret = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            if len(secret) != 32:
+                raise ValueError
+            key = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
+    except (ValueError, TypeError):
+        raise ValueError(
+            "not a P-256 private key (PEM, or base64url of its 32 raw bytes)"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ValueError("VAPID keys are P-256 EC keys (RFC 8292)")
+    return _pem(key)
+
+
+def _pem(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def parse_vapid_subject(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if value.startswith("mailto:") and "@" in value[len("mailto:") :]:
+        return value
+    if parts.scheme == "https" and parts.hostname:
+        return value
+    raise ValueError("expected a mailto: address or an https:// URL (RFC 8292, section 2.1)")
+
+
+def parse_url_prefixes(raw: str) -> list[str]:
+    prefixes = parse_list(raw)
+    for prefix in prefixes:
+        parts = urlsplit(prefix)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"{prefix!r} is not a URL prefix like http://127.0.0.1:")
+    return prefixes
+
+
 def parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -249,6 +304,30 @@ def _default_secret_key(_: dict[str, Any]) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
     return key
+
+
+def _default_vapid_key(_: dict[str, Any]) -> str:
+    """Generate once, keep in var/vapid_private_key.pem: browsers' subscriptions are
+    bound to the public key, so a new key would orphan every one of them. Written
+    under a temporary name and linked into place, so nodes starting together on
+    one host all end up with the one key that won."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = VAR_DIR / "vapid_private_key.pem"
+    if path.exists():
+        return parse_vapid_key(path.read_text())
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    temporary = VAR_DIR / f".vapid-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(_pem(ec.generate_private_key(ec.SECP256R1())))
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process won: its key is the one
+    finally:
+        temporary.unlink()
+    return parse_vapid_key(path.read_text())
 
 
 def _default_origins(values: dict[str, Any]) -> list[str]:
@@ -501,6 +580,13 @@ DECLARATIONS: tuple[Setting, ...] = (
         "`subscribe` and `unsubscribe` frames per user, across nodes (`rate_limited` "
         "beyond; the socket stays open)",
     ),
+    Setting(
+        "QUOTA_PUSH_SUBSCRIPTIONS",
+        parse_rate,
+        "60/hour",
+        "Web Push subscriptions registered or removed per user (each registration resolves "
+        "the endpoint's host), across nodes",
+    ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(
         "API_TOKEN_TTL",
@@ -594,6 +680,30 @@ DECLARATIONS: tuple[Setting, ...] = (
         "webhook requests one node has in flight at most (and connections it keeps open)",
         minimum=1,
         maximum=256,
+    ),
+    Setting(
+        "VAPID_PRIVATE_KEY",
+        parse_vapid_key,
+        "",
+        "Web Push's VAPID key (PROTOCOL 14): a P-256 private key, PEM or base64url of its "
+        "32 raw bytes; every node of a cluster needs the same one",
+        default_doc="generated once and kept in `var/vapid_private_key.pem`",
+        secret=True,
+        derived=_default_vapid_key,
+    ),
+    Setting(
+        "VAPID_SUBJECT",
+        parse_vapid_subject,
+        "mailto:tether@localhost",
+        "who push services may contact about this server's pushes: `mailto:` or `https:`",
+    ),
+    Setting(
+        "PUSH_ENDPOINT_ALLOWLIST",
+        parse_url_prefixes,
+        [],
+        "push endpoint prefixes allowed although `http:` or on a private address, "
+        "comma-separated (tests: `http://127.0.0.1:`)",
+        default_doc="empty",
     ),
     Setting("LOG_LEVEL", parse_log_level, "INFO", "logging level"),
     Setting(

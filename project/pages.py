@@ -11,8 +11,9 @@ from django.contrib import admin
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.staticfiles import finders
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -76,6 +77,21 @@ def signup(request: HttpRequest) -> HttpResponse:
 def chat(request: HttpRequest) -> HttpResponse:
     """The instant-messaging app; everything after the first paint comes over the socket."""
     return render(request, "chat.html")
+
+
+def service_worker(request: HttpRequest) -> HttpResponse:
+    """static/tether/sw.js at /sw.js: a worker's scope is at most its script's folder,
+    and the one that shows pushes (PROTOCOL 14) must cover /chat/. Read on each
+    request (small, and browsers check it for updates only now and then) and never
+    cached by the browser's HTTP cache, so a new version reaches them."""
+    path = finders.find("tether/sw.js")
+    if not path:
+        raise Http404("no service worker")
+    with open(path, "rb") as fh:
+        response = HttpResponse(fh.read(), content_type="text/javascript; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["Service-Worker-Allowed"] = "/"
+    return response
 
 
 @login_required

@@ -9,6 +9,7 @@ from monitoring import views as monitoring_views
 from project import config_api, pages
 from realtime.chat import api as chat_api
 from realtime.node import admin_api
+from realtime.push import api as push_api
 from realtime.topics import api as topic_api
 
 handler400 = "realtime.rest.errors.bad_request_view"
@@ -39,6 +40,8 @@ api_patterns = [
         chat_api.MemberDetailView.as_view(),
     ),
     path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
+    path("push/key/", push_api.PushKeyView.as_view()),
+    path("push/subscriptions/", push_api.PushSubscriptionsView.as_view()),
     path("topics/<str:topic>/publish/", topic_api.PublishView.as_view()),
     path("topics/<str:topic>/history/", topic_api.HistoryView.as_view()),
     # The backend API (PROTOCOL 12): service tokens with scopes.
@@ -67,6 +70,7 @@ urlpatterns = [
     path("", pages.home, name="home"),
     path("chat/", pages.chat, name="chat"),
     path("feeds/", pages.feeds, name="feeds"),
+    path("sw.js", pages.service_worker, name="service-worker"),
     path("ops/", pages.ops, name="ops"),
     path("accounts/signup/", pages.signup, name="signup"),
     path("accounts/login/", pages.LoginView.as_view(), name="login"),

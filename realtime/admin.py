@@ -22,7 +22,15 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from realtime.hooks import queue
-from realtime.models import Conversation, LiveConnection, Membership, Message, Node, OutboxEvent
+from realtime.models import (
+    Conversation,
+    LiveConnection,
+    Membership,
+    Message,
+    Node,
+    OutboxEvent,
+    PushSubscription,
+)
 from realtime.node import control
 from realtime.node.registry import is_alive, silent_after
 from realtime.rest.permissions import DISCONNECT, holds
@@ -313,9 +321,9 @@ class MessageAdmin(ReadOnlyAdmin):
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(ReadOnlyAdmin):
-    """Webhook events (PROTOCOL 13): what waits, what failed and the receiver's last
-    answer. Written by the chat service and worked by the nodes; *retry* puts chosen
-    events back in the queue."""
+    """Webhook events (PROTOCOL 13) and Web Push rows (PROTOCOL 14, type `push.message`):
+    what waits, what failed and the receiver's last answer. Written by the chat
+    service and worked by the nodes; *retry* puts chosen events back in the queue."""
 
     list_display = (
         "event_id",
@@ -347,3 +355,24 @@ class OutboxEventAdmin(ReadOnlyAdmin):
             f"{again} event(s) put back in the queue; pending ones were left as they are.",
             messages.SUCCESS,
         )
+
+
+@admin.register(PushSubscription)
+class PushSubscriptionAdmin(admin.ModelAdmin):
+    """Browsers' Web Push subscriptions (PROTOCOL 14). Deleting one stops its pushes
+    (the browser keeps showing notifications on until its user turns them off and on);
+    they are written only by their users' browsers."""
+
+    list_display = ("id", "user", "endpoint", "created_at")
+    search_fields = ("user__username", "=user__id")
+    list_select_related = ("user",)
+    ordering = ("-id",)
+    fields = ("user", "endpoint", "created_at")
+    readonly_fields = fields
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -158,7 +158,14 @@ class OutboxEvent(models.Model):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
-    STATES = [(PENDING, "pending"), (DELIVERED, "delivered"), (FAILED, "failed")]
+    # Finished undelivered because its target is gone (a push subscription removed).
+    DROPPED = "dropped"
+    STATES = [
+        (PENDING, "pending"),
+        (DELIVERED, "delivered"),
+        (FAILED, "failed"),
+        (DROPPED, "dropped"),
+    ]
 
     # The order events were written in: a conversation's are delivered in it.
     id = models.BigAutoField(primary_key=True)
@@ -198,3 +205,25 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.type}"
+
+
+class PushSubscription(models.Model):
+    """A browser's Web Push subscription (PROTOCOL 14): where to post and the keys to
+    encrypt for (RFC 8291), as `PushSubscription.toJSON()` gives them."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="push_subscriptions"
+    )
+    endpoint = models.URLField(max_length=1000)
+    # The receiver's P-256 public key and auth secret, base64url as the browser sends them.
+    p256dh = models.CharField(max_length=100)
+    auth = models.CharField(max_length=40)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "endpoint"], name="push_endpoint_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.endpoint[:60]}"

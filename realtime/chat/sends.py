@@ -185,18 +185,23 @@ def _mark_read(cursor: Any, positions: dict[tuple[str, int], int]) -> None:
     )
 
 
-def _outbox_events(rows: list[Message], offline: outbox.Offline) -> list[outbox.Event]:
-    """The backend's events of stored messages, in seq order per conversation: each
-    message (`conversation.event`), then a `notify.offline` for each other member
-    with no open chat socket when it was stored (PROTOCOL 13)."""
+def _outbox_events(
+    rows: list[Message], offline: outbox.Offline | None, subscribed: outbox.Subscribed
+) -> list[outbox.Event]:
+    """The outbox rows of stored messages, in seq order per conversation. With webhooks
+    on (`offline` read): each message (`conversation.event`), then a `notify.offline`
+    for each other member with no open chat socket when it was stored (PROTOCOL 13).
+    Then, webhooks or not, a push for each subscription of those members (PROTOCOL 14)."""
     events_out: list[outbox.Event] = []
     for m in rows:
         cid = m.conversation_id
-        events_out.append(outbox.event(outbox.CONVERSATION_EVENT, cid, message_event(m), m.ts))
-        for uid, user in offline.get(cid, ()):
-            if uid != m.sender_id:
-                data = {"user": user, "conversation": cid, "seq": m.seq, "message_id": m.id}
-                events_out.append(outbox.event(outbox.NOTIFY_OFFLINE, cid, data, m.ts))
+        if offline is not None:
+            events_out.append(outbox.event(outbox.CONVERSATION_EVENT, cid, message_event(m), m.ts))
+            for uid, user in offline.get(cid, ()):
+                if uid != m.sender_id:
+                    data = {"user": user, "conversation": cid, "seq": m.seq, "message_id": m.id}
+                    events_out.append(outbox.event(outbox.NOTIFY_OFFLINE, cid, data, m.ts))
+        events_out.extend(outbox.pushes(m, subscribed))
     return events_out
 
 
@@ -237,8 +242,9 @@ def _store(requests: list[SendRequest]) -> list[Result]:
         taken[cid] += 1
     fresh: list[int] = []
     first: dict[Key, int] = {}  # key → index of the send that stores it
-    # With webhooks on, the batch's outbox rows join the same two round trips: who is
-    # offline is read with the look-ups, the rows are inserted with the messages.
+    # The batch's outbox rows join the same two round trips: who is offline (webhooks
+    # on) and the subscriptions of who is offline (Web Push) are read with the
+    # look-ups, the rows are inserted with the messages.
     hooked = outbox.enabled()
     with (
         transaction.atomic(),
@@ -246,15 +252,18 @@ def _store(requests: list[SendRequest]) -> list[Result]:
         bound_cursor() as two,
         bound_cursor() as three,
         bound_cursor() as four,
-        bound_cursor() if hooked else nullcontext() as five,
+        bound_cursor() as five,
+        bound_cursor() if hooked else nullcontext() as six,
     ):
         with _one_round_trip():
             read_stored = _existing(one, keys)
             read_members = _memberships(two, asked)
             read_seqs = _bump(three, four, taken)
-            read_offline = outbox.offline_members(five, list(taken)) if hooked else dict
+            read_subscribed = outbox.push_targets(five, list(taken))
+            read_offline = outbox.offline_members(six, list(taken)) if hooked else None
         stored, members, next_seq = read_stored(), read_members(), read_seqs()
-        offline = read_offline()
+        subscribed = read_subscribed()
+        offline = read_offline() if read_offline is not None else None
         for i, r in enumerate(requests):
             key = r.key
             if key in stored:
@@ -302,8 +311,8 @@ def _store(requests: list[SendRequest]) -> list[Result]:
                 _insert(one, rows)
             if read:
                 _mark_read(two, read)
-            if hooked and rows:
-                outbox.insert(five, _outbox_events(rows, offline))
+            if rows and (hooked or subscribed):
+                outbox.insert(five, _outbox_events(rows, offline, subscribed))
             _commit_now(one)
     for i, r in enumerate(requests):
         if results[i] is None:

@@ -1,10 +1,13 @@
-"""Webhook delivery on every node (a `NodePart`, added by realtime/apps.py).
+"""Outbox delivery on every node (a `NodePart`, added by realtime/apps.py): webhooks
+and Web Push.
 
 One task per node claims due events (realtime/hooks/queue.py) for its free
 slots, sends each with one shared httpx client (connections kept alive, at most
 `WEBHOOK_CONCURRENCY` requests in flight), and writes the results back together.
-The database work runs on the pool threads (docs/architecture.md, rule 7); the
-chat path only writes rows and, after its commit, wakes this task.
+A webhook goes to `WEBHOOK_URL`; a push row (realtime/hooks/pushes.py) to its
+subscription's push service. The database work, and a push's encryption, run on
+the pool threads (docs/architecture.md, rule 7); the chat path only writes rows
+and, after its commit, wakes this task.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import httpx
 from django.conf import settings
 
 from monitoring import metrics
-from realtime.hooks import outbox, queue, signing
+from realtime.hooks import outbox, pushes, queue, signing
 from realtime.hooks.queue import Claimed, Outcome
 from realtime.node.db import in_pool
+from realtime.push import subscriptions
 
 if TYPE_CHECKING:
     from realtime.node.runtime import NodeRuntime
@@ -42,6 +46,9 @@ class Delivery:
     """The node's delivery task and its in-flight requests."""
 
     def __init__(self) -> None:
+        # Without a webhook URL only pushes are claimed: webhook rows written before
+        # the URL was unset wait for it to come back.
+        self.only_type = "" if outbox.enabled() else outbox.PUSH_MESSAGE
         self.concurrency = settings.WEBHOOK_CONCURRENCY
         self.timeout = float(settings.WEBHOOK_TIMEOUT)
         # An event claimed may first wait for a free request slot behind the others
@@ -76,7 +83,7 @@ class Delivery:
                         raise
                     except Exception:
                         # The database is away: what was leased comes back after the lease.
-                        log.exception("webhook delivery pass failed")
+                        log.exception("outbox delivery pass failed")
                         await asyncio.sleep(POLL_SECONDS)
             finally:
                 for task in self.in_flight:
@@ -92,9 +99,16 @@ class Delivery:
                 self._done = done + self._done  # written with the next pass's
                 raise
         free = CLAIM_AHEAD * self.concurrency - len(self.in_flight)
-        claimed = await in_pool(queue.claim)(free, self.lease) if free > 0 else []
+        claimed = await in_pool(queue.claim)(free, self.lease, self.only_type) if free > 0 else []
+        push_rows = [e for e in claimed if e.type == outbox.PUSH_MESSAGE]
+        prepared = await in_pool(pushes.prepare)(push_rows) if push_rows else {}
         for event in claimed:
-            task = asyncio.get_running_loop().create_task(self._deliver(client, event))
+            job = (
+                self._push(client, event, prepared[event.id])
+                if event.id in prepared
+                else self._deliver(client, event)
+            )
+            task = asyncio.get_running_loop().create_task(job)
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
         try:
@@ -129,6 +143,62 @@ class Delivery:
             delivered, error, outcome = False, f"{type(exc).__name__}: {exc}", "connection_error"
         self._settle(event, delivered, status, error, outcome)
 
+    async def _push(self, client: httpx.AsyncClient, event: Claimed, job: pushes.Prepared) -> None:
+        """One push (PROTOCOL 14): 404/410 remove the subscription, 429 and 5xx are
+        retried no sooner than `Retry-After`, other errors are given up."""
+        if job.request is None:  # not sent: its subscription is gone, or its endpoint refused
+            if job.action != pushes.DROP:
+                metrics.PUSH_ATTEMPTS.labels("refused").inc()
+            retry_at = (
+                queue.next_attempt(event, settings.WEBHOOK_MAX_AGE)
+                if job.action == pushes.RETRY
+                else None
+            )
+            dropped = job.action == pushes.DROP
+            self._finish(
+                Outcome(event.id, event.attempts, False, None, job.error, retry_at, dropped)
+            )
+            return
+        status: int | None = None
+        wait, retry, gone, delivered = 0.0, True, False, False
+        try:
+            async with self.slots, asyncio.timeout(self.timeout):
+                response = await client.post(
+                    job.request.url, content=job.request.body, headers=job.request.headers
+                )
+            status = response.status_code
+            answer = pushes.verdict(status, response.headers.get("Retry-After"))
+            delivered, gone, retry, wait = (
+                answer.delivered,
+                answer.gone,
+                answer.retry,
+                answer.retry_after,
+            )
+            error = "" if delivered else f"HTTP {status}: {response.text[:200]}"
+            outcome = "delivered" if delivered else "gone" if gone else "http_error"
+        except (TimeoutError, httpx.TimeoutException):
+            error, outcome = f"no answer within {self.timeout:g}s", "timeout"
+        except httpx.HTTPError as exc:
+            error, outcome = f"{type(exc).__name__}: {exc}", "connection_error"
+        except Exception as exc:  # anything else is retried as well, and logged
+            log.exception("push %s: request failed", event.event_id)
+            error, outcome = f"{type(exc).__name__}: {exc}", "connection_error"
+        metrics.PUSH_ATTEMPTS.labels(outcome).inc()
+        if gone:
+            try:
+                await in_pool(subscriptions.remove)(job.subscription_id)
+            except Exception:  # the database is away: the next push's 410 removes it
+                log.exception("push subscription %s: removal failed", job.subscription_id)
+            log.info("push subscription %s removed: %s", job.subscription_id, error)
+        retry_at = (
+            queue.next_attempt(event, settings.WEBHOOK_MAX_AGE, at_least=wait)
+            if retry and not delivered and not gone
+            else None
+        )
+        if not delivered and not gone and retry_at is None:
+            log.warning("push %s given up: %s", event.event_id, error)
+        self._finish(Outcome(event.id, event.attempts, delivered, status, error, retry_at, gone))
+
     def _settle(
         self, event: Claimed, delivered: bool, status: int | None, error: str, outcome: str
     ) -> None:
@@ -140,30 +210,34 @@ class Delivery:
             metrics.WEBHOOK_EVENT_ATTEMPTS.observe(event.attempts)
             if not delivered:
                 log.warning("webhook event %s given up: %s", event.event_id, error)
-        self._done.append(Outcome(event.id, event.attempts, delivered, status, error, retry_at))
+        self._finish(Outcome(event.id, event.attempts, delivered, status, error, retry_at))
+
+    def _finish(self, outcome: Outcome) -> None:
+        self._done.append(outcome)
         self._wake.set()
 
 
 class HooksNode:
-    """Webhook delivery where `WEBHOOK_URL` is set; the backlog's gauges on every node."""
+    """Outbox delivery on every node (pushes always, webhooks where `WEBHOOK_URL` is
+    set); the webhook backlog's gauges where webhooks are on."""
 
     def __init__(self) -> None:
         self.delivery: Delivery | None = None
 
     def start(self, runtime: NodeRuntime) -> None:
-        self.delivery = None
-        if outbox.enabled():
-            self.delivery = Delivery()
-            runtime.run_in_background(self.delivery.run(), "tether-webhooks")
+        self.delivery = Delivery()
+        runtime.run_in_background(self.delivery.run(), "tether-webhooks")
 
     async def maintain(self, runtime: NodeRuntime) -> None:
+        # Push rows are written with or without a webhook URL: the pruning runs either
+        # way; the gauges are the webhooks' (pushes have tether_push_attempts_total).
+        await in_pool(queue.prune)()
         if not outbox.enabled():
             return
-        backlog = await in_pool(queue.backlog)()
+        backlog = await in_pool(queue.backlog)(outbox.PUSH_MESSAGE)
         metrics.WEBHOOK_PENDING.set(backlog.pending)
         metrics.WEBHOOK_FAILED.set(backlog.failed)
         metrics.WEBHOOK_OLDEST_PENDING.set(backlog.oldest_pending_seconds)
-        await in_pool(queue.prune)()
 
     async def recheck_users(self, user_ids: Iterable[int]) -> None:
         return None  # presence events are written where presence changes

@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
 
-from realtime.models import LiveConnection, Membership, OutboxEvent
+from realtime.models import LiveConnection, Membership, OutboxEvent, PushSubscription
 from realtime.node.db import any_of, is_postgres, values_table
 from realtime.protocol import encode, user_repr
 
@@ -29,6 +29,10 @@ MEMBER_LEFT = "member.left"
 PRESENCE_ONLINE = "presence.online"
 PRESENCE_OFFLINE = "presence.offline"
 NOTIFY_OFFLINE = "notify.offline"
+# A Web Push to one subscription (PROTOCOL 14), not a webhook: realtime/hooks/pushes.py.
+PUSH_MESSAGE = "push.message"
+# What of a message a push carries (PROTOCOL 14).
+PUSH_BODY_CHARS = 100
 
 
 def enabled() -> bool:
@@ -58,6 +62,11 @@ def event(type_: str, order_key: str, data: dict[str, Any], ts: int) -> Event:
 def presence_key(user_id: int) -> str:
     """A user's presence events keep their order (online, then offline) among themselves."""
     return f"user:{user_id}"
+
+
+def push_key(subscription_id: int) -> str:
+    """A subscription's pushes keep their order among themselves, and wait for none else."""
+    return f"push:{subscription_id}"
 
 
 def record(events: list[Event]) -> None:
@@ -145,3 +154,60 @@ def offline_members(cursor: Any, conversation_ids: list[str]) -> Callable[[], Of
         return out
 
     return read
+
+
+Subscribed = dict[str, list[tuple[int, int]]]  # conversation → (user id, subscription id)
+
+
+def push_targets(cursor: Any, conversation_ids: list[str]) -> Callable[[], Subscribed]:
+    """The push subscriptions of these conversations' members with no open chat socket
+    on any node (the members `notify.offline` names), in one statement that starts
+    from the subscriptions: nothing to read when nobody subscribed. Read the result
+    after the round trip."""
+    if not conversation_ids:
+        return dict
+    where, params = any_of("m.conversation_id", sorted(conversation_ids))
+    # A disabled account's browsers are told nothing (its sockets were closed too).
+    cursor.execute(
+        f"SELECT m.conversation_id, s.user_id, s.id FROM {_table(PushSubscription)} s "
+        f"JOIN {_table(Membership)} m ON m.user_id = s.user_id "
+        f"JOIN {_table(get_user_model())} u ON u.id = s.user_id AND u.is_active "
+        f"WHERE {where} AND NOT EXISTS (SELECT 1 FROM {_table(LiveConnection)} c "
+        "WHERE c.user_id = s.user_id AND c.endpoint = 'chat') ORDER BY s.id",
+        params,
+    )
+
+    def read() -> Subscribed:
+        out: Subscribed = {}
+        for cid, uid, sid in cursor.fetchall():
+            out.setdefault(cid, []).append((uid, sid))
+        return out
+
+    return read
+
+
+def push_payload(message: Any) -> dict[str, Any]:
+    """What a push tells of a stored message (PROTOCOL 14): no more than a notification
+    shows, since it leaves through a third party's push service."""
+    sender = message.sender
+    return {
+        "type": "message",
+        "conversation": message.conversation_id,
+        "seq": message.seq,
+        "message_id": message.id,
+        "sender": None if sender is None else {"id": sender.pk, "username": sender.username},
+        "body": message.body[:PUSH_BODY_CHARS],
+    }
+
+
+def pushes(message: Any, targets: Subscribed) -> list[Event]:
+    """One push row per subscription of each member but the sender."""
+    payload: dict[str, Any] | None = None
+    out = []
+    for uid, sid in targets.get(message.conversation_id, ()):
+        if uid == message.sender_id:
+            continue
+        payload = payload or push_payload(message)
+        data = {"subscription": sid, "user": uid, "payload": payload}
+        out.append(event(PUSH_MESSAGE, push_key(sid), data, message.ts))
+    return out

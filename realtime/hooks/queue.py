@@ -28,7 +28,8 @@ RETRY_BASE_SECONDS = 1.0
 RETRY_CAP_SECONDS = 300.0
 # A claim's lease beyond the request's own timeout: the result's write-back.
 LEASE_MARGIN_SECONDS = 5.0
-# Delivered events stay this long (the admin shows recent answers), failed ones a week.
+# Delivered (and dropped) events stay this long (the admin shows recent answers),
+# failed ones a week.
 KEEP_DELIVERED = timedelta(hours=1)
 KEEP_FAILED = timedelta(days=7)
 
@@ -57,6 +58,8 @@ class Outcome:
     error: str
     # For an attempt that failed: when to try again, or None to give up.
     retry_at: datetime | None
+    # Finished undelivered because its target is gone (a push subscription removed).
+    dropped: bool = False
 
 
 def _table() -> str:
@@ -69,10 +72,13 @@ def retry_delay(attempts: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def next_attempt(claimed: Claimed, max_age: float, now: datetime | None = None) -> datetime | None:
-    """When to retry a failed attempt, or None once the event is older than `max_age`."""
+def next_attempt(
+    claimed: Claimed, max_age: float, now: datetime | None = None, at_least: float = 0.0
+) -> datetime | None:
+    """When to retry a failed attempt (no sooner than `at_least` seconds: a receiver's
+    `Retry-After`), or None once the event would be older than `max_age`."""
     now = now or timezone.now()
-    at = now + timedelta(seconds=retry_delay(claimed.attempts))
+    at = now + timedelta(seconds=max(retry_delay(claimed.attempts), at_least))
     return None if at - claimed.queued_at > timedelta(seconds=max_age) else at
 
 
@@ -89,9 +95,10 @@ _HEADS = (
 )
 
 
-def claim(limit: int, lease_seconds: float) -> list[Claimed]:
+def claim(limit: int, lease_seconds: float, only_type: str = "") -> list[Claimed]:
     """Lease up to `limit` due events, each the oldest pending one of its order key, in
-    write order. PostgreSQL skips rows another node is claiming at this moment (`SKIP
+    write order (only those of `only_type` when given: pushes while no webhook URL is
+    set). PostgreSQL skips rows another node is claiming at this moment (`SKIP
     LOCKED`); SQLite serves one process, whose claims take turns."""
     if limit <= 0:
         return []
@@ -104,9 +111,14 @@ def claim(limit: int, lease_seconds: float) -> list[Claimed]:
             f"WITH RECURSIVE {_HEADS.format(t=table)} UPDATE {table} SET attempts = attempts + 1, "
             f"next_attempt_at = %s WHERE id IN (SELECT o.id FROM {table} o WHERE o.id IN "
             "(SELECT id FROM heads) AND o.state = 'pending' AND o.next_attempt_at <= %s "
-            f"ORDER BY o.id LIMIT %s{lock}) "
+            f"{'AND o.type = %s ' if only_type else ''}ORDER BY o.id LIMIT %s{lock}) "
             "RETURNING id, event_id, type, data, ts, attempts, queued_at",
-            [adapt(now + timedelta(seconds=lease_seconds)), adapt(now), limit],
+            [
+                adapt(now + timedelta(seconds=lease_seconds)),
+                adapt(now),
+                *([only_type] if only_type else []),
+                limit,
+            ],
         )
         rows = cursor.fetchall()
     return sorted(
@@ -138,7 +150,14 @@ def finish(outcomes: list[Outcome]) -> None:
         if not o.delivered and o.retry_at is not None
     ]
     failed = [
-        (o.status, o.error[:300], now, o.id, o.attempts)
+        (
+            OutboxEvent.DROPPED if o.dropped else OutboxEvent.FAILED,
+            o.status,
+            o.error[:300],
+            now,
+            o.id,
+            o.attempts,
+        )
         for o in outcomes
         if not o.delivered and o.retry_at is None
     ]
@@ -157,7 +176,7 @@ def finish(outcomes: list[Outcome]) -> None:
             )
         if failed:
             cursor.executemany(
-                f"UPDATE {table} SET state = 'failed', last_status = %s, last_error = %s, "
+                f"UPDATE {table} SET state = %s, last_status = %s, last_error = %s, "
                 "finished_at = %s WHERE id = %s AND attempts = %s AND state = 'pending'",
                 failed,
             )
@@ -186,21 +205,23 @@ class Backlog:
     oldest_pending_seconds: float
 
 
-def backlog() -> Backlog:
-    """What waits: the pending count, the failed count and the oldest pending event's age."""
-    pending = OutboxEvent.objects.filter(state=OutboxEvent.PENDING)
+def backlog(exclude_type: str = "") -> Backlog:
+    """What waits: the pending count, the failed count and the oldest pending event's age
+    (events of `exclude_type` left out: the webhook gauges do not count pushes, whose
+    push services fail on their own)."""
+    rows = OutboxEvent.objects.exclude(type=exclude_type) if exclude_type else OutboxEvent.objects
+    pending = rows.filter(state=OutboxEvent.PENDING)
     oldest = pending.order_by("id").values_list("queued_at", flat=True).first()
     age = 0.0 if oldest is None else max(0.0, (timezone.now() - oldest).total_seconds())
-    return Backlog(
-        pending.count(), OutboxEvent.objects.filter(state=OutboxEvent.FAILED).count(), age
-    )
+    return Backlog(pending.count(), rows.filter(state=OutboxEvent.FAILED).count(), age)
 
 
 def prune() -> int:
-    """Remove delivered events after an hour and failed ones after a week."""
+    """Remove delivered and dropped events after an hour, failed ones after a week."""
     now = timezone.now()
     removed, _ = OutboxEvent.objects.filter(
-        state=OutboxEvent.DELIVERED, finished_at__lt=now - KEEP_DELIVERED
+        state__in=[OutboxEvent.DELIVERED, OutboxEvent.DROPPED],
+        finished_at__lt=now - KEEP_DELIVERED,
     ).delete()
     gone, _ = OutboxEvent.objects.filter(
         state=OutboxEvent.FAILED, finished_at__lt=now - KEEP_FAILED

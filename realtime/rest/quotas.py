@@ -31,6 +31,7 @@ QUOTAS = {
     "user_lookups": ("QUOTA_USER_LOOKUPS", "user look-ups"),
     "topic_history": ("QUOTA_TOPIC_HISTORY", "topic history reads"),
     "subscriptions": ("QUOTA_SUBSCRIPTIONS", "subscribes and unsubscribes"),
+    "push_subscriptions": ("QUOTA_PUSH_SUBSCRIPTIONS", "push subscriptions registered or removed"),
 }
 
 

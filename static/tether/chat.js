@@ -1,6 +1,7 @@
 // The /chat/ page: DOM on top of ChatClient. Every user-supplied string goes
 // through textContent or an attribute, never through HTML parsing.
 import { ChatClient, api } from "./client.js";
+import { NotificationsToggle } from "./notifications.js";
 import { Banner, el, onFrame } from "./ui.js";
 
 const app = document.getElementById("chat-app");
@@ -306,7 +307,7 @@ function openConversation(id) {
   composer.disabled = false;
   sendButton.disabled = false;
   composerError.textContent = "";
-  history.replaceState(null, "", `#${encodeURIComponent(id)}`);
+  history.replaceState(null, "", `${location.pathname}#${encodeURIComponent(id)}`);
   resetWindow(s);
   renderTyping();
   if (!s.loaded) loadLatest(s);
@@ -635,9 +636,17 @@ client.addEventListener("synced", () => {
   const s = openId && store(openId);
   if (s && !s.loaded && !s.loading) loadLatest(s);
   if (!openId) {
-    const wanted = decodeURIComponent(location.hash.slice(1));
+    // `/chat/?c=<id>` (a notification's link) or `/chat/#<id>` (the page's own).
+    const wanted = new URLSearchParams(location.search).get("c") || decodeURIComponent(location.hash.slice(1));
     if (wanted && store(wanted)) openConversation(wanted);
   }
+});
+
+// A notification clicked while this page is open (static/tether/sw.js).
+new NotificationsToggle(document.getElementById("notifications-toggle"), {
+  onOpen: (id) => {
+    if (store(id)) openConversation(id);
+  },
 });
 
 new Banner(client, {
