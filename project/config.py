@@ -290,7 +290,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         [],
         "Redis Sentinel addresses `host:port`, comma-separated: the nodes ask them for the "
         "master of `REDIS_SENTINEL_MASTER` and follow its failover (instead of `REDIS_URL`)",
-        default_doc="empty: no sentinels",
+        default_doc="unset: no sentinels",
     ),
     Setting(
         "REDIS_SENTINEL_MASTER",
@@ -303,7 +303,7 @@ DECLARATIONS: tuple[Setting, ...] = (
         parse_str,
         "",
         "the sentinels' own password (`requirepass` in sentinel.conf), when they have one",
-        default_doc="empty: none",
+        default_doc="unset: none",
         secret=True,
     ),
     Setting(
