@@ -165,6 +165,26 @@ class SentinelCluster:
                 ports.append(int(port))
         return max(set(ports), key=ports.count)
 
+    def cut_replication(self) -> None:
+        """Stop the replica from receiving anything more from the master: writes
+        from now on exist only on the master, as when replication lags behind.
+
+        The link is dropped and the replica cannot come back (it now offers a
+        password the master does not have), so a kill of the master afterwards
+        surely loses those writes."""
+        assert self.replica is not None
+        with self.replica.client() as conn:
+            conn.config_set("masterauth", "not-the-masters-password")
+            conn.client_kill_filter(_type="master")
+        wait_for(
+            "the replica's link to the master down",
+            lambda: (
+                self.replica is not None
+                and self.replica.client().info("replication").get("master_link_status") == "down"
+            ),
+            10,
+        )
+
     def kill_master(self) -> None:
         """SIGKILL the current master: no shutdown, no last write reaches anyone."""
         assert self.master is not None
