@@ -3,8 +3,10 @@
 Two stores behind one interface. With Redis, one Lua script moves offset,
 history and epoch together, so no reader ever sees one without the others; the
 epoch is recreated whenever the history key is gone (restart without
-persistence, flush, expiry), so a client never believes a recovery that lost
-data. Embedded: the same in memory, with new epochs at every process start.
+persistence, flush, expiry) or the server is not the replication history the
+epoch was written under (a replica promoted by Sentinel, a restart), so a
+client never believes a recovery that lost data. Embedded: the same in memory,
+with new epochs at every process start.
 
 Only a publication creates a topic's state. Reading a topic that has none
 (never published, or its keys lost) stores nothing and answers offset 0 in
@@ -188,7 +190,7 @@ class MemoryStore(TopicStore):
 #   and `appendfsync everysec` are asynchronous), and nothing left on the server
 #   says which topics they touched, so every topic starts a new epoch at its
 #   next touch, with an empty history from the offset it has (docs/architecture.md,
-#   "Sequences"). Offsets are never reused within an epoch.
+#   "Topic choices"). Offsets are never reused within an epoch.
 _SCRIPT = """
 local history_id = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
 local epoch = redis.call('HGET', KEYS[1], 'e')

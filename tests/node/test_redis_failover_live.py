@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -401,34 +402,28 @@ async def test_redis_master_killed_under_load(
         listening = [c for c in conn.client_list() if int(c.get("sub", 0)) > 0]
     assert len(listening) >= len(nodes), listening
     lost = [o for e, o, _, _ in publisher.accepted if e == old_epoch and o > restarted]
-    assert len(lost) >= 3, (restarted, before)
+    # Three accepted after the cut, one of which may have been stored before it
+    # (the publisher has one request in flight at a time).
+    assert len(lost) >= 2, (restarted, before)
 
     # Recovery times, from the kill.
     first_publish = min(t for *_, t in publisher.accepted if t > clock.killed) - clock.killed
-    sent_after = {seq for s in senders for seq, _, t in s.acked if t > clock.killed}
-    first_ack = min(t for s in senders for _, _, t in s.acked if t > clock.killed) - clock.killed
-    live_again = (
-        min(
-            t
-            for m in members
-            for seq, t in m.received.items()
-            if seq in sent_after and t > clock.killed
-        )
-        - clock.killed
-    )
+    # Chat: the longest stretch after the kill in which no send was acknowledged
+    # (a send answered `internal` meanwhile is resent with its id).
+    times = sorted([clock.killed, *(t for s in senders for *_, t in s.acked if t > clock.killed)])
+    pause = max(b - a for a, b in itertools.pairwise(times))
     acked_at = {seq: t for s in senders for seq, _, t in s.acked}
     # The longest a message waited between its ack and its arrival at a member:
     # what the failover cost chat delivery.
     worst_delay = max(m.received[seq] - t for m in members for seq, t in acked_at.items())
     print(
         f"\nREDIS FAILOVER: promotion seen by every sentinel after {promoted_after:.2f} s; "
-        f"first publication accepted after {first_publish:.2f} s; first chat send "
-        f"acknowledged after {first_ack:.2f} s; first chat message delivered live "
-        f"after {live_again:.2f} s (longest ack-to-delivery wait {worst_delay:.2f} s); "
+        f"first publication accepted after {first_publish:.2f} s; longest pause between "
+        f"chat acks {pause:.2f} s, longest ack-to-delivery wait {worst_delay:.2f} s; "
         f"{len(acked)} messages acknowledged "
         f"({sum(s.retries for s in senders)} retries, "
         f"{sum(m.resumes for m in members)} member resumes), {len(publisher.accepted)} "
         f"publications accepted ({len(publisher.refused)} refused during the failover, "
         f"{len(lost)} accepted but missing on the promoted replica)"
     )
-    assert first_publish < RECOVERY_TIMEOUT and live_again < RECOVERY_TIMEOUT
+    assert first_publish < RECOVERY_TIMEOUT and pause < RECOVERY_TIMEOUT
