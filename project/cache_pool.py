@@ -7,7 +7,8 @@ garbage collector found it, so a node's Redis clients grew with its HTTP load.
 `SharedPool.from_url` hands every cache object of the process the same pool,
 which is bounded: a caller waits for a free connection, then fails with
 `ConnectionError` (REST answers 503 `unavailable`). See docs/deployment.md,
-"Connection budget".
+"Connection budget". The pool itself comes from project/redis_conn.py, so a
+`redis+sentinel://` address follows the master's failover.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 from typing import Any
 
 import redis
+
+from project.redis_conn import sync_pool
 
 _lock = threading.Lock()
 _pools: dict[tuple[str, tuple[tuple[str, Any], ...]], redis.BlockingConnectionPool] = {}
@@ -30,7 +33,7 @@ class SharedPool(redis.BlockingConnectionPool):
         with _lock:
             pool = _pools.get(key)
             if pool is None:
-                pool = _pools[key] = super().from_url(url, **kwargs)
+                pool = _pools[key] = sync_pool(url, **kwargs)
             return pool
 
     @classmethod

@@ -72,10 +72,18 @@ def parse_database_url(raw: str) -> str:
 
 
 def parse_redis_url(raw: str) -> str:
+    from project.redis_conn import is_sentinel, parse_sentinel_url
+
     url = raw.strip()
+    if is_sentinel(url):
+        parse_sentinel_url(url)
+        return url
     parts = urlsplit(url)
     if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError("expected redis://host:port[/db], rediss:// or unix://")
+        raise ValueError(
+            "expected redis://host:port[/db], rediss://, unix:// or "
+            "redis+sentinel://host:port[,host:port]/master[/db]"
+        )
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
@@ -83,6 +91,15 @@ def parse_redis_url(raw: str) -> str:
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("the URL names no host")
     return url
+
+
+def parse_sentinels(raw: str) -> list[str]:
+    from project.redis_conn import parse_address
+
+    hosts = parse_list(raw)
+    for host in hosts:
+        parse_address(host)
+    return hosts
 
 
 def parse_origins(raw: str) -> list[str]:
@@ -352,8 +369,32 @@ DECLARATIONS: tuple[Setting, ...] = (
         "REDIS_URL",
         parse_redis_url,
         "",
-        "channel layer and topic history: `redis://host:6379/0`",
+        "Redis for the channel layers, topic history and the cache: `redis://host:6379/0`, "
+        "or through Redis Sentinel `redis+sentinel://[:password@]host:26379[,host:26379…]"
+        "/master[/db]` (docs/deployment.md)",
         default_doc="unset: in-memory channel layer, one process",
+        secret=True,
+    ),
+    Setting(
+        "REDIS_SENTINELS",
+        parse_sentinels,
+        [],
+        "Redis Sentinel addresses `host:port`, comma-separated: the nodes ask them for the "
+        "master of `REDIS_SENTINEL_MASTER` and follow its failover (instead of `REDIS_URL`)",
+        default_doc="unset: no sentinels",
+    ),
+    Setting(
+        "REDIS_SENTINEL_MASTER",
+        parse_str,
+        "tether",
+        "the name the sentinels monitor the master under (`sentinel monitor NAME …`)",
+    ),
+    Setting(
+        "REDIS_SENTINEL_PASSWORD",
+        parse_str,
+        "",
+        "the sentinels' own password (`requirepass` in sentinel.conf), when they have one",
+        default_doc="unset: none",
         secret=True,
     ),
     Setting(
@@ -776,7 +817,28 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             "WEBHOOK_SECRET",
             "required when WEBHOOK_URL is set (receivers verify every request with it)",
         )
+    if values["REDIS_SENTINELS"] and values["REDIS_URL"]:
+        raise ConfigError(
+            "REDIS_SENTINELS",
+            "set either REDIS_SENTINELS or REDIS_URL, not both (a master with a password: "
+            "REDIS_URL=redis+sentinel://:PASSWORD@host:26379,host:26379/master)",
+        )
     return Config(values=values, sources=sources)
+
+
+def effective_redis_url(values: Mapping[str, Any]) -> str:
+    """The one Redis address every client uses: `REDIS_URL`, or the
+    `redis+sentinel://` URL that `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER` spell;
+    `REDIS_SENTINEL_PASSWORD` joins either sentinel form. Empty: no Redis."""
+    from project.redis_conn import is_sentinel, sentinel_url, with_sentinel_password
+
+    password = values["REDIS_SENTINEL_PASSWORD"]
+    if values["REDIS_SENTINELS"]:
+        return sentinel_url(values["REDIS_SENTINELS"], values["REDIS_SENTINEL_MASTER"], password)
+    url = values["REDIS_URL"]
+    if password and is_sentinel(url):
+        return with_sentinel_password(url, password)
+    return url
 
 
 def redacted(config: Config) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ import sys
 
 import dj_database_url
 
-from project.config import BASE_DIR, VAR_DIR, ConfigError, load
+from project.config import BASE_DIR, VAR_DIR, ConfigError, effective_redis_url, load
+from project.redis_conn import layer_host
 
 try:
     TETHER_CONFIG = load()
@@ -70,7 +71,11 @@ QUOTA_SUBSCRIPTIONS: str = _c["QUOTA_SUBSCRIPTIONS"]
 QUOTA_PUSH_SUBSCRIPTIONS: str = _c["QUOTA_PUSH_SUBSCRIPTIONS"]
 SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
 API_TOKEN_TTL: int = _c["API_TOKEN_TTL"]
-REDIS_URL: str = _c["REDIS_URL"]
+# The one Redis address (a plain server, or a master found through sentinels) that
+# every client builds its connections from (project/redis_conn.py).
+REDIS_URL: str = effective_redis_url(_c)
+# How redis.asyncio users outside the channel layers (the topic store) get a pool for it.
+REDIS_ASYNC_POOL = "project.redis_conn.async_pool"
 AUTO_MIGRATE: bool = _c["AUTO_MIGRATE"]
 DB_POOL_SIZE: int = _c["DB_POOL_SIZE"]
 # Redis connections of the cache's one pool per node (throttles, typing).
@@ -210,7 +215,7 @@ if REDIS_URL:
                 # layer's blocking pop (https://github.com/django/channels_redis/issues/422).
                 # max_connections: redis-py 8 caps a pool at 100 and then fails
                 # commands with MaxConnectionsError instead of waiting.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 2000}],
+                "hosts": [layer_host(REDIS_URL, socket_timeout=None, max_connections=2000)],
                 "capacity": 1000,
                 "expiry": 60,
             },
@@ -222,7 +227,7 @@ if REDIS_URL:
     # periodic head check fill such gaps from the database.
     CHANNEL_LAYERS["hub"] = {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [{"address": REDIS_URL}]},
+        "CONFIG": {"hosts": [layer_host(REDIS_URL)]},
     }
 else:
     CHANNEL_LAYERS = {
@@ -238,7 +243,8 @@ if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            # A list: Django splits a string at commas, which a sentinel URL has.
+            "LOCATION": [REDIS_URL],
             "OPTIONS": {
                 "pool_class": "project.cache_pool.SharedPool",
                 # JSON, never pickles: nothing read back from Redis can run code.

@@ -3,8 +3,10 @@
 Two stores behind one interface. With Redis, one Lua script moves offset,
 history and epoch together, so no reader ever sees one without the others; the
 epoch is recreated whenever the history key is gone (restart without
-persistence, flush, expiry), so a client never believes a recovery that lost
-data. Embedded: the same in memory, with new epochs at every process start.
+persistence, flush, expiry) or the server is not the replication history the
+epoch was written under (a replica promoted by Sentinel, a restart), so a
+client never believes a recovery that lost data. Embedded: the same in memory,
+with new epochs at every process start.
 
 Only a publication creates a topic's state. Reading a topic that has none
 (never published, or its keys lost) stores nothing and answers offset 0 in
@@ -171,25 +173,39 @@ class MemoryStore(TopicStore):
         self.topics.clear()
 
 
-# KEYS: meta hash {e: epoch, o: offset, r: offset when history last restarted},
+# KEYS: meta hash {e: epoch, o: offset, r: offset when history last restarted,
+#       h: the server's replication history the epoch was written under},
 #       history stream (entry id = offset).
 # ARGV: mode, candidate epoch, meta ttl, then per mode:
 #   pub:  data, ts, history size, history ttl          → {offset, epoch}
 #   read: since (-1: none), since epoch ("": any), max → {offset, epoch, entries}
 # A read of a topic without a hash writes nothing and answers epoch "" (the
 # caller's EMPTY_EPOCH): only a publication creates a topic's keys.
-# The history key gone while publications since the last restart should be in
-# it means history was lost: a new epoch, so no client trusts a recovery across it.
+# A new epoch, whenever history may have been lost:
+# - the history key is gone while publications since the last restart should be
+#   in it (restart without persistence, flush, eviction);
+# - the server's replication history (`master_replid`) is not the one the epoch
+#   was written under. A replica promoted by Sentinel, or a master restarted from
+#   its own files, gets a new one; either may lack the newest writes (replication
+#   and `appendfsync everysec` are asynchronous), and nothing left on the server
+#   says which topics they touched, so every topic starts a new epoch at its
+#   next touch, with an empty history from the offset it has (docs/architecture.md,
+#   "Topic choices"). Offsets are never reused within an epoch.
 _SCRIPT = """
+local history_id = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if (not epoch) and ARGV[1] ~= 'pub' then
   return {0, '', {}}
 end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local restarted = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
-if (not epoch) or (offset > restarted and redis.call('EXISTS', KEYS[2]) == 0) then
+local moved = epoch and redis.call('HGET', KEYS[1], 'h') ~= history_id
+if (not epoch) or moved or (offset > restarted and redis.call('EXISTS', KEYS[2]) == 0) then
   epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', offset, 'r', offset)
+  if moved then
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', offset, 'r', offset, 'h', history_id)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 if ARGV[1] == 'pub' then
@@ -248,10 +264,14 @@ class RedisStore(TopicStore):
         pair = self._clients.get(loop)
         if pair is None:
             import redis.asyncio as aioredis
+            from django.utils.module_loading import import_string
 
             # A blocking pool: a burst of subscribes waits for a free connection
-            # instead of failing (redis-py's default pool raises at its cap).
-            pool = aioredis.BlockingConnectionPool.from_url(
+            # instead of failing (redis-py's default pool raises at its cap). Its
+            # factory is the one settings name (a plain server or sentinels), loaded
+            # as Django loads the cache's pool class: the project is above realtime.
+            make_pool = import_string(settings.REDIS_ASYNC_POOL)
+            pool = make_pool(
                 self.url, max_connections=REDIS_POOL_SIZE, timeout=10, socket_timeout=10
             )
             client = aioredis.Redis(connection_pool=pool)

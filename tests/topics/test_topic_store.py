@@ -74,6 +74,27 @@ async def test_redis_history_gone_means_a_new_epoch(redis_service) -> None:
     assert offset == 1 and flushed not in (epoch, snap.epoch)
 
 
+async def test_another_replication_history_means_a_new_epoch(redis_service) -> None:
+    """A promoted replica (or a restarted master) has another `master_replid`, and
+    may lack the newest publications: every topic starts a new epoch at its next
+    touch, with no history (the live failover: tests/node/test_redis_failover_live.py)."""
+    store = RedisStore(redis_service.url)
+    await store.reset()
+    for data in ("1", "2"):
+        _, epoch = await store.publish("prices:F", NS, data, now())
+    client = redis_service.client()
+    assert (await store.snapshot("prices:F", NS, 1, epoch)).entries is not None
+    # As if written under another server's replication history.
+    client.hset("tether:topic:{prices:F}:meta", "h", "0" * 40)
+    snap = await store.snapshot("prices:F", NS, 1, epoch)
+    assert snap.epoch != epoch and snap.entries is None and snap.offset == 2
+    assert not client.exists("tether:topic:{prices:F}:history")
+    # Offsets go on in the new epoch; its history starts after the move.
+    assert await store.publish("prices:F", NS, "3", now()) == (3, snap.epoch)
+    again = await store.snapshot("prices:F", NS, 2, snap.epoch)
+    assert [e[2] for e in again.entries or []] == ["3"]
+
+
 async def test_redis_store_survives_a_burst_beyond_its_pool(redis_service) -> None:
     """Hundreds of subscribes at once wait for a pooled connection instead of failing."""
     import asyncio
