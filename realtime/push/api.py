@@ -31,6 +31,7 @@ class PushKeys(serializers.Serializer):
 
 class NewPushSubscription(serializers.Serializer):
     endpoint = serializers.CharField(
+        min_length=1,
         max_length=1000,
         help_text="an https:// URL of a public host (or under `PUSH_ENDPOINT_ALLOWLIST`)",
     )
@@ -51,7 +52,7 @@ class PushSubscribed(serializers.Serializer):
 
 
 class PushEndpoint(serializers.Serializer):
-    endpoint = serializers.CharField(max_length=1000)
+    endpoint = serializers.CharField(min_length=1, max_length=1000)
 
     class Meta:
         ref_name = "PushEndpoint"

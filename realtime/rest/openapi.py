@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import force_instance
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -462,11 +463,27 @@ class TetherAutoSchema(AutoSchema):
             add(429, "`rate_limited`: too many requests; `retry_after` in ms")
         return operation
 
+    def _get_request_body(self, direction: str = "request") -> Any:
+        # drf-spectacular describes bodies of PUT, PATCH and POST only; a DELETE that
+        # declares one (PROTOCOL 14: `DELETE /api/push/subscriptions/ {endpoint}`)
+        # needs it said, or clients generated from the schema would leave it out.
+        if self.method != "DELETE" or self.get_request_serializer() is None:
+            return super()._get_request_body(direction)
+        self.method = "POST"
+        try:
+            return super()._get_request_body(direction)
+        finally:
+            self.method = "DELETE"
+
     def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> Any:
         schema, required = super()._get_request_for_media_type(serializer, direction)
-        # drf-spectacular leaves a polymorphic body optional; every one here is needed
-        # (each variant has required fields).
-        if isinstance(serializer, PolymorphicProxySerializer):
+        # drf-spectacular leaves a polymorphic body optional (each variant here has
+        # required fields), and a DELETE's body too: a body with a required field is.
+        instance = force_instance(serializer)
+        fields = instance.fields if isinstance(instance, serializers.Serializer) else {}
+        if isinstance(serializer, PolymorphicProxySerializer) or any(
+            getattr(f, "required", False) for f in fields.values()
+        ):
             required = True
         return schema, required
 

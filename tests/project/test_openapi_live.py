@@ -81,6 +81,8 @@ SAYS_400_BEYOND_SCHEMA = {
     "/api/server/conversations/": "a direct conversation of one user twice",
     "/api/server/conversations/{conversation_id}/members/": "a direct conversation's members",
     "/api/server/conversations/{conversation_id}/members/{user_id}/": "the same",
+    "/api/push/subscriptions/": "an endpoint that is not https, is private or local, or does "
+    "not resolve; keys no message can be encrypted for",
 }
 # positive_data_acceptance's default statuses, and 400 there.
 ACCEPTED_THERE = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]

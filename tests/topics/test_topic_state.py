@@ -52,8 +52,8 @@ async def store_and_size(
     redis_store = RedisStore(service.url)
     await redis_store.reset()
     client = service.client()
-    # Topic keys only: the session's Redis also holds other tests' expiring keys.
-    yield redis_store, lambda: sum(1 for _ in client.scan_iter("tether:topic:*"))
+    # The probed topics' keys only: the session's Redis also holds other tests' keys.
+    yield redis_store, lambda: sum(1 for _ in client.scan_iter("tether:topic:{prices:probe*"))
     await redis_store.reset()
     client.close()
 
