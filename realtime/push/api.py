@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from realtime.push import subscriptions, vapid
+from realtime.push import endpoints, subscriptions, vapid
 from realtime.rest import openapi as doc
 from realtime.rest.parsing import json_body
 from realtime.rest.throttles import UserQuota
@@ -32,7 +32,7 @@ class PushKeys(serializers.Serializer):
 class NewPushSubscription(serializers.Serializer):
     endpoint = serializers.CharField(
         min_length=1,
-        max_length=1000,
+        max_length=endpoints.MAX_LENGTH,
         help_text="an https:// URL of a public host (or under `PUSH_ENDPOINT_ALLOWLIST`)",
     )
     keys = PushKeys()
@@ -52,7 +52,7 @@ class PushSubscribed(serializers.Serializer):
 
 
 class PushEndpoint(serializers.Serializer):
-    endpoint = serializers.CharField(min_length=1, max_length=1000)
+    endpoint = serializers.CharField(min_length=1, max_length=endpoints.MAX_LENGTH)
 
     class Meta:
         ref_name = "PushEndpoint"

@@ -47,6 +47,8 @@ def unsubscribe(user: Any, endpoint: object) -> None:
     its owner's can be removed, and asking twice is no error)."""
     if not isinstance(endpoint, str) or not endpoint:
         raise bad_request("endpoint", "must be the subscription's endpoint URL (a string)")
+    if len(endpoint) > endpoints.MAX_LENGTH:  # none registered is longer
+        raise bad_request("endpoint", f"must be at most {endpoints.MAX_LENGTH} characters")
     PushSubscription.objects.filter(user=user, endpoint=endpoint).delete()
 
 
