@@ -137,6 +137,31 @@ class Message(models.Model):
     client_id = models.CharField(max_length=64)
     body = models.TextField()
     ts = models.BigIntegerField()
+    # PROTOCOL 10: every row is an event in the seq stream. `kind` says which; an
+    # edit, delete or reaction names the `kind: "message"` event it acts on.
+    MESSAGE = "message"
+    EDIT = "edit"
+    DELETE = "delete"
+    REACTION = "reaction"
+    KINDS = [(MESSAGE, "message"), (EDIT, "edit"), (DELETE, "delete"), (REACTION, "reaction")]
+    kind = models.CharField(max_length=8, choices=KINDS, default=MESSAGE, db_default=MESSAGE)
+    target = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+    )
+    reply_to = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Defaults in the database too: the send path inserts with its own SQL
+    # (chat/sends.py) and names only the columns a new message sets.
+    # A message event's current state, kept on its own row in the transaction of the
+    # event that changes it, so a replay reads it with the row (docs/protocol.md).
+    edited_at = models.BigIntegerField(null=True, blank=True)
+    deleted = models.BooleanField(default=False, db_default=False)
+    # {emoji: [user ids, in the order they reacted]}
+    reactions = models.JSONField(default=dict, db_default={}, blank=True)
+    # A reaction event's own fields.
+    emoji = models.CharField(max_length=64, blank=True, default="", db_default="")
+    reaction_on = models.BooleanField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -149,6 +174,42 @@ class Message(models.Model):
                 name="idempotent_system_send",
             ),
         ]
+
+
+class Attachment(models.Model):
+    """An uploaded file (PROTOCOL 10), stored through Django's storage API. It belongs to
+    its conversation and uploader until a message holds it; one nobody holds a day
+    after its upload is removed by the node maintenance."""
+
+    id = models.CharField(max_length=24, primary_key=True)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="attachments"
+    )
+    uploader = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, null=True, blank=True, related_name="attachments"
+    )
+    # The storage's name for the bytes: random, never the client's file name.
+    file = models.FileField(upload_to="attachments/%Y/%m/%d/", max_length=255)
+    name = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    # Sniffed from the bytes when uploaded, not taken from the client.
+    content_type = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="attachment_unheld",
+                condition=models.Q(message__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.name}"
 
 
 class OutboxEvent(models.Model):
