@@ -72,9 +72,19 @@ def parse_database_url(raw: str) -> str:
 
 
 def parse_redis_url(raw: str) -> str:
+    """One server, or several (white space or commas between URLs), each checked;
+    given back with one space between them."""
+    from project.redis_conn import split_urls
+
+    urls = split_urls(raw)
+    if len(urls) != len(set(urls)):
+        raise ValueError("a server is named twice")
+    return " ".join(_parse_one_redis_url(url) for url in urls)
+
+
+def _parse_one_redis_url(url: str) -> str:
     from project.redis_conn import is_sentinel, parse_sentinel_url
 
-    url = raw.strip()
     if is_sentinel(url):
         parse_sentinel_url(url)
         return url
@@ -371,7 +381,8 @@ DECLARATIONS: tuple[Setting, ...] = (
         "",
         "Redis for the channel layers, topic history and the cache: `redis://host:6379/0`, "
         "or through Redis Sentinel `redis+sentinel://[:password@]host:26379[,host:26379…]"
-        "/master[/db]` (docs/deployment.md)",
+        "/master[/db]`; several servers separated by spaces, sharded by channel, "
+        'conversation and topic (docs/deployment.md, "Several Redis servers")',
         default_doc="unset: in-memory channel layer, one process",
         secret=True,
     ),
@@ -830,15 +841,16 @@ def effective_redis_url(values: Mapping[str, Any]) -> str:
     """The one Redis address every client uses: `REDIS_URL`, or the
     `redis+sentinel://` URL that `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER` spell;
     `REDIS_SENTINEL_PASSWORD` joins either sentinel form. Empty: no Redis."""
-    from project.redis_conn import is_sentinel, sentinel_url, with_sentinel_password
+    from project.redis_conn import is_sentinel, sentinel_url, split_urls, with_sentinel_password
 
     password = values["REDIS_SENTINEL_PASSWORD"]
     if values["REDIS_SENTINELS"]:
         return sentinel_url(values["REDIS_SENTINELS"], values["REDIS_SENTINEL_MASTER"], password)
-    url = values["REDIS_URL"]
-    if password and is_sentinel(url):
-        return with_sentinel_password(url, password)
-    return url
+    urls = split_urls(values["REDIS_URL"])
+    return " ".join(
+        with_sentinel_password(url, password) if password and is_sentinel(url) else url
+        for url in urls
+    )
 
 
 def redacted(config: Config) -> list[dict[str, Any]]:
@@ -847,7 +859,12 @@ def redacted(config: Config) -> list[dict[str, Any]]:
     for setting in DECLARATIONS:
         value = config.values[setting.name]
         if setting.secret and value:
-            value = _redact_url(value) if "://" in str(value) else "***"
+            # Per server: `REDIS_URL` may name several, one space apart.
+            value = (
+                " ".join(_redact_url(u) for u in str(value).split(" "))
+                if "://" in str(value)
+                else "***"
+            )
         rows.append(
             {
                 "name": setting.name,

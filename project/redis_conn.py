@@ -10,10 +10,16 @@ as a replica) and are replaced (docs/deployment.md, "Redis Sentinel").
 
 The channel layers (`layer_host`), the cache (`project/cache_pool.py`) and the topic
 store (`async_pool`) all build theirs here.
+
+`REDIS_URL` may name several servers (`split_urls`), each a plain server or a
+sentinel-watched master: the channel layers shard over them as channels-redis
+does, and the topic store and the cache spread their keys with the same hashing
+(docs/deployment.md, "Several Redis servers").
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +84,17 @@ class SentinelTarget:
         if self.sentinel_password:
             options["password"] = self.sentinel_password
         return options
+
+
+# Between two servers: white space, or a comma where the next URL's scheme starts (a
+# sentinel URL has commas of its own between its sentinels).
+_SEPARATOR = re.compile(r"\s+|\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(raw: str) -> list[str]:
+    """The servers `REDIS_URL` names, in order: `redis://a:6379 redis://b:6379`, or
+    the same with commas. The order is the ring's: every node must list them alike."""
+    return [url for url in _SEPARATOR.split(raw.strip()) if url]
 
 
 def is_sentinel(url: str) -> bool:

@@ -7,7 +7,7 @@ import sys
 import dj_database_url
 
 from project.config import BASE_DIR, VAR_DIR, ConfigError, effective_redis_url, load
-from project.redis_conn import layer_host
+from project.redis_conn import layer_host, split_urls
 
 try:
     TETHER_CONFIG = load()
@@ -74,6 +74,8 @@ API_TOKEN_TTL: int = _c["API_TOKEN_TTL"]
 # The one Redis address (a plain server, or a master found through sentinels) that
 # every client builds its connections from (project/redis_conn.py).
 REDIS_URL: str = effective_redis_url(_c)
+# Its servers, in the ring's order (docs/deployment.md, "Several Redis servers").
+REDIS_URLS: list[str] = split_urls(REDIS_URL)
 # How redis.asyncio users outside the channel layers (the topic store) get a pool for it.
 REDIS_ASYNC_POOL = "project.redis_conn.async_pool"
 AUTO_MIGRATE: bool = _c["AUTO_MIGRATE"]
@@ -215,7 +217,11 @@ if REDIS_URL:
                 # layer's blocking pop (https://github.com/django/channels_redis/issues/422).
                 # max_connections: redis-py 8 caps a pool at 100 and then fails
                 # commands with MaxConnectionsError instead of waiting.
-                "hosts": [layer_host(REDIS_URL, socket_timeout=None, max_connections=2000)],
+                # Several servers: channels-redis shards channels and groups over
+                # them by name (its consistent hash); Tether's own keys follow it.
+                "hosts": [
+                    layer_host(url, socket_timeout=None, max_connections=2000) for url in REDIS_URLS
+                ],
                 "capacity": 1000,
                 "expiry": 60,
             },
@@ -227,7 +233,7 @@ if REDIS_URL:
     # periodic head check fill such gaps from the database.
     CHANNEL_LAYERS["hub"] = {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [layer_host(REDIS_URL)]},
+        "CONFIG": {"hosts": [layer_host(url) for url in REDIS_URLS]},
     }
 else:
     CHANNEL_LAYERS = {
@@ -242,9 +248,15 @@ HUB_LAYER = "hub"
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's own backend takes several servers as a primary and its
+            # replicas; Tether's are peers, each key on its server of the ring.
+            "BACKEND": (
+                "project.cache_shards.ShardedRedisCache"
+                if len(REDIS_URLS) > 1
+                else "django.core.cache.backends.redis.RedisCache"
+            ),
             # A list: Django splits a string at commas, which a sentinel URL has.
-            "LOCATION": [REDIS_URL],
+            "LOCATION": REDIS_URLS,
             "OPTIONS": {
                 "pool_class": "project.cache_pool.SharedPool",
                 # JSON, never pickles: nothing read back from Redis can run code.

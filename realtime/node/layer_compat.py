@@ -1,15 +1,25 @@
-"""channels-redis internals the hub relies on: many publications in one round trip.
+"""channels-redis internals Tether relies on: many publications in one round trip,
+and the ring that spreads names over several Redis servers.
 
 The only place outside `realtime/transport/` that reaches inside another package:
-the pub/sub layer's channel names, shards, lock and Redis client. Each is declared
-in `realtime/transport/patches.py` (REDIS_PUBSUB_LAYER, REDIS_PUBSUB_LOOP_LAYER,
-REDIS_SHARD) and checked at start. Other layers get plain `group_send` calls.
+the pub/sub layer's channel names, shards, lock and Redis client, and the layers'
+hash. Each is declared in `realtime/transport/patches.py` (REDIS_PUBSUB_LAYER,
+REDIS_PUBSUB_LOOP_LAYER, REDIS_SHARD, REDIS_HASH) and checked at start. Other
+layers get plain `group_send` calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+from channels_redis.utils import _consistent_hash
+
+
+def shard_index(name: str, servers: int) -> int:
+    """Which of `servers` Redis servers holds `name`: the one channels-redis picks for
+    a channel or group of that name (docs/deployment.md, "Several Redis servers")."""
+    return _consistent_hash(name, servers)
 
 
 async def group_send_many(layer: Any, sends: list[tuple[str, dict[str, Any]]]) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 
 from django.conf import settings
 
+from realtime.node.layer_compat import shard_index
+
 # (offset, ts in ms, data as compact JSON text)
 Entry = tuple[int, int, str]
 
@@ -250,19 +252,20 @@ def _entries(raw: list[Any]) -> list[Entry]:
 
 
 class RedisStore(TopicStore):
-    """Production: history in Redis streams, shared by every node."""
+    """Production: history in Redis streams, shared by every node. With several
+    servers each topic lives on one, picked as the channel layers pick (the ring)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        # redis.asyncio clients belong to one event loop.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        # redis.asyncio clients belong to one event loop: per loop, one per server.
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, list[tuple[Any, Any]]
+        ] = weakref.WeakKeyDictionary()
 
-    def _client(self) -> tuple[Any, Any]:
+    def _servers(self) -> list[tuple[Any, Any]]:
         loop = asyncio.get_running_loop()
-        pair = self._clients.get(loop)
-        if pair is None:
+        pairs = self._clients.get(loop)
+        if pairs is None:
             import redis.asyncio as aioredis
             from django.utils.module_loading import import_string
 
@@ -271,15 +274,23 @@ class RedisStore(TopicStore):
             # factory is the one settings name (a plain server or sentinels), loaded
             # as Django loads the cache's pool class: the project is above realtime.
             make_pool = import_string(settings.REDIS_ASYNC_POOL)
-            pool = make_pool(
-                self.url, max_connections=REDIS_POOL_SIZE, timeout=10, socket_timeout=10
-            )
-            client = aioredis.Redis(connection_pool=pool)
-            pair = self._clients[loop] = (client, client.register_script(_SCRIPT))
-        return pair
+            pairs = []
+            for url in self.urls:
+                pool = make_pool(
+                    url, max_connections=REDIS_POOL_SIZE, timeout=10, socket_timeout=10
+                )
+                client = aioredis.Redis(connection_pool=pool)
+                pairs.append((client, client.register_script(_SCRIPT)))
+            self._clients[loop] = pairs
+        return pairs
+
+    def _client(self, topic: str) -> tuple[Any, Any]:
+        """The client and script of the server holding `topic`."""
+        servers = self._servers()
+        return servers[shard_index(topic, len(servers))]
 
     async def publish(self, topic: str, ns: Namespace, data: str, ts: int) -> tuple[int, str]:
-        _, script = self._client()
+        _, script = self._client(topic)
         offset, epoch = await script(
             keys=_keys(topic),
             args=[
@@ -297,7 +308,7 @@ class RedisStore(TopicStore):
     async def snapshot(
         self, topic: str, ns: Namespace, since: int | None, epoch: str | None
     ) -> Snapshot:
-        _, script = self._client()
+        _, script = self._client(topic)
         offset, current, raw = await script(
             keys=_keys(topic),
             args=[
@@ -321,7 +332,7 @@ class RedisStore(TopicStore):
     async def read_range(
         self, topic: str, ns: Namespace, after: int, upto: int
     ) -> tuple[str | None, list[Entry]]:
-        client, _ = self._client()
+        client, _ = self._client(topic)
         meta, history = _keys(topic)
         async with client.pipeline(transaction=True) as pipe:
             pipe.hget(meta, "e")
@@ -330,7 +341,17 @@ class RedisStore(TopicStore):
         return (epoch.decode() if epoch else None), _fresh(_entries(raw), ns)
 
     async def heads(self, topics: list[str]) -> dict[str, tuple[int, str]]:
-        client, _ = self._client()
+        servers = self._servers()
+        by_server: dict[int, list[str]] = {}
+        for topic in topics:
+            by_server.setdefault(shard_index(topic, len(servers)), []).append(topic)
+        found = await asyncio.gather(
+            *(self._heads_on(servers[i][0], names) for i, names in by_server.items())
+        )
+        return {topic: head for part in found for topic, head in part.items()}
+
+    @staticmethod
+    async def _heads_on(client: Any, topics: list[str]) -> dict[str, tuple[int, str]]:
         async with client.pipeline(transaction=False) as pipe:
             for topic in topics:
                 pipe.hmget(_keys(topic)[0], "o", "e")
@@ -342,17 +363,17 @@ class RedisStore(TopicStore):
         }
 
     async def reset(self) -> None:
-        client, _ = self._client()
-        async for key in client.scan_iter(match="tether:topic:*", count=1000):
-            await client.delete(key)
+        for client, _ in self._servers():
+            async for key in client.scan_iter(match="tether:topic:*", count=1000):
+                await client.delete(key)
 
 
 _store: TopicStore | None = None
 
 
 def get_store() -> TopicStore:
-    """This process's topic store: Redis when `REDIS_URL` is set, else memory."""
+    """This process's topic store: Redis when `REDIS_URL` names servers, else memory."""
     global _store
     if _store is None:
-        _store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else MemoryStore()
+        _store = RedisStore(settings.REDIS_URLS) if settings.REDIS_URLS else MemoryStore()
     return _store

@@ -331,6 +331,15 @@ REDIS_SHARD = Patch(
     assigned=("_lock", "_redis"),
 )
 
+REDIS_HASH = Patch(
+    "several Redis servers: the layers' ring",
+    "channels-redis",
+    "channels_redis.utils",
+    "_consistent_hash",
+    "the topic store and the cache put each key on the server channels-redis would "
+    "pick for that name, so one ring spreads every kind of traffic",
+    params=("value", "ring_size"),
+)
 ALL: tuple[Patch, ...] = (
     DAPHNE_CLOSE,
     DAPHNE_CLOSE_FRAME,
@@ -351,4 +360,5 @@ ALL: tuple[Patch, ...] = (
     REDIS_PUBSUB_LAYER,
     REDIS_PUBSUB_LOOP_LAYER,
     REDIS_SHARD,
+    REDIS_HASH,
 )

@@ -12,8 +12,10 @@ from project.redis_conn import (
     layer_host,
     parse_sentinel_url,
     sentinel_url,
+    split_urls,
     sync_pool,
 )
+from realtime.node.layer_compat import shard_index
 
 KEY = "k" * 50
 
@@ -81,3 +83,70 @@ def test_the_password_of_a_sentinel_url_is_redacted() -> None:
     cfg = config.load({"SECRET_KEY": KEY, "REDIS_URL": "redis+sentinel://:pw@h:1,g:2/tether"})
     row = next(r for r in config.redacted(cfg) if r["name"] == "REDIS_URL")
     assert "pw" not in row["value"] and row["value"].startswith("redis+sentinel://***@")
+
+
+# Several servers (docs/deployment.md, "Several Redis servers").
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "redis://a:6379 redis://b:6379/2  rediss://c:6380",
+        "redis://a:6379,redis://b:6379/2, rediss://c:6380",
+        "  redis://a:6379\n redis://b:6379/2\trediss://c:6380 ",
+    ],
+)
+def test_several_servers_are_split_in_order(raw: str) -> None:
+    assert split_urls(raw) == ["redis://a:6379", "redis://b:6379/2", "rediss://c:6380"]
+    values = config.load({"SECRET_KEY": KEY, "REDIS_URL": raw}).values
+    assert values["REDIS_URL"] == "redis://a:6379 redis://b:6379/2 rediss://c:6380"
+
+
+def test_a_sentinel_url_keeps_its_commas_beside_other_servers() -> None:
+    raw = "redis+sentinel://s1:26379,s2:26379/one,redis+sentinel://s3,s4/two redis://c"
+    assert split_urls(raw) == [
+        "redis+sentinel://s1:26379,s2:26379/one",
+        "redis+sentinel://s3,s4/two",
+        "redis://c",
+    ]
+    values = config.load(
+        {"SECRET_KEY": KEY, "REDIS_URL": raw, "REDIS_SENTINEL_PASSWORD": "w"}
+    ).values
+    # The sentinels' password joins each sentinel URL, not the plain server.
+    assert config.effective_redis_url(values).split(" ") == [
+        "redis+sentinel://s1:26379,s2:26379/one?sentinel_password=w",
+        "redis+sentinel://s3,s4/two?sentinel_password=w",
+        "redis://c",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("redis://a:6379 http://b", "expected redis://"),
+        ("redis://a:6379 redis://a:6379", "named twice"),
+        ("redis://a:6379 redis://b:99999", "port"),
+    ],
+)
+def test_a_bad_server_among_several_is_refused(raw: str, says: str) -> None:
+    with pytest.raises(config.ConfigError, match=f"REDIS_URL.*{says}"):
+        config.load({"SECRET_KEY": KEY, "REDIS_URL": raw})
+
+
+def test_each_server_is_redacted_on_its_own() -> None:
+    loaded = config.load(
+        {"SECRET_KEY": KEY, "REDIS_URL": "redis://:pw1@a:6379 redis://u:pw2@b:6379/1"}
+    )
+    (row,) = [r for r in config.redacted(loaded) if r["name"] == "REDIS_URL"]
+    assert row["value"] == "redis://***@a:6379 redis://***@b:6379/1"
+
+
+def test_the_ring_is_the_channel_layers_own() -> None:
+    """Topics and cache keys land where channels-redis would put the same name."""
+    from channels_redis.core import RedisChannelLayer
+
+    layer = RedisChannelLayer(hosts=["redis://a", "redis://b", "redis://c"])
+    names = [f"name-{n}" for n in range(3000)]
+    assert [shard_index(n, 3) for n in names] == [layer.consistent_hash(n) for n in names]
+    assert {shard_index(n, 3) for n in names} == {0, 1, 2}
+    assert {shard_index(n, 1) for n in names} == {0}

@@ -124,7 +124,10 @@ def _find_redis_server() -> str | None:
 class RedisServer:
     """A Redis server: the one in REDIS_URL, or a throwaway redis-server we own."""
 
-    def __init__(self) -> None:
+    def __init__(self, own: bool = False) -> None:
+        # own: always a throwaway server, even with REDIS_URL set (a test that
+        # needs several distinct servers).
+        self.own = own
         self.url: str = ""
         self.owned: bool = False
         self.port: int | None = None
@@ -145,7 +148,7 @@ class RedisServer:
 
     def start(self) -> str:
         """Connect to REDIS_URL or start a throwaway server; return its URL."""
-        env_url = os.environ.get("REDIS_URL")
+        env_url = "" if self.own else os.environ.get("REDIS_URL")
         if env_url:
             self.url, self.owned = env_url, False
             try:
@@ -350,7 +353,10 @@ def unprivileged() -> tuple[list[str], pwd.struct_passwd | None]:
 class PostgresServer:
     """A fresh PostgreSQL database: on DATABASE_URL's server, or in a throwaway cluster."""
 
-    def __init__(self) -> None:
+    def __init__(self, own: bool = False) -> None:
+        # own: always a throwaway server, even with REDIS_URL set (a test that
+        # needs several distinct servers).
+        self.own = own
         self.url: str = ""
         self.owned: bool = False  # True when we run the whole cluster
         self.port: int | None = None

@@ -49,7 +49,7 @@ async def store_and_size(
         yield memory, lambda: len(memory.topics)
         return
     service = request.getfixturevalue("redis_service")
-    redis_store = RedisStore(service.url)
+    redis_store = RedisStore([service.url])
     await redis_store.reset()
     client = service.client()
     # The probed topics' keys only: the session's Redis also holds other tests' keys.
@@ -102,7 +102,7 @@ async def test_the_empty_epoch_goes_with_offset_0_only(store_and_size) -> None:
 async def test_redis_flush_reads_store_nothing_and_the_next_publication_is_a_new_epoch(
     redis_service,
 ) -> None:
-    store = RedisStore(redis_service.url)
+    store = RedisStore([redis_service.url])
     await store.reset()
     topic = f"prices:{unique('flushed')}"
     for data in ("1", "2", "3"):

@@ -18,7 +18,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[TopicStore]:
         yield MemoryStore()
         return
     service = request.getfixturevalue("redis_service")
-    redis_store = RedisStore(service.url)
+    redis_store = RedisStore([service.url])
     await redis_store.reset()
     yield redis_store
     await redis_store.reset()
@@ -60,7 +60,7 @@ async def test_history_lifetime_counts_as_missing(store: TopicStore) -> None:
 
 
 async def test_redis_history_gone_means_a_new_epoch(redis_service) -> None:
-    store = RedisStore(redis_service.url)
+    store = RedisStore([redis_service.url])
     await store.reset()
     _, epoch = await store.publish("prices:X", NS, "1", now())
     client = redis_service.client()
@@ -78,7 +78,7 @@ async def test_another_replication_history_means_a_new_epoch(redis_service) -> N
     """A promoted replica (or a restarted master) has another `master_replid`, and
     may lack the newest publications: every topic starts a new epoch at its next
     touch, with no history (the live failover: tests/node/test_redis_failover_live.py)."""
-    store = RedisStore(redis_service.url)
+    store = RedisStore([redis_service.url])
     await store.reset()
     for data in ("1", "2"):
         _, epoch = await store.publish("prices:F", NS, data, now())
@@ -99,7 +99,7 @@ async def test_redis_store_survives_a_burst_beyond_its_pool(redis_service) -> No
     """Hundreds of subscribes at once wait for a pooled connection instead of failing."""
     import asyncio
 
-    store = RedisStore(redis_service.url)
+    store = RedisStore([redis_service.url])
     await store.reset()
     snaps = await asyncio.gather(
         *(store.snapshot(f"prices:B{i % 7}", NS, None, None) for i in range(400))
