@@ -2,6 +2,7 @@
 // through textContent or an attribute, never through HTML parsing.
 import { ChatClient, api } from "./client.js";
 import { NotificationsToggle } from "./notifications.js";
+import { DurableOutbox } from "./outbox.js";
 import { Banner, el, onFrame } from "./ui.js";
 
 const app = document.getElementById("chat-app");
@@ -28,6 +29,7 @@ const TYPING_SHOW_MS = 4000;
 const TYPING_SEND_EVERY_MS = 2000;
 
 const client = new ChatClient();
+const durable = new DurableOutbox(me.id);
 const conversations = new Map();
 const presence = new Map();
 let openId = null;
@@ -582,10 +584,19 @@ client.addEventListener("message", async (e) => {
 });
 
 client.addEventListener("ack", (e) => {
-  const { id, conversation, seq } = e.detail;
+  const { id, conversation, seq, duplicate } = e.detail;
+  durable.forget(id);
   const s = store(conversation);
   const entry = s && s.pending.get(id);
   if (!entry) return;
+  if (duplicate) {
+    // Stored before (a page closed before its ack came): the message is in the
+    // conversation's history already, not to be shown twice.
+    s.pending.delete(id);
+    if (openId === s.id) renderPending();
+    if (s.loaded) loadLatest(s);
+    return;
+  }
   entry.state = "sent";
   entry.seq = seq;
   if (openId === s.id) renderPending();
@@ -594,6 +605,9 @@ client.addEventListener("ack", (e) => {
 client.addEventListener("send-failed", (e) => {
   const { id, conversation, code, message } = e.detail;
   const s = store(conversation);
+  // Refused for good (not a member any more, a bad body): no later page should
+  // send it again. A timeout may still be stored: kept, sent again with its id.
+  if (code !== "timeout") durable.forget(id);
   const entry = s && s.pending.get(id);
   if (!entry) return;
   entry.state = "failed";
@@ -628,7 +642,12 @@ client.addEventListener("presence", (e) => setPresence(e.detail.user.id, e.detai
 client.addEventListener("welcome", () => setPresence(me.id, "online"));
 client.addEventListener("disconnect", () => setPresence(me.id, "offline"));
 
+let restored = false;
 client.addEventListener("synced", () => {
+  if (!restored) {
+    restored = true;
+    restoreOutbox();
+  }
   // Presence changes while we were away were not sent to us: ask again.
   const ids = new Set();
   for (const s of conversations.values()) for (const m of others(s.info)) ids.add(m.id);
@@ -641,6 +660,21 @@ client.addEventListener("synced", () => {
     if (wanted && store(wanted)) openConversation(wanted);
   }
 });
+
+// Sends an earlier page of this user kept and never saw acknowledged (a tab closed
+// offline): sent once more with their own ids, shown as pending meanwhile.
+async function restoreOutbox() {
+  for (const entry of await durable.entries()) {
+    if (client.outbox.has(entry.id)) continue;
+    // Sent even to a conversation this page does not list: a user who left it
+    // gets `forbidden`, and the entry is forgotten with the failure.
+    client.send(entry.conversation, entry.body, entry.id);
+    const s = store(entry.conversation);
+    if (!s) continue;
+    s.pending.set(entry.id, { id: entry.id, body: entry.body, state: "pending", seq: null });
+    if (openId === s.id) renderPending();
+  }
+}
 
 // A notification clicked while this page is open (static/tether/sw.js).
 new NotificationsToggle(document.getElementById("notifications-toggle"), {
@@ -688,6 +722,7 @@ function submit() {
   composerError.textContent = "";
   const id = client.send(s.id, body);
   s.pending.set(id, { id, body, state: "pending", seq: null });
+  durable.keep({ id, conversation: s.id, body });
   composer.value = "";
   stickToBottom = true;
   if (!s.atTail) resetWindow(s);

@@ -26,6 +26,7 @@ from tests.support.browser import (
 )
 from tests.support.live import STAFF_PASSWORD, DaphneNode, Stack, http, manage
 from tests.support.names import unique
+from tests.support.waiting import eventually_sync
 
 pytestmark = pytest.mark.timeout(150)
 # static/tether/chat.js keeps at most this many messages in the DOM.
@@ -189,6 +190,104 @@ def test_message_typed_offline_is_delivered_exactly_once(
     b.wait_bodies(["typed while offline", "next"])
     assert b.bodies() == ["typed while offline", "next"]
     assert rest_bodies(web, alice, cid) == ["typed while offline", "next"]
+
+
+def kept_sends(tab: Tab) -> list[dict[str, Any]]:
+    """What the page's durable outbox holds in IndexedDB (static/tether/outbox.js)."""
+    return tab.page.evaluate(
+        """() => new Promise((resolve, reject) => {
+            const open = indexedDB.open("tether-outbox", 1);
+            open.onerror = () => reject(open.error);
+            open.onsuccess = () => {
+                const db = open.result;
+                if (!db.objectStoreNames.contains("sends")) return resolve([]);
+                const all = db.transaction("sends").objectStore("sends").getAll();
+                all.onsuccess = () => resolve(all.result);
+                all.onerror = () => reject(all.error);
+            };
+        })"""
+    )
+
+
+def test_messages_typed_offline_survive_a_closed_tab_and_are_sent_once(
+    web: DaphneNode, tab: Callable[[], Tab]
+) -> None:
+    alice, a, bob, b, cid = pair(web, tab)
+    b.open(cid)
+    a.send("before going offline")
+    b.wait_bodies(["before going offline"])
+    a.context.set_offline(True)
+    a.wait_state("offline")
+    a.send("typed offline 1")
+    a.send("typed offline 2")
+    a.page.wait_for_selector('[data-testid="message"][data-state="pending"] >> nth=1')
+    eventually_sync(lambda: len(kept_sends(a)) == 2, what="both sends kept in IndexedDB")
+    assert {k["body"] for k in kept_sends(a)} == {"typed offline 1", "typed offline 2"}
+    assert all(k["user"] == alice.id for k in kept_sends(a))
+    a.page.close()  # the tab is gone with its memory; the browser profile stays
+
+    a.context.set_offline(False)
+    a.page = a.context.new_page()
+    a.page.on("pageerror", lambda exc: a.console_errors.append(str(exc)))
+    a.page.goto(f"{web.url}/chat/#{cid}")
+    a.wait_state("connected")
+    b.wait_bodies(["before going offline", "typed offline 1", "typed offline 2"])
+    a.wait_bodies(["before going offline", "typed offline 1", "typed offline 2"])
+    eventually_sync(lambda: kept_sends(a) == [], what="the outbox emptied by the acks")
+    # Once: another page of the same user opening now sends nothing again.
+    again = a.context.new_page()
+    again.goto(f"{web.url}/chat/")
+    again.wait_for_selector('[data-testid="connection-status"][data-state="connected"]')
+    a.send("after")
+    b.wait_bodies(["before going offline", "typed offline 1", "typed offline 2", "after"])
+    assert rest_bodies(web, alice, cid) == [
+        "before going offline",
+        "typed offline 1",
+        "typed offline 2",
+        "after",
+    ]
+    assert b.bodies() == rest_bodies(web, bob, cid)
+    assert a.console_errors == []
+
+
+def test_a_kept_send_already_stored_is_not_shown_or_stored_twice(
+    web: DaphneNode, tab: Callable[[], Tab]
+) -> None:
+    """A tab closed after its send reached the server but before the ack came: the
+    next page sends it again with the same id and the server answers `duplicate`."""
+    alice, a, _, b, cid = pair(web, tab)
+    b.open(cid)
+    a.open(cid)
+    # What a closed tab leaves behind when its send was stored: the entry, and the
+    # message under that id.
+    a.page.evaluate(
+        """([cid, user]) => new Promise((resolve, reject) => {
+            const open = indexedDB.open("tether-outbox", 1);
+            open.onsuccess = () => {
+                const tx = open.result.transaction("sends", "readwrite");
+                tx.objectStore("sends").put({id: "kept-1", user, conversation: cid,
+                                             body: "stored once", created: Date.now()});
+                tx.oncomplete = resolve;
+                tx.onerror = () => reject(tx.error);
+            };
+        })""",
+        [cid, alice.id],
+    )
+    status, body, _ = http(
+        "POST",
+        f"{web.url}/api/conversations/{cid}/messages/",
+        {"id": "kept-1", "body": "stored once"},
+        {"Authorization": f"Bearer {alice.token}"},
+    )
+    assert status == 201, body
+    b.wait_bodies(["stored once"])
+    a.page.reload()
+    a.wait_state("connected")
+    eventually_sync(lambda: kept_sends(a) == [], what="the duplicate ack forgets the entry")
+    a.open(cid)
+    a.wait_bodies(["stored once"])
+    assert a.bodies() == ["stored once"]
+    assert rest_bodies(web, alice, cid) == ["stored once"]
 
 
 def test_server_restart_pages_reconnect_and_resume_without_reload(
