@@ -208,8 +208,14 @@ class DaphneNode:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                # Hung: every thread's stack to the node's log first (daphne runs
+                # with -X faulthandler, which dumps them on SIGABRT), then SIGKILL.
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
         code = self.proc.returncode
         self.proc = None
         return code
