@@ -67,8 +67,12 @@ class Drops:
     restarting: bool = False
 
     def saw(self, error: BaseException) -> None:
-        code = getattr(error, "code", "other")
-        self.codes[code if isinstance(code, int) else None] += 1
+        code: int | None = None  # a drop without a close frame, or no socket at all
+        if isinstance(error, ConnectionClosedByServer):
+            code = error.code
+        elif isinstance(error, ConnectionClosed) and error.rcvd is not None:
+            code = error.rcvd.code
+        self.codes[code] += 1
 
 
 async def connect(front: NginxFront, who: Person, endpoint: str, drops: Drops) -> WsClient:
