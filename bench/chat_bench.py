@@ -41,6 +41,56 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q / 100 * len(values)))]
 
 
+def server_counters(database_url: str, redis_url: str) -> dict[str, float]:
+    """PostgreSQL's committed transactions and rows written (this database), Redis'
+    commands by name and its CPU: read before and after the run, per message."""
+    import psycopg
+    import redis
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted "
+            "FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    counters = dict(
+        zip(
+            ("pg_commits", "pg_rollbacks", "pg_inserted", "pg_updated", "pg_deleted"),
+            row,
+            strict=True,
+        )
+    )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for name, stats in client.info("commandstats").items():
+            counters[f"redis_{name.removeprefix('cmdstat_')}"] = stats["calls"]
+        cpu = client.info("cpu")
+        counters["redis_cpu_s"] = cpu["used_cpu_sys"] + cpu["used_cpu_user"]
+    finally:
+        client.close()
+    return counters
+
+
+def per_message(before: dict[str, float], after: dict[str, float], messages: int) -> str:
+    """What the servers did per acknowledged message over the run, as one line each."""
+    if not messages:
+        return "no message acknowledged"
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    pg = ", ".join(
+        f"{k.removeprefix('pg_')} {delta[k] / messages:.3f}"
+        for k in ("pg_commits", "pg_rollbacks", "pg_inserted", "pg_updated", "pg_deleted")
+    )
+    commands = sorted(
+        ((k.removeprefix("redis_"), v) for k, v in delta.items() if k.startswith("redis_") and v),
+        key=lambda kv: -kv[1],
+    )
+    redis_line = ", ".join(f"{name} {v / messages:.3f}" for name, v in commands if name != "cpu_s")
+    return (
+        f"PostgreSQL per message: {pg}\n"
+        f"Redis per message: {redis_line}; "
+        f"Redis CPU {delta.get('redis_cpu_s', 0) * 1e6 / messages:.0f} us"
+    )
+
+
 def seed(database_url: str, conversations: int, members: int) -> list[dict]:
     """Users with tokens and conversations, straight through the ORM (fast)."""
     os.environ["DATABASE_URL"] = database_url
@@ -353,8 +403,10 @@ def main() -> None:
             )
         node_cpu_before = [process_cpu(n.proc.pid) for n in nodes]
         machine_before = machine_times()
+        servers_before = server_counters(database_url, redis_url)
         results = [out.get(timeout=args.duration + 120)[1] for _ in procs]
         stolen = steal_percent(machine_before, machine_times())
+        servers_after = server_counters(database_url, redis_url)
         node_cpu = [
             process_cpu(n.proc.pid) - b for n, b in zip(nodes, node_cpu_before, strict=True)
         ]
@@ -413,6 +465,11 @@ def main() -> None:
     )
     print(f"CPU time taken by the host (steal): {stolen} % of the machine")
     if acks:
+        print(
+            f"node CPU per acknowledged message: {sum(node_cpu) * 1e3 / len(acks):.3f} ms "
+            f"(with its {len(deliveries) / max(1, len(acks)) * 1:.1f} sampled deliveries)"
+        )
+        print(per_message(servers_before, servers_after, len(acks)))
         print(f"mean ack {statistics.mean(acks) * 1000:.1f} ms")
     if receiver is not None:
         print(

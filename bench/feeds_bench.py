@@ -89,6 +89,16 @@ def redis_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def redis_calls(url: str) -> dict[str, int]:
+    """Redis' calls so far, by command (`INFO commandstats`; scripts' inner commands
+    count under their own names)."""
+    import redis
+
+    with redis.Redis.from_url(url, socket_timeout=5) as conn:
+        stats = conn.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
 def bench_tokens(env: dict[str, str], users: int) -> list[str]:
     """`users` users, each with an API token (the first through `manage.py issue_token`)."""
     from tests.support.live import manage
@@ -403,6 +413,7 @@ def fanout(
         ready = publisher.read(120)
         workers.all(("measure", ready["feedback_port"] or None), 30)
         cpu0, rcpu0, t0 = process_cpu(node.pid), redis_cpu(args.redis), time.monotonic()
+        calls0 = redis_calls(args.redis)
         machine0 = machine_times()
         publisher.go(time.time() + 0.3)
         log(f"{target} {mode}: publishing for {args.seconds:g} s …")
@@ -412,6 +423,7 @@ def fanout(
         results = workers.all(("drain", published, args.quiet, 120), 180)
         wall = time.monotonic() - t0
         server_cpu, r_cpu = process_cpu(node.pid) - cpu0, redis_cpu(args.redis) - rcpu0
+        calls = {k: v - calls0.get(k, 0) for k, v in redis_calls(args.redis).items()}
         stolen = steal_percent(machine0, machine_times())
     finally:
         publisher.stop()
@@ -455,6 +467,13 @@ def fanout(
         "server_cpu_s": round(server_cpu, 2),
         "server_cpu_pct": round(100 * server_cpu / wall, 1),
         "redis_cpu_s": round(r_cpu, 2),
+        # Per publication: Redis' commands (the publisher's and the node's), and
+        # the node's CPU per delivery (docs/scaling.md).
+        "redis_calls_per_publication": {
+            k: round(v / published, 2) for k, v in sorted(calls.items()) if v and published
+        },
+        "redis_cpu_us_per_publication": round(r_cpu * 1e6 / published, 1) if published else None,
+        "server_cpu_us_per_delivery": round(server_cpu * 1e6 / received, 2) if received else None,
         "loadgen_cpu_pct": [round(100 * r["cpu"] / r["wall"], 1) for r in results],
         "loadgen_cpu_s": [round(r["cpu"], 2) for r in results],
         "publisher_cpu_pct": round(100 * done["cpu"] / pub_span, 1) if pub_span else None,
@@ -584,6 +603,12 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             ("failed", "failed"),
         ]
         table(cols, idle_rows)
+    for r in fan:
+        print(
+            f"{r['target']} {r['scenario']}: node CPU {r['server_cpu_us_per_delivery']} us per "
+            f"delivery; Redis per publication: {r['redis_calls_per_publication']}, "
+            f"{r['redis_cpu_us_per_publication']} us of CPU"
+        )
     for r in rows:
         if r["scenario"] == "skipped":
             print(f"{r['target']}: skipped ({r['reason']})")

@@ -129,6 +129,23 @@ def parse_origins(raw: str) -> list[str]:
     return [o.rstrip("/") for o in origins]
 
 
+def parse_trusted_proxies(raw: str) -> list[str]:
+    """Addresses and networks (`127.0.0.1`, `10.0.0.0/8`, `::1`), or `*` for any peer."""
+    import ipaddress
+
+    entries = parse_list(raw)
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{entry!r} is not an IP address or network (10.0.0.0/8), nor `*`"
+            ) from None
+    return entries
+
+
 def parse_jwt_secret(raw: str) -> str:
     value = raw.strip()
     if len(value.encode()) < 32:
@@ -521,6 +538,14 @@ DECLARATIONS: tuple[Setting, ...] = (
         default_doc="empty: off",
     ),
     Setting("MAX_SUBSCRIPTIONS_PER_CLIENT", parse_int, 100, "topics per connection", minimum=1),
+    Setting(
+        "TRUSTED_PROXIES",
+        parse_trusted_proxies,
+        ["127.0.0.1", "::1"],
+        "peers whose `X-Forwarded-For`/`-Proto` a node believes (with daphne's "
+        "`--proxy-headers`), comma-separated addresses or networks (`10.0.0.0/8`), `*` for "
+        "any; from any other peer the headers are ignored and its own address is the client",
+    ),
     Setting(
         "HANDSHAKE_RATE_PER_SECOND",
         parse_int,

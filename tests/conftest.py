@@ -57,7 +57,11 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., DaphneNode]]:
     nodes: list[DaphneNode] = []
 
     def start(
-        stack: Stack, name: str | None = None, server: str = "daphne", **settings: str
+        stack: Stack,
+        name: str | None = None,
+        server: str = "daphne",
+        proxy_headers: bool = False,
+        **settings: str,
     ) -> DaphneNode:
         node = DaphneNode(
             stack=stack,
@@ -65,6 +69,7 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., DaphneNode]]:
             log_dir=tmp_path,
             settings={k: str(v) for k, v in settings.items()},
             server=server,
+            proxy_headers=proxy_headers,
         )
         nodes.append(node)
         return node.start()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
@@ -29,6 +31,9 @@ log = logging.getLogger("tether.runtime")
 
 # Upper bound on closing every socket at SIGTERM before the node's records go.
 DRAIN_SECONDS = 10.0
+# After the drain under daphne, how long the process may take to exit before it
+# exits anyway (`exit_after_drain`).
+EXIT_GRACE_SECONDS = 5.0
 
 
 class NodePart(Protocol):
@@ -92,8 +97,15 @@ class NodeRuntime:
             self.connections.clear()
             self.opening.clear()
             self._tasks = []
+        if self.draining:
+            # Stopping (SIGTERM): a request that arrives while the node drains, or
+            # after its records are gone, must not register it again. A node that
+            # did kept its hub, sweeper and a node row alive past the drain, and
+            # the process did not exit (under load through nginx, whose
+            # least_conn sends reconnects to the node that just emptied).
+            return
         async with self._start_lock:
-            if self.node_id is not None:
+            if self.node_id is not None or self.draining:
                 return
             self.name = settings.NODE_NAME
             self.stats = NodeStats()
@@ -170,7 +182,9 @@ class NodeRuntime:
             # "before", like daphne's own cancelling of the consumers: by the
             # "during" phase the asyncio loop is stopping and would never finish this.
             log.info("node %s shutting down: removing its records", self.name)
-            return defer.Deferred.fromFuture(asyncio.ensure_future(self._stop_logged()))
+            stopping = asyncio.ensure_future(self._stop_logged())
+            stopping.add_done_callback(lambda _: exit_after_drain(self.name))
+            return defer.Deferred.fromFuture(stopping)
 
         reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
         self._shutdown_hooked = True
@@ -363,6 +377,38 @@ def _tune_interpreter() -> None:
     # default), and a batch of sends waits for the database twice.
     # 1 ms: about 3 ms less per batch at 1,000 msg/s, and a shorter tail.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+
+
+def exit_after_drain(name: str, grace: float = EXIT_GRACE_SECONDS) -> None:
+    """Under daphne, once the drain is done: exit within `grace` seconds whatever
+    still runs.
+
+    An HTTP request that daphne's stop catches half-way can leave its worker
+    thread waiting for the event loop, which has stopped; Python waits for that
+    thread at exit, for ever, until systemd's or the kubelet's SIGKILL (seen in a
+    rolling restart under load through nginx: a POST arriving on a kept-alive
+    connection as the node stopped). The sockets are closed and the records gone
+    by now; the request's client gets a 502 from nginx, as from a node killed.
+    """
+
+    def watchdog() -> None:
+        time.sleep(grace)
+        others = [
+            t.name
+            for t in threading.enumerate()
+            if not t.daemon and t is not threading.main_thread() and t.is_alive()
+        ]
+        log.warning(
+            "node %s: exit held %.0f s after the drain by %d threads (%s); exiting",
+            name,
+            grace,
+            len(others),
+            ", ".join(others[:5]),
+        )
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watchdog, name="tether-exit-watchdog", daemon=True).start()
 
 
 class NodeStartMiddleware:

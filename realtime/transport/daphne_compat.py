@@ -25,11 +25,22 @@ After a WebSocket upgrade, daphne leaves Twisted's HTTP channel and its request
 pointing at each other, about twenty objects per handshake that only a full
 collection of the garbage collector frees (the node runs those rarely:
 `runtime._tune_interpreter`). The upgrade now unlinks them, so they go at once.
+
+daphne's `--proxy-headers` believes `X-Forwarded-For` and `X-Forwarded-Proto`
+from whoever connects: a client that reaches a node directly names its own
+address, and with it dodges every per-address bound (handshakes, password
+guesses) and writes what it likes into connection records. The headers are now
+believed only from a peer in `TRUSTED_PROXIES` (nginx; uvicorn's
+`--forwarded-allow-ips` is the same rule); from any other peer its own address
+is the client and its scheme the connection's. A peer without an IP address (a
+UNIX socket, which only local processes can reach) counts as trusted.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from realtime.transport import patches
@@ -57,6 +68,7 @@ def patch_daphne_close_codes() -> None:
     _patch_access_log()
     _patch_autobahn_debug_text()
     _patch_upgrade_leftovers()
+    _patch_forwarded_headers()
     _PATCHED = True
 
 
@@ -155,3 +167,58 @@ def _patch_upgrade_leftovers() -> None:
         return result
 
     patches.replace(patches.DAPHNE_UPGRADE, process_then_unlink)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(entries: Iterable[str]) -> list[Network] | None:
+    """TRUSTED_PROXIES as networks; None when `*` trusts every peer."""
+    entries = list(entries)
+    if "*" in entries:
+        return None
+    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+
+def is_trusted_proxy(peer: Any, networks: list[Network] | None) -> bool:
+    """Whether X-Forwarded-* from `peer` (daphne's `[host, port]`, or None for a peer
+    without an IP address) may name the client."""
+    if networks is None or peer is None:
+        return True
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except (ValueError, IndexError, TypeError):
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def _patch_forwarded_headers() -> None:
+    from django.conf import settings
+
+    networks = trusted_networks(settings.TRUSTED_PROXIES)
+    for patch in (patches.DAPHNE_FORWARDED_HTTP, patches.DAPHNE_FORWARDED_WS):
+        parse = patches.original(patch)
+
+        def parse_if_trusted(  # type: ignore[no-untyped-def]
+            headers,
+            address_header_name="X-Forwarded-For",
+            port_header_name="X-Forwarded-Port",
+            proto_header_name="X-Forwarded-Proto",
+            original_addr=None,
+            original_scheme=None,
+            _parse=parse,
+        ):
+            if not is_trusted_proxy(original_addr, networks):
+                return original_addr, original_scheme
+            return _parse(
+                headers,
+                address_header_name,
+                port_header_name,
+                proto_header_name,
+                original_addr,
+                original_scheme,
+            )
+
+        patches.replace(patch, parse_if_trusted)

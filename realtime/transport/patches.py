@@ -208,6 +208,32 @@ DAPHNE_UPGRADE = Patch(
     "upgrade: twenty objects per handshake that only a full collection frees",
     params=("self",),
 )
+_FORWARDED_PARAMS = (
+    "headers",
+    "address_header_name",
+    "port_header_name",
+    "proto_header_name",
+    "original_addr",
+    "original_scheme",
+)
+DAPHNE_FORWARDED_HTTP = Patch(
+    "X-Forwarded-* only from trusted proxies (HTTP)",
+    "daphne",
+    "daphne.http_protocol",
+    "parse_x_forwarded_for",
+    "daphne's --proxy-headers believes X-Forwarded-For from any peer, so a client "
+    "reaching a node directly picks its own address (and dodges per-address limits); "
+    "daphne has no trusted-proxy list (uvicorn's --forwarded-allow-ips)",
+    params=_FORWARDED_PARAMS,
+)
+DAPHNE_FORWARDED_WS = Patch(
+    "X-Forwarded-* only from trusted proxies (WebSocket)",
+    "daphne",
+    "daphne.ws_protocol",
+    "parse_x_forwarded_for",
+    "as above: daphne's WebSocket protocol reads the headers again, by its own import",
+    params=_FORWARDED_PARAMS,
+)
 AUTOBAHN_DEBUG_TEXT = Patch(
     "autobahn's debug text built lazily",
     "autobahn",
@@ -347,6 +373,8 @@ ALL: tuple[Patch, ...] = (
     DAPHNE_SERVER,
     DAPHNE_ACCESS_LOG,
     DAPHNE_UPGRADE,
+    DAPHNE_FORWARDED_HTTP,
+    DAPHNE_FORWARDED_WS,
     AUTOBAHN_DEBUG_TEXT,
     AUTOBAHN_DEBUG_VALUES,
     AUTOBAHN_PFORMAT,

@@ -137,6 +137,8 @@ class DaphneNode:
     port: int = 0
     proc: subprocess.Popen | None = None
     server: str = "daphne"  # or "uvicorn", the optional server
+    # daphne's --proxy-headers, as deploy/tether@.service runs it behind nginx.
+    proxy_headers: bool = False
 
     @property
     def url(self) -> str:
@@ -160,7 +162,9 @@ class DaphneNode:
             command += ["--port", str(self.port), "--ws", "websockets-sansio", "--loop", "asyncio"]
         else:
             command = ["daphne", "-b", "127.0.0.1", "-p", str(self.port)]
-            command += ["--websocket_timeout", "-1", "project.asgi:application"]
+            command += ["--websocket_timeout", "-1"]
+            command += ["--proxy-headers"] if self.proxy_headers else []
+            command += ["project.asgi:application"]
         self.proc = subprocess.Popen(
             [sys.executable, "-X", "faulthandler", "-m", *command],
             cwd=ROOT,
@@ -204,8 +208,14 @@ class DaphneNode:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                # Hung: every thread's stack to the node's log first (daphne runs
+                # with -X faulthandler, which dumps them on SIGABRT), then SIGKILL.
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
         code = self.proc.returncode
         self.proc = None
         return code

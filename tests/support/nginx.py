@@ -47,6 +47,7 @@ __all__ = [
     "make_nginx_front",
     "nginx_front",
     "template_site",
+    "ws_location",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +88,9 @@ class Limits:
     password_rate: str | None = None
     password_burst: int | None = None
     ws_conn: int | None = None
+    # `location /ws/`'s proxy_read_timeout and proxy_send_timeout (`"3s"`).
+    ws_read_timeout: str | None = None
+    ws_send_timeout: str | None = None
 
 
 # ------------------------------------------------------------------ template
@@ -116,6 +120,32 @@ def _upstream_servers(text: str, ports: Sequence[int]) -> str:
     indent, params = found[0].group(1), found[0].group(2)
     lines = "".join(f"{indent}server 127.0.0.1:{port}{params};\n" for port in ports)
     return text[: found[0].start()] + lines + text[found[1].end() :]
+
+
+def ws_location(text: str) -> tuple[int, int]:
+    """Where `location /ws/ { ... }` is in the site: (start, end) of its body."""
+    found = list(re.finditer(r"^([ \t]*)location /ws/ \{\n", text, flags=re.MULTILINE))
+    if len(found) != 1:
+        raise TemplateError(
+            f"{SHIPPED_SITE.relative_to(ROOT)} changed shape: expected one "
+            f"`location /ws/ {{`, found {len(found)}."
+        )
+    indent = found[0].group(1)
+    end = text.find(f"\n{indent}}}\n", found[0].end())
+    if end < 0:
+        raise TemplateError("`location /ws/ {` is not closed at its own indentation")
+    return found[0].end(), end
+
+
+def _ws_timeout(text: str, directive: str, value: str | None) -> str:
+    """`directive` inside `location /ws/` (once there) set to `value`."""
+    if value is None:
+        return text
+    start, end = ws_location(text)
+    body = _sub_once(
+        text[start:end], rf"(\b{directive}\s+)\S+;", rf"\g<1>{value};", f"{directive} in /ws/"
+    )
+    return text[:start] + body + text[end:]
 
 
 def _rate(text: str, zone: str, rate: str | None) -> str:
@@ -172,6 +202,8 @@ def template_site(
     text = _burst(text, "tether_ticket", limits.ticket_burst)
     text = _rate(text, "tether_password", limits.password_rate)
     text = _burst(text, "tether_password", limits.password_burst)
+    text = _ws_timeout(text, "proxy_read_timeout", limits.ws_read_timeout)
+    text = _ws_timeout(text, "proxy_send_timeout", limits.ws_send_timeout)
     if limits.ws_conn is not None:
         text = _sub_once(
             text,

@@ -48,7 +48,7 @@ def test_the_template_changes_only_ports_certificate_and_the_numbers_asked() -> 
     for directive in ("limit_req_status 429;", "limit_conn_status 429;", "log_level warn;"):
         assert directive in shipped
     site = template(shipped, Limits(handshake_rate="1r/m", handshake_burst=5, ws_conn=3))
-    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=3 fail_timeout=10s;", site) == [
+    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=3 fail_timeout=2s;", site) == [
         "9001", "9002", "9003",
     ]  # fmt: skip
     assert "listen 127.0.0.1:8443 ssl http2;" in site and "listen 127.0.0.1:8080;" in site
@@ -62,7 +62,7 @@ def test_the_template_changes_only_ports_certificate_and_the_numbers_asked() -> 
     # Whatever the template does not know fails loudly rather than running a
     # configuration nobody ships.
     for changed in (
-        shipped.replace("    server 127.0.0.1:8002 max_fails=3 fail_timeout=10s;\n", ""),
+        shipped.replace("    server 127.0.0.1:8002 max_fails=3 fail_timeout=2s;\n", ""),
         shipped.replace("listen [::]:443 ssl http2;", "listen [::]:443 ssl;"),
         shipped.replace("limit_conn tether_ws_conn 1000;", "limit_conn tether_ws 1000;"),
     ):

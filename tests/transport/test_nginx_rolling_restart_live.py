@@ -1,0 +1,382 @@
+"""A rolling restart of both nodes behind the shipped nginx, under chat and topic load.
+
+Two daphne nodes on PostgreSQL and Redis, run as deploy/tether@.service runs them
+(`--proxy-headers`), behind Debian's nginx with `deploy/nginx.conf`
+(tests/support/nginx.py). Every client goes through nginx, on both endpoints:
+senders send with acks, members read and resume with `sync`, a subscriber follows
+a topic and resumes with `since` while a publisher publishes over REST. Then, as
+the runbook says (docs/deployment.md, section 9), each node in turn gets SIGTERM
+(it drains: every socket closed with 1012), starts again on its port, and the
+next waits until its `/ready/` answers 200. Clients reconnect through nginx,
+which sends them to the node that is up, after the protocol's random wait.
+
+At the end: every acknowledged message is stored once (a send whose ack was lost
+is sent again with its id), every member's logical socket got each message once
+and in order (the database is the truth), every drop a client saw was the drain's
+1012 (nginx passes the close frame), and the subscriber saw every accepted
+publication once, each resume `recovered: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from tests.support.chat import Person, group, person
+from tests.support.live import DaphneNode, http
+from tests.support.names import unique
+from tests.support.nginx import NginxFront
+from tests.support.waiting import eventually
+from tests.support.wsclient import ConnectionClosedByServer, WsClient
+
+pytestmark = pytest.mark.timeout(300)
+
+TOPIC = "prices:ROLLING"
+SENDERS = 3
+# Seconds of steady load before the first restart, between and after them.
+STEADY = 3.0
+SEND_INTERVAL = 0.05
+PUBLISH_INTERVAL = 0.1
+ACK_TIMEOUT = 5.0
+RECONNECT_TIMEOUT = 30.0
+READY_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 60.0
+# After 1012 a client waits 0 to 2 s at random (PROTOCOL 4); shortened here.
+RECONNECT_WAIT = 0.5
+
+Errors = (ConnectionClosedByServer, ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
+
+
+@dataclass
+class Drops:
+    """What every client saw when its socket went: close codes (None: no frame)."""
+
+    codes: Counter[int | None] = field(default_factory=Counter)
+    refused: Counter[int] = field(default_factory=Counter)  # handshake statuses
+    nodes_first: set[str] = field(default_factory=set)
+    nodes_after: set[str] = field(default_factory=set)
+    restarting: bool = False
+
+    def saw(self, error: BaseException) -> None:
+        code: int | None = None  # a drop without a close frame, or no socket at all
+        if isinstance(error, ConnectionClosedByServer):
+            code = error.code
+        elif isinstance(error, ConnectionClosed) and error.rcvd is not None:
+            code = error.rcvd.code
+        self.codes[code] += 1
+
+
+async def connect(front: NginxFront, who: Person, endpoint: str, drops: Drops) -> WsClient:
+    """A socket through nginx, retried until a node lets us in."""
+    deadline = time.monotonic() + RECONNECT_TIMEOUT
+    while True:
+        try:
+            client = await WsClient.open(
+                f"{front.ws_url}/ws/{endpoint}/", token=who.token, ssl=front.ssl
+            )
+            welcome = await client.welcome()
+        except Errors as error:
+            response = getattr(error, "response", None)
+            if response is not None:
+                drops.refused[response.status_code] += 1
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)  # no node took it (nginx 502, or a drain's 1012)
+            continue
+        (drops.nodes_after if drops.restarting else drops.nodes_first).add(welcome["node"])
+        return client
+
+
+async def after_drop(error: BaseException, drops: Drops) -> None:
+    drops.saw(error)
+    await asyncio.sleep(random.uniform(0, RECONNECT_WAIT))
+
+
+@dataclass
+class Sender:
+    """Sends continuously through nginx; each message until acknowledged, same id."""
+
+    front: NginxFront
+    who: Person
+    conversation: str
+    drops: Drops
+    acked: list[tuple[int, str]] = field(default_factory=list)
+    resent: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        ws = await connect(self.front, self.who, "chat", self.drops)
+        n = 0
+        while not stop.is_set():
+            client_id, body = unique("m"), f"{self.who.username} {n}"
+            while True:
+                try:
+                    ack = await self._send(ws, client_id, body)
+                    if ack is not None:
+                        break
+                except Errors as error:
+                    await ws.close()
+                    await after_drop(error, self.drops)
+                    ws = await connect(self.front, self.who, "chat", self.drops)
+                self.resent += 1
+            self.acked.append((ack["seq"], body))
+            n += 1
+            await asyncio.sleep(SEND_INTERVAL)
+        await ws.close()
+
+    async def _send(self, ws: WsClient, client_id: str, body: str) -> dict[str, Any] | None:
+        frame = {"type": "send", "id": client_id, "conversation": self.conversation, "body": body}
+        await ws.send(frame)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_TIMEOUT
+        while True:
+            got = await ws.recv(max(0.01, deadline - loop.time()))
+            if got.get("id") != client_id:
+                continue
+            if got["type"] == "ack":
+                return got
+            if got["type"] == "error":
+                await asyncio.sleep(0.1)
+                return None
+
+
+@dataclass
+class Member:
+    """A member's logical socket through nginx: reads; after a drop reconnects and
+    resumes with `sync` from the last seq it holds."""
+
+    front: NginxFront
+    who: Person
+    conversation: str
+    drops: Drops
+    seqs: list[int] = field(default_factory=list)
+    bodies: dict[int, str] = field(default_factory=dict)
+    resumes: int = 0
+
+    async def run(self, done: Callable[[int], bool]) -> None:
+        while True:
+            ws = await connect(self.front, self.who, "chat", self.drops)
+            last = self.seqs[-1] if self.seqs else 0
+            try:
+                await ws.send(
+                    {"type": "sync", "id": unique("s"), "positions": {self.conversation: last}}
+                )
+                while not done(self.seqs[-1] if self.seqs else 0):
+                    with contextlib.suppress(TimeoutError):
+                        frame = await ws.recv(0.5)
+                        if (
+                            frame["type"] == "message"
+                            and frame["conversation"] == self.conversation
+                        ):
+                            self.seqs.append(frame["seq"])
+                            self.bodies[frame["seq"]] = frame["body"]
+                await ws.close()
+                return
+            except Errors as error:
+                self.resumes += 1
+                await ws.close()
+                await after_drop(error, self.drops)
+
+
+@dataclass
+class Publisher:
+    """Publishes to TOPIC over REST through nginx; keeps what was accepted. An answer
+    lost to a restart may still have been stored: that `n` is noted as unsure."""
+
+    front: NginxFront
+    token: str
+    accepted: list[tuple[str, int, int]] = field(default_factory=list)  # epoch, offset, n
+    unsure: set[int] = field(default_factory=set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                status, body, _ = await asyncio.to_thread(
+                    self.front.http, "POST", f"/api/topics/{TOPIC}/publish/", {"data": {"n": n}},
+                    {"Authorization": f"Bearer {self.token}"},
+                )  # fmt: skip
+            except OSError:
+                status, body = 0, None
+            if status == 201:
+                self.accepted.append((body["epoch"], body["offset"], n))
+            else:
+                self.unsure.add(n)
+            n += 1
+            await asyncio.sleep(PUBLISH_INTERVAL)
+
+
+@dataclass
+class Subscriber:
+    """Follows TOPIC through nginx; after a drop resubscribes with `since`."""
+
+    front: NginxFront
+    who: Person
+    drops: Drops
+    seen: list[tuple[str, int, int]] = field(default_factory=list)  # epoch, offset, n
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ws = await connect(self.front, self.who, "stream", self.drops)
+            try:
+                since = (
+                    {"epoch": self.seen[-1][0], "offset": self.seen[-1][1]} if self.seen else None
+                )
+                frame: dict[str, Any] = {"type": "subscribe", "id": unique("s"), "topic": TOPIC}
+                if since:
+                    frame["since"] = since
+                await ws.send(frame)
+                reply = await ws.expect("subscribed", timeout=ACK_TIMEOUT)
+                self.answers.append({"since": since, **reply})
+                for pub in reply["publications"]:
+                    self.seen.append((reply["epoch"], pub["offset"], pub["data"]["n"]))
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        got = await ws.recv(0.5)
+                        if got["type"] == "pub":
+                            self.seen.append((got["epoch"], got["offset"], got["data"]["n"]))
+                await ws.close()
+            except Errors as error:
+                await ws.close()
+                await after_drop(error, self.drops)
+
+
+def ready(node: DaphneNode) -> bool:
+    try:
+        return http("GET", node.url + "/ready/", timeout=5)[0] == 200
+    except OSError:
+        return False
+
+
+async def test_rolling_restart_through_nginx_loses_and_doubles_nothing(
+    production_stack, make_node, make_nginx_front
+) -> None:
+    nodes = [
+        make_node(production_stack, unique("roll-a-"), proxy_headers=True),
+        make_node(production_stack, unique("roll-b-"), proxy_headers=True),
+    ]
+    front = make_nginx_front(nodes)
+    a = nodes[0]
+    staff = a.staff_token(unique("ops"))
+    senders_people = [person(a, "snd") for _ in range(SENDERS)]
+    readers = [person(a, "rd") for _ in range(2)]
+    cid = group(a, senders_people[0], *senders_people[1:], *readers)
+    watcher = person(a, "sub")
+
+    drops = Drops()
+    senders = [Sender(front, p, cid, drops) for p in senders_people]
+    # One reader holds two sockets (a client over both nodes, with least_conn).
+    members = [
+        Member(front, readers[0], cid, drops),
+        Member(front, readers[0], cid, drops),
+        Member(front, readers[1], cid, drops),
+    ]
+    publisher = Publisher(front, staff)
+    subscriber = Subscriber(front, watcher, drops)
+
+    stop_load, stop_watch = asyncio.Event(), asyncio.Event()
+    final_seq: list[int] = []
+
+    def all_read(last: int) -> bool:
+        return bool(final_seq) and last >= final_seq[0]
+
+    load = [asyncio.create_task(s.run(stop_load)) for s in senders]
+    load.append(asyncio.create_task(publisher.run(stop_load)))
+    reading = [asyncio.create_task(m.run(all_read)) for m in members]
+    watching = asyncio.create_task(subscriber.run(stop_watch))
+    restarts: list[tuple[str, int | None, float]] = []
+    try:
+        await eventually(
+            lambda: all(s.acked for s in senders) and publisher.accepted and subscriber.seen,
+            timeout=30,
+            what="the load flowing through nginx",
+        )
+        # least_conn spread the first sockets over both nodes.
+        assert drops.nodes_first == {n.name for n in nodes}, drops.nodes_first
+        await asyncio.sleep(STEADY)
+        drops.restarting = True
+        for node in nodes:
+            before = sum(len(s.acked) for s in senders)
+            started = time.monotonic()
+            # `systemctl restart tether@PORT`: SIGTERM, the drain, exit; start again.
+            code = await asyncio.to_thread(node.stop)
+            if code != 0:
+                print(f"--- {node.name} exited {code}:\n{node.log_tail(120)}")
+            await asyncio.to_thread(node.start)
+            await eventually(
+                lambda n=node: asyncio.to_thread(ready, n), READY_TIMEOUT, f"{node.name} ready"
+            )
+            restarts.append((node.name, code, time.monotonic() - started))
+            await eventually(
+                lambda b=before: sum(len(s.acked) for s in senders) > b + 10,
+                RECONNECT_TIMEOUT,
+                "acks flowing again",
+            )
+            await asyncio.sleep(STEADY)
+    finally:
+        stop_load.set()
+        await asyncio.gather(*load, return_exceptions=True)
+
+    # The drain: a clean exit, and every drop a client saw was 1012 through nginx.
+    assert [code for _, code, _ in restarts] == [0, 0], restarts
+    assert set(drops.codes) <= {1012}, drops.codes
+    assert drops.codes[1012] >= len(senders) + len(members) + 1, drops.codes
+
+    # Chat: each acknowledged message stored once; nothing else stored.
+    acked = {seq: body for s in senders for seq, body in s.acked}
+    assert len(acked) == sum(len(s.acked) for s in senders), "one seq acknowledged twice"
+    stored = dict(
+        production_stack.sql(
+            "SELECT seq, body FROM realtime_message WHERE conversation_id = %s ORDER BY seq", cid
+        )
+    )
+    assert list(stored) == list(range(1, len(stored) + 1)), "stored seqs have a gap"
+    assert stored == acked, "stored and acknowledged differ (lost, doubled or unacked rows)"
+    final_seq.append(max(stored))
+    await asyncio.wait_for(asyncio.gather(*reading), DRAIN_TIMEOUT)
+    for member in members:
+        assert member.seqs == list(range(1, max(stored) + 1)), (
+            f"{member.who.username}: not each message once in order (resumed {member.resumes})"
+        )
+        assert member.bodies == stored
+
+    # Topics: every accepted publication seen once, in order; resumes recovered.
+    stop_watch.set()
+    await watching
+    offsets = [offset for _, offset, _ in subscriber.seen]
+    assert offsets == sorted(set(offsets)), "a publication seen twice or out of order"
+    assert len({epoch for epoch, _, _ in subscriber.seen}) == 1
+    seen = {(epoch, offset): n for epoch, offset, n in subscriber.seen}
+    first = subscriber.seen[0][1]
+    for epoch, offset, n in publisher.accepted:
+        if offset >= first:
+            assert seen.get((epoch, offset)) == n, (offset, n)
+    assert all(seen[k] in {n for *_, n in publisher.accepted} | publisher.unsure for k in seen)
+    resumes = [answer for answer in subscriber.answers if answer["since"] is not None]
+    assert resumes and all(answer["recovered"] for answer in resumes)
+
+    # nginx always had a node to send a request to: the restarted node was back
+    # in its upstream before the next one stopped (fail_timeout, deploy/nginx.conf).
+    no_upstream = [line for line in front.error_tail(100_000).splitlines() if "no live" in line]
+    assert not no_upstream, f"{len(no_upstream)} requests found no live node: {no_upstream[:3]}"
+    assert not drops.refused, drops.refused
+
+    print(
+        "\nROLLING RESTART through nginx: "
+        + ", ".join(f"{name} drained and ready again in {t:.1f} s" for name, _, t in restarts)
+        + f"; {len(acked)} messages acknowledged ({sum(s.resent for s in senders)} resent), "
+        f"{sum(m.resumes for m in members)} member resumes, {len(resumes)} topic resumes, "
+        f"{len(publisher.accepted)} publications ({len(publisher.unsure)} unanswered); "
+        f"drops {dict(drops.codes)}, handshakes refused {dict(drops.refused)}; "
+        f"nodes after the restarts {sorted(drops.nodes_after)}; exit forced after the "
+        f"drain on {[n.name for n in nodes if 'exit held' in n.log_text()]}"
+    )
