@@ -232,6 +232,8 @@ def test_every_operation_answers_as_its_schema_says(
         "DELETE /api/conversations/{conversation_id}/members/{user_id}/",
         "GET /api/conversations/{conversation_id}/messages/",
         "POST /api/conversations/{conversation_id}/messages/",
+        "POST /api/conversations/{conversation_id}/attachments/",
+        "GET /api/attachments/{attachment_id}/",
         "POST /api/topics/{topic}/publish/",
         "GET /api/topics/{topic}/history/",
         "PUT /api/server/users/{external_id}/",
