@@ -256,6 +256,22 @@ def too_large(limit: int) -> Response:
     return error_response(Code.TOO_LARGE, f"the file is over {limit} bytes", 413, max_bytes=limit)
 
 
+UPLOAD_PATH = re.compile(r"^/api/conversations/[^/]+/attachments/$")
+
+
+def upload_bound(scope: dict[str, Any]) -> int | None:
+    """For the ASGI body limit (realtime/transport/bodylimit.py, project/asgi.py): the
+    largest body an upload may have (the file and its multipart framing)."""
+    if scope.get("method") == "POST" and UPLOAD_PATH.match(scope.get("path", "")):
+        return settings.MAX_ATTACHMENT_BYTES + MULTIPART_SLACK
+    return None
+
+
+def upload_refusal(bound: int) -> dict[str, Any]:
+    limit = settings.MAX_ATTACHMENT_BYTES
+    return {"detail": f"the file is over {limit} bytes", "max_bytes": limit}
+
+
 def _declared_length(request: Request) -> int | None:
     try:
         return int(request.META.get("CONTENT_LENGTH") or "")

@@ -25,6 +25,11 @@ After a WebSocket upgrade, daphne leaves Twisted's HTTP channel and its request
 pointing at each other, about twenty objects per handshake that only a full
 collection of the garbage collector frees (the node runs those rarely:
 `runtime._tune_interpreter`). The upgrade now unlinks them, so they go at once.
+
+Twisted parses every POSTed `multipart/form-data` body (attachment uploads) into
+memory before daphne sees the request, and answers one its parser refuses with a
+bare 400; daphne never reads that parse. It is turned off: Django parses uploads
+once, in chunks, within its limits.
 """
 
 from __future__ import annotations
@@ -57,7 +62,22 @@ def patch_daphne_close_codes() -> None:
     _patch_access_log()
     _patch_autobahn_debug_text()
     _patch_upgrade_leftovers()
+    _patch_form_parsing()
     _PATCHED = True
+
+
+def _patch_form_parsing() -> None:
+    """Twisted parses POSTed multipart bodies itself unless told not to; daphne hands
+    the body to the application untouched either way, so the parse only costs a
+    copy of the body in memory, and a bare 400 for a body Django would have judged
+    (an upload with no part gets `bad_request` naming `file`)."""
+    init = patches.original(patches.DAPHNE_FORM_BODIES)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    patches.replace(patches.DAPHNE_FORM_BODIES, __init__)
 
 
 def _patch_access_log() -> None:
