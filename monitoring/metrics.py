@@ -97,7 +97,7 @@ ATTACHMENTS_REMOVED = Counter(
     "tether_attachments_removed_total",
     "Attachments no message held, removed ATTACHMENT_UNCLAIMED_TTL after their upload",
 )
-ATTACHMENT_FILES_LEFT = Counter(
+ATTACHMENT_FILE_DELETE_FAILURES = Counter(
     "tether_attachment_file_delete_failures_total",
     "Attachment files the storage failed to delete (their rows are gone: orphans to sweep)",
 )

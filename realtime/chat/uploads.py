@@ -159,7 +159,7 @@ def delete_files(names: list[str]) -> None:
         except FileNotFoundError:
             pass
         except Exception:
-            metrics.ATTACHMENT_FILES_LEFT.inc()
+            metrics.ATTACHMENT_FILE_DELETE_FAILURES.inc()
             log.exception("could not delete attachment file %s", name)
 
 

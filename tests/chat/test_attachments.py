@@ -22,6 +22,7 @@ from accounts.models import User
 from realtime.chat import conversations, uploads
 from realtime.models import Attachment, Message
 from tests.support.names import unique
+from tests.support.services import postgres_service, rerun_on_postgresql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -474,3 +475,9 @@ def test_the_storage_is_djangos_default_storage(alice: Person, group: str) -> No
     assert default_storage.exists(name)
     uploads.delete_files([name])
     assert not default_storage.exists(name)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_same_rules_hold_on_postgresql(postgres_service) -> None:  # noqa: F811
+    """PostgreSQL takes other paths (the removal's row locks, SKIP LOCKED): run this file there."""
+    rerun_on_postgresql(__file__, postgres_service, "not on_postgresql")
