@@ -39,8 +39,6 @@ MAX_ATTACHMENT_BYTES: int = _c["MAX_ATTACHMENT_BYTES"]
 ATTACHMENT_UNCLAIMED_TTL: int = _c["ATTACHMENT_UNCLAIMED_TTL"]
 ATTACHMENT_ACCEL_REDIRECT: str = _c["ATTACHMENT_ACCEL_REDIRECT"]
 MEDIA_ROOT: str = _c["MEDIA_ROOT"]
-# Never served by Django itself: downloads go through the attachment view's checks.
-MEDIA_URL = "/api/attachments/"
 MAX_REPLY_BYTES: int = _c["MAX_REPLY_BYTES"]
 OUTBOUND_MAX_FRAMES: int = _c["OUTBOUND_MAX_FRAMES"]
 OUTBOUND_MAX_BYTES: int = _c["OUTBOUND_MAX_BYTES"]
