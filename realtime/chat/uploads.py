@@ -32,16 +32,19 @@ import re
 import secrets
 import time
 import unicodedata
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 import puremagic
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.files.uploadhandler import FileUploadHandler
 from django.db import transaction
-from django.http import FileResponse, HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
@@ -208,9 +211,23 @@ def download_headers(attachment: Attachment) -> dict[str, str]:
     }
 
 
-def serve(attachment: Attachment) -> HttpResponse:
+DOWNLOAD_CHUNK = 64 * 1024
+
+
+async def _chunks(handle: Any) -> AsyncIterator[bytes]:
+    """The file in chunks, each read on a pool thread; closed however the send ends."""
+    read = sync_to_async(handle.read, thread_sensitive=False)
+    try:
+        while chunk := await read(DOWNLOAD_CHUNK):
+            yield chunk
+    finally:
+        await sync_to_async(handle.close, thread_sensitive=False)()
+
+
+def serve(attachment: Attachment) -> HttpResponseBase:
     headers = download_headers(attachment)
     prefix = settings.ATTACHMENT_ACCEL_REDIRECT
+    response: HttpResponseBase
     if prefix:
         response = HttpResponse(status=200)
         response["X-Accel-Redirect"] = prefix + quote(attachment.file.name)
@@ -219,7 +236,10 @@ def serve(attachment: Attachment) -> HttpResponse:
             handle = default_storage.open(attachment.file.name, "rb")
         except FileNotFoundError:
             raise TetherError(Code.NOT_FOUND, "no such attachment (its file is gone)") from None
-        response = FileResponse(handle)
+        # An asynchronous iterator: under ASGI, Django would read a synchronous one
+        # (FileResponse's) into memory whole before sending the first byte.
+        response = StreamingHttpResponse(_chunks(handle))
+        response["Content-Length"] = str(attachment.size)
     for name, value in headers.items():
         response[name] = value
     return response
@@ -376,7 +396,7 @@ class AttachmentDetailView(APIView):
             ),
         },
     )
-    def get(self, request: Request, attachment_id: str) -> HttpResponse:
+    def get(self, request: Request, attachment_id: str) -> HttpResponseBase:
         return serve(readable(request.user.id, attachment_id))
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:

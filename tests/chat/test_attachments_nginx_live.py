@@ -148,7 +148,7 @@ def test_downloads_through_nginx_with_x_accel_redirect(
 def test_uploads_over_the_limit_are_413_too_large_at_nginx_and_at_the_node(
     production_stack, make_node, make_nginx_front, media_root: Path
 ) -> None:
-    node = make_node(production_stack, MEDIA_ROOT=str(media_root), MAX_ATTACHMENT_BYTES="1000")
+    node = make_node(production_stack, MEDIA_ROOT=str(media_root), MAX_ATTACHMENT_BYTES="100000")
     front = make_nginx_front([node], media_root=media_root)
     alice = node.register(unique("alice"))
     status, group, _ = http(
@@ -159,12 +159,21 @@ def test_uploads_over_the_limit_are_413_too_large_at_nginx_and_at_the_node(
     )
     assert status == 201
     # Over the node's limit, within nginx's: the node refuses it.
-    status, body = upload(front, alice, group["id"], "a.png", PNG + b"\x00" * 2000)
-    assert status == 413 and body["error"] == "too_large" and body["max_bytes"] == 1000
+    status, body = upload(front, alice, group["id"], "a.png", PNG + b"\x00" * 150_000)
+    assert status == 413 and body["error"] == "too_large" and body["max_bytes"] == 100_000
     # Over nginx's client_max_body_size (11m): nginx refuses it, in the same shape.
     status, body = upload(front, alice, group["id"], "b.png", PNG + b"\x00" * (12 << 20))
     assert status == 413 and body["error"] == "too_large"
     assert not [p for p in media_root.rglob("*") if p.is_file()]
+    # Without ATTACHMENT_ACCEL_REDIRECT the node streams the file itself.
+    # (in chunks: 90 KB is two of them).
+    data = PNG + os.urandom(90_000)
+    status, picture = upload(front, alice, group["id"], "small.png", data)
+    assert status == 201, picture
+    status, raw, headers = request(front, "GET", picture["url"], alice)
+    assert status == 200 and raw == data and "X-Accel-Redirect" not in headers
+    assert headers["Content-Length"] == str(len(data)) and headers["Content-Type"] == "image/png"
+    production_stack.sql("DELETE FROM realtime_attachment WHERE id = %s", picture["id"])
     assert production_stack.sql(
         "SELECT count(*) FROM realtime_attachment WHERE conversation_id = %s", group["id"]
     ) == [(0,)]
