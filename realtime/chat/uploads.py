@@ -181,6 +181,7 @@ def readable(user_id: int, attachment_id: Any) -> Attachment:
             "message__deleted",
             "file",
             "name",
+            "size",
             "content_type",
         )
         .first()

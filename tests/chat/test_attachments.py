@@ -337,6 +337,21 @@ def test_sizes_at_and_over_the_limit(alice: Person, group: str, settings, media_
     assert len([p for p in media_root.rglob("*") if p.is_file()]) == 1
 
 
+def test_an_upload_spooled_to_a_temporary_file_is_stored_readable_by_the_web_server(
+    alice: Person, group: str, settings, media_root: Path
+) -> None:
+    """Past FILE_UPLOAD_MAX_MEMORY_SIZE Django keeps the upload in a temporary file
+    (mode 0600) and the storage moves it: it still ends 0644, for nginx's user."""
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1000
+    data = PNG + bytes(range(256)) * 40
+    r = alice.upload(group, multipart("big.png", data))
+    assert r.status_code == 201 and r.json()["content_type"] == "image/png"
+    stored = media_root / Attachment.objects.get(id=r.json()["id"]).file.name
+    assert stored.read_bytes() == data
+    assert stored.stat().st_mode & 0o777 == 0o644
+    assert content(alice.get(r.json()["id"])) == data
+
+
 class Unread:
     """A request body that records whether anything read it (and holds nothing)."""
 
