@@ -87,3 +87,17 @@ for _outcome in ("delivered", "gone", "http_error", "timeout", "connection_error
     PUSH_ATTEMPTS.labels(_outcome)
 for _result in ("delivered", "failed"):
     WEBHOOK_DELIVERIES.labels(_result)
+# Attachments (PROTOCOL 10; realtime/chat/uploads.py): what storage grows by, and what
+# the maintenance takes back (docs/deployment.md, runbook "Attachment storage filling up").
+ATTACHMENT_UPLOADS = Counter("tether_attachment_uploads_total", "Attachments stored")
+ATTACHMENT_UPLOAD_BYTES = Counter(
+    "tether_attachment_upload_bytes_total", "Bytes of the attachments stored"
+)
+ATTACHMENTS_REMOVED = Counter(
+    "tether_attachments_removed_total",
+    "Attachments no message held, removed ATTACHMENT_UNCLAIMED_TTL after their upload",
+)
+ATTACHMENT_FILE_DELETE_FAILURES = Counter(
+    "tether_attachment_file_delete_failures_total",
+    "Attachment files the storage failed to delete (their rows are gone: orphans to sweep)",
+)

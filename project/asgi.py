@@ -28,9 +28,11 @@ migrate_if_needed()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.ws_auth import SessionIfCookie, WebSocketAuthMiddleware  # noqa: E402
+from realtime.chat import uploads  # noqa: E402
 from realtime.node.runtime import NodeStartMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.transport.backpressure import RawSendMiddleware  # noqa: E402
+from realtime.transport.bodylimit import BodyLimitMiddleware  # noqa: E402
 from realtime.transport.daphne_compat import patch_daphne_close_codes  # noqa: E402
 from realtime.transport.handshakes import HandshakeLimitMiddleware  # noqa: E402
 from realtime.transport.origin import OriginCheckMiddleware  # noqa: E402
@@ -46,7 +48,11 @@ def build_application(websocket_routes: list[Any]) -> Any:
         NodeStartMiddleware(
             ProtocolTypeRouter(
                 {
-                    "http": django_asgi_app,
+                    # Attachment uploads: bodies over the limit refused before Django
+                    # spools them (realtime/transport/bodylimit.py).
+                    "http": BodyLimitMiddleware(
+                        django_asgi_app, uploads.upload_bound, uploads.upload_refusal
+                    ),
                     "websocket": OriginCheckMiddleware(
                         HandshakeLimitMiddleware(
                             SessionIfCookie(WebSocketAuthMiddleware(URLRouter(websocket_routes)))

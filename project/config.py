@@ -259,6 +259,44 @@ def parse_log_format(raw: str) -> str:
     return value
 
 
+def parse_url_path_prefix(raw: str) -> str:
+    """An internal location of the proxy in front (`/_protected_media/`)."""
+    value = raw.strip()
+    if not re.fullmatch(r"/[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*/", value):
+        raise ValueError(f"expected a path prefix like /_protected_media/, got {raw!r}")
+    return value
+
+
+def parse_directory(raw: str) -> str:
+    """A directory; a relative one is taken from the project's directory."""
+    value = raw.strip()
+    if "\x00" in value:
+        raise ValueError("a path cannot hold NUL")
+    return str((BASE_DIR / value).resolve()) if value else value
+
+
+def parse_dotted_path(raw: str) -> str:
+    """`package.module.Class`: a class Django imports (checked when it starts)."""
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", value):
+        raise ValueError(
+            f"expected a dotted class path like storages.backends.s3.S3Storage, got {raw!r}"
+        )
+    return value
+
+
+def parse_json_object(raw: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"expected a JSON object ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError('expected a JSON object like {"bucket_name": "tether-media"}')
+    return value
+
+
 TOPIC_ACCESS = ("open", "own", "staff", "token")
 NAMESPACE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 DEFAULT_TOPIC_NAMESPACES: dict[str, dict[str, Any]] = {
@@ -377,6 +415,10 @@ def _default_vapid_key(_: dict[str, Any]) -> str:
 def _default_origins(values: dict[str, Any]) -> list[str]:
     port = values["PORT"]
     return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+
+def _default_media_root(_: dict[str, Any]) -> str:
+    return str(VAR_DIR / "media")
 
 
 def _default_node_name(_: dict[str, Any]) -> str:
@@ -593,6 +635,56 @@ DECLARATIONS: tuple[Setting, ...] = (
         "(`complete: false`)",
         minimum=65536,
     ),
+    Setting(
+        "MAX_ATTACHMENT_BYTES",
+        parse_int,
+        10 * 1024 * 1024,
+        "largest attachment upload in bytes (413 `too_large` beyond); keep nginx's "
+        "`client_max_body_size` for the upload location a little above it",
+        default_doc="`10485760` (10 MiB)",
+        minimum=1,
+    ),
+    Setting(
+        "ATTACHMENT_UNCLAIMED_TTL",
+        parse_int,
+        86400,
+        "seconds an attachment no message holds is kept after its upload; node maintenance "
+        "removes it (row and file) after that",
+        minimum=60,
+    ),
+    Setting(
+        "MEDIA_ROOT",
+        parse_directory,
+        "",
+        "directory of the uploaded files with the file-system storage (relative: to the "
+        "project's directory); nginx serves it with `ATTACHMENT_ACCEL_REDIRECT`",
+        default_doc="unset: `var/media`",
+        derived=_default_media_root,
+    ),
+    Setting(
+        "ATTACHMENT_STORAGE",
+        parse_dotted_path,
+        "django.core.files.storage.FileSystemStorage",
+        "Django storage class of the uploaded files, e.g. `storages.backends.s3.S3Storage` "
+        "(django-storages, installed separately; docs/deployment.md)",
+    ),
+    Setting(
+        "ATTACHMENT_STORAGE_OPTIONS",
+        parse_json_object,
+        {},
+        'that storage\'s `OPTIONS` as a JSON object, e.g. `{"bucket_name": "tether-media"}`',
+        default_doc="`{}`; the file-system storage gets `MEDIA_ROOT`",
+        secret=True,
+    ),
+    Setting(
+        "ATTACHMENT_ACCEL_REDIRECT",
+        parse_url_path_prefix,
+        "",
+        "an internal location of nginx (`/_protected_media/`) aliasing `MEDIA_ROOT`: after "
+        "its checks a node answers a download with `X-Accel-Redirect` and nginx sends the "
+        "bytes (file-system storage only)",
+        default_doc="unset: the node sends the bytes",
+    ),
     Setting("MAX_BODY_CHARS", parse_int, 4000, "longest message body", minimum=1),
     Setting(
         "RATE_LIMIT_PER_SECOND",
@@ -663,6 +755,12 @@ DECLARATIONS: tuple[Setting, ...] = (
         "60/hour",
         "Web Push subscriptions registered or removed per user (each registration resolves "
         "the endpoint's host), across nodes",
+    ),
+    Setting(
+        "QUOTA_UPLOADS",
+        parse_rate,
+        "100/hour",
+        "attachments a user may upload (`POST /api/conversations/<id>/attachments/`), across nodes",
     ),
     Setting("SIGNUP_ENABLED", parse_bool, True, "`POST /api/auth/register/` open to anyone"),
     Setting(

@@ -34,6 +34,11 @@ MAX_CONNECTIONS_PER_USER: int = _c["MAX_CONNECTIONS_PER_USER"]
 MAX_SUBSCRIPTIONS_PER_CLIENT: int = _c["MAX_SUBSCRIPTIONS_PER_CLIENT"]
 MAX_FRAME_BYTES: int = _c["MAX_FRAME_BYTES"]
 MAX_BODY_CHARS: int = _c["MAX_BODY_CHARS"]
+# Attachments (PROTOCOL 10; realtime/chat/uploads.py).
+MAX_ATTACHMENT_BYTES: int = _c["MAX_ATTACHMENT_BYTES"]
+ATTACHMENT_UNCLAIMED_TTL: int = _c["ATTACHMENT_UNCLAIMED_TTL"]
+ATTACHMENT_ACCEL_REDIRECT: str = _c["ATTACHMENT_ACCEL_REDIRECT"]
+MEDIA_ROOT: str = _c["MEDIA_ROOT"]
 MAX_REPLY_BYTES: int = _c["MAX_REPLY_BYTES"]
 OUTBOUND_MAX_FRAMES: int = _c["OUTBOUND_MAX_FRAMES"]
 OUTBOUND_MAX_BYTES: int = _c["OUTBOUND_MAX_BYTES"]
@@ -70,6 +75,7 @@ QUOTA_USER_LOOKUPS: str = _c["QUOTA_USER_LOOKUPS"]
 QUOTA_TOPIC_HISTORY: str = _c["QUOTA_TOPIC_HISTORY"]
 QUOTA_SUBSCRIPTIONS: str = _c["QUOTA_SUBSCRIPTIONS"]
 QUOTA_PUSH_SUBSCRIPTIONS: str = _c["QUOTA_PUSH_SUBSCRIPTIONS"]
+QUOTA_UPLOADS: str = _c["QUOTA_UPLOADS"]
 SIGNUP_ENABLED: bool = _c["SIGNUP_ENABLED"]
 API_TOKEN_TTL: int = _c["API_TOKEN_TTL"]
 # The one Redis address (a plain server, or a master found through sentinels) that
@@ -333,6 +339,18 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # The JavaScript client's one source is its npm package (clients/js/); the
 # pages load it from the same place as before, /static/tether/client.js.
 STATICFILES_DIRS = [BASE_DIR / "static", ("tether", BASE_DIR / "clients" / "js" / "src")]
+# Uploaded files (attachments) through Django's storage API: the file system under
+# MEDIA_ROOT unless ATTACHMENT_STORAGE names another backend (docs/deployment.md).
+_attachment_options = dict(_c["ATTACHMENT_STORAGE_OPTIONS"])
+if _c["ATTACHMENT_STORAGE"] == "django.core.files.storage.FileSystemStorage":
+    _attachment_options.setdefault("location", MEDIA_ROOT)
+STORAGES = {
+    "default": {"BACKEND": _c["ATTACHMENT_STORAGE"], "OPTIONS": _attachment_options},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads over this size wait in a temporary file rather than in memory (Django's
+# default, 2.5 MB, said here because the attachment limit is measured against it).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2621440
 # Serve straight from the app directories too, so static files work without
 # collectstatic (tests) and without DEBUG (both modes).
 WHITENOISE_USE_FINDERS = True

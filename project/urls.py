@@ -8,6 +8,7 @@ from accounts import views as account_views
 from monitoring import views as monitoring_views
 from project import config_api, pages
 from realtime.chat import api as chat_api
+from realtime.chat import uploads
 from realtime.node import admin_api
 from realtime.push import api as push_api
 from realtime.topics import api as topic_api
@@ -40,6 +41,8 @@ api_patterns = [
         chat_api.MemberDetailView.as_view(),
     ),
     path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
+    path("conversations/<str:conversation_id>/attachments/", uploads.AttachmentsView.as_view()),
+    path("attachments/<str:attachment_id>/", uploads.AttachmentDetailView.as_view()),
     path("push/key/", push_api.PushKeyView.as_view()),
     path("push/subscriptions/", push_api.PushSubscriptionsView.as_view()),
     path("topics/<str:topic>/publish/", topic_api.PublishView.as_view()),

@@ -8,9 +8,10 @@ class RealtimeConfig(AppConfig):
     def ready(self) -> None:
         from monitoring.views import set_operator_rule
         from realtime import checks  # noqa: F401 - registers system checks
+        from realtime.chat import uploads
         from realtime.chat.node import chat_node
         from realtime.hooks.node import hooks_node
-        from realtime.node.runtime import add_part
+        from realtime.node.runtime import add_part, on_maintenance
         from realtime.rest.permissions import VIEW_OPERATIONS, holds
         from realtime.topics.node import topics_node
 
@@ -20,3 +21,5 @@ class RealtimeConfig(AppConfig):
         # Why a /ready/ check failed is shown to operators (monitoring cannot import this).
         set_operator_rule(lambda user: holds(user, VIEW_OPERATIONS))
         add_part(hooks_node)
+        # Attachments no message took within ATTACHMENT_UNCLAIMED_TTL: rows and files.
+        on_maintenance(uploads.maintain)

@@ -85,6 +85,9 @@ class ErrorBody(serializers.Serializer):
     max_body_chars = serializers.IntegerField(
         required=False, help_text="with `too_large` on a message body"
     )
+    max_bytes = serializers.IntegerField(
+        required=False, help_text="with `too_large` on an attachment upload"
+    )
     retry_after = serializers.IntegerField(required=False, help_text="ms, with `rate_limited`")
 
     class Meta:
@@ -456,9 +459,14 @@ class TetherAutoSchema(AutoSchema):
         ):
             add(403, "`forbidden`: a session caller without a valid CSRF token and Origin")
         if "requestBody" in operation:
-            add(400, "`bad_json`: the body is not valid JSON")
-            add(413, "`too_large`: the body is over `DATA_UPLOAD_MAX_MEMORY_SIZE` bytes")
-            add(415, "`unsupported_media_type`: the body is not `application/json`")
+            media = [p.media_type for p in self.view.get_parsers()]
+            if media == ["multipart/form-data"]:  # an upload (realtime/chat/uploads.py)
+                add(400, "`bad_json`: the multipart body is malformed")
+                add(415, "`unsupported_media_type`: the body is not `multipart/form-data`")
+            else:
+                add(400, "`bad_json`: the body is not valid JSON")
+                add(413, "`too_large`: the body is over `DATA_UPLOAD_MAX_MEMORY_SIZE` bytes")
+                add(415, "`unsupported_media_type`: the body is not `application/json`")
         if self.view.get_throttles():
             add(429, "`rate_limited`: too many requests; `retry_after` in ms")
         return operation

@@ -32,6 +32,7 @@ QUOTAS = {
     "topic_history": ("QUOTA_TOPIC_HISTORY", "topic history reads"),
     "subscriptions": ("QUOTA_SUBSCRIPTIONS", "subscribes and unsubscribes"),
     "push_subscriptions": ("QUOTA_PUSH_SUBSCRIPTIONS", "push subscriptions registered or removed"),
+    "uploads": ("QUOTA_UPLOADS", "attachments uploaded"),
 }
 
 

@@ -34,6 +34,11 @@ believed only from a peer in `TRUSTED_PROXIES` (nginx; uvicorn's
 `--forwarded-allow-ips` is the same rule); from any other peer its own address
 is the client and its scheme the connection's. A peer without an IP address (a
 UNIX socket, which only local processes can reach) counts as trusted.
+
+Twisted parses every POSTed `multipart/form-data` body (attachment uploads) into
+memory before daphne sees the request, and answers one its parser refuses with a
+bare 400; daphne never reads that parse. It is turned off: Django parses uploads
+once, in chunks, within its limits.
 """
 
 from __future__ import annotations
@@ -69,7 +74,22 @@ def patch_daphne_close_codes() -> None:
     _patch_autobahn_debug_text()
     _patch_upgrade_leftovers()
     _patch_forwarded_headers()
+    _patch_form_parsing()
     _PATCHED = True
+
+
+def _patch_form_parsing() -> None:
+    """Twisted parses POSTed multipart bodies itself unless told not to; daphne hands
+    the body to the application untouched either way, so the parse only costs a
+    copy of the body in memory, and a bare 400 for a body Django would have judged
+    (an upload with no part gets `bad_request` naming `file`)."""
+    init = patches.original(patches.DAPHNE_FORM_BODIES)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    patches.replace(patches.DAPHNE_FORM_BODIES, __init__)
 
 
 def _patch_access_log() -> None:

@@ -234,6 +234,25 @@ DAPHNE_FORWARDED_WS = Patch(
     "as above: daphne's WebSocket protocol reads the headers again, by its own import",
     params=_FORWARDED_PARAMS,
 )
+DAPHNE_FORM_BODIES = Patch(
+    "leave request bodies to the application",
+    "daphne",
+    "daphne.http_protocol",
+    "WebRequest.__init__",
+    "Twisted's Request parses every POSTed multipart/form-data body into memory "
+    "(`request.args`, which daphne never reads: a second copy of each attachment "
+    "upload) and answers a body its MIME parser refuses with a bare 400 before the "
+    "application sees it; daphne leaves Twisted's `parsePOSTFormSubmission` on",
+    params=("self", "args", "kwargs"),
+)
+TWISTED_FORM_PARSING = Patch(
+    "leave request bodies to the application (Twisted's switch)",
+    "Twisted",
+    "twisted.web.http",
+    "Request",
+    "the replacement turns off `_parsePOSTFormSubmission` (Twisted >= 24.7)",
+    assigned=("_parsePOSTFormSubmission",),
+)
 AUTOBAHN_DEBUG_TEXT = Patch(
     "autobahn's debug text built lazily",
     "autobahn",
@@ -375,6 +394,8 @@ ALL: tuple[Patch, ...] = (
     DAPHNE_UPGRADE,
     DAPHNE_FORWARDED_HTTP,
     DAPHNE_FORWARDED_WS,
+    DAPHNE_FORM_BODIES,
+    TWISTED_FORM_PARSING,
     AUTOBAHN_DEBUG_TEXT,
     AUTOBAHN_DEBUG_VALUES,
     AUTOBAHN_PFORMAT,

@@ -36,12 +36,19 @@ def test_defaults_match_the_public_contract() -> None:
         "ALLOWED_ORIGINS": ["http://127.0.0.1:8000", "http://localhost:8000"],
         "DATABASE_URL": "",
         "REDIS_URL": "",
+        "MAX_ATTACHMENT_BYTES": 10 * 1024 * 1024,
+        "ATTACHMENT_UNCLAIMED_TTL": 86400,
+        "ATTACHMENT_ACCEL_REDIRECT": "",
+        "ATTACHMENT_STORAGE": "django.core.files.storage.FileSystemStorage",
+        "ATTACHMENT_STORAGE_OPTIONS": {},
+        "QUOTA_UPLOADS": "100/hour",
     }
     for name, value in expected.items():
         assert cfg[name] == value, name
         assert cfg.sources[name] == "default"
     assert cfg.sources["SECRET_KEY"] == "environment"
     assert re.fullmatch(r".+-\d+", cfg["NODE_NAME"])
+    assert cfg["MEDIA_ROOT"] == str(config.VAR_DIR / "media")
 
 
 def test_environment_overrides_and_origins_follow_port() -> None:
@@ -74,6 +81,13 @@ def test_environment_overrides_and_origins_follow_port() -> None:
         ({"WEBHOOK_URL": "ftp://b.example.com/", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL", "http"),
         ({"WEBHOOK_URL": "https:///t", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL", "host"),
         ({"WEBHOOK_CONCURRENCY": "0"}, "WEBHOOK_CONCURRENCY", "at least 1"),
+        ({"MAX_ATTACHMENT_BYTES": "0"}, "MAX_ATTACHMENT_BYTES", "at least 1"),
+        ({"ATTACHMENT_UNCLAIMED_TTL": "5"}, "ATTACHMENT_UNCLAIMED_TTL", "at least 60"),
+        ({"ATTACHMENT_ACCEL_REDIRECT": "_media"}, "ATTACHMENT_ACCEL_REDIRECT", "path prefix"),
+        ({"ATTACHMENT_ACCEL_REDIRECT": "/a b/"}, "ATTACHMENT_ACCEL_REDIRECT", "path prefix"),
+        ({"ATTACHMENT_STORAGE": "S3 please"}, "ATTACHMENT_STORAGE", "dotted class path"),
+        ({"ATTACHMENT_STORAGE_OPTIONS": "[1]"}, "ATTACHMENT_STORAGE_OPTIONS", "JSON object"),
+        ({"QUOTA_UPLOADS": "lots"}, "QUOTA_UPLOADS", "rate"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict, name: str, fragment: str) -> None:

@@ -195,6 +195,29 @@ def test_every_operation_answers_as_its_schema_says(
         "user": seeded_group(user_token, []),
         "service": seeded_group(staff, [me["id"]]),
     }
+
+    def seeded_attachment(token: str, group: str) -> str:
+        """An upload in the group (its uploader reads it: a 200 with bytes to check)."""
+        body = (
+            b'--b0\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n\r\n--b0--\r\n"
+        )
+        request = urllib.request.Request(
+            node.url + f"/api/conversations/{group}/attachments/",
+            data=body,
+            method="POST",
+            headers={**bearer(token), "Content-Type": "multipart/form-data; boundary=b0"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 201
+            return json.loads(response.read())["id"]
+
+    # The service identity is in no group: it reads staff's (403).
+    attachments = {
+        "staff": seeded_attachment(staff, groups["staff"]),
+        "user": seeded_attachment(user_token, groups["user"]),
+    }
+    attachments["service"] = attachments["staff"]
     status, body, _ = http(
         "POST", node.url + "/api/topics/prices:FUZZ/publish/", {"data": {"p": 1}}, bearer(staff)
     )
@@ -232,6 +255,8 @@ def test_every_operation_answers_as_its_schema_says(
         "DELETE /api/conversations/{conversation_id}/members/{user_id}/",
         "GET /api/conversations/{conversation_id}/messages/",
         "POST /api/conversations/{conversation_id}/messages/",
+        "POST /api/conversations/{conversation_id}/attachments/",
+        "GET /api/attachments/{attachment_id}/",
         "POST /api/topics/{topic}/publish/",
         "GET /api/topics/{topic}/history/",
         "PUT /api/server/users/{external_id}/",
@@ -272,6 +297,7 @@ def test_every_operation_answers_as_its_schema_says(
         config.parent.mkdir()
         real = {
             "path.conversation_id": [groups[who]],
+            "path.attachment_id": [attachments[who]],
             "path.topic": ["prices:FUZZ"],
             "path.external_id": ["fuzz-1"],
             "path.user_id": user_ids,

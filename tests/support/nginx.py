@@ -171,8 +171,10 @@ def template_site(
     certificate: Path,
     certificate_key: Path,
     limits: Limits = Limits(),
+    media_root: Path | None = None,
 ) -> str:
-    """The shipped site with test nodes, loopback ports and a throwaway certificate."""
+    """The shipped site with test nodes, loopback ports and a throwaway certificate
+    (and, given `media_root`, the nodes' attachment directory)."""
     if not upstream_ports:
         raise ValueError("nginx needs at least one node")
     text = _upstream_servers(text, upstream_ports)
@@ -194,6 +196,14 @@ def template_site(
         r"^([ \t]*ssl_certificate_key\s+)\S+;",
         rf"\g<1>{certificate_key};",
         "ssl_certificate_key",
+    )
+    # The attachments' directory: where a test's nodes keep them (their MEDIA_ROOT).
+    media = str(media_root).rstrip("/") if media_root is not None else "/var/lib/tether/media"
+    text = _sub_once(
+        text,
+        r"^([ \t]*alias\s+)/var/lib/tether/media/;",
+        rf"\g<1>{media}/;",
+        "`alias /var/lib/tether/media/;` (the protected media location)",
     )
     # Lower numbers for tests that reach a limit; the directives stay the shipped ones.
     text = _rate(text, "tether_handshake", limits.handshake_rate)
@@ -504,6 +514,7 @@ def nginx_front(
     *,
     limits: Limits = Limits(),
     site: Path = SHIPPED_SITE,
+    media_root: Path | None = None,
 ) -> NginxFront:
     """Start nginx with `site` (the shipped one) in front of `nodes`.
 
@@ -531,6 +542,7 @@ def nginx_front(
                     certificate=certificate,
                     certificate_key=certificate_key,
                     limits=limits,
+                    media_root=media_root,
                 )
             )
             (prefix / "nginx.conf").write_text(main_config(prefix, front.site_path))
@@ -560,9 +572,11 @@ def make_nginx_front(pytestconfig: pytest.Config) -> Iterator[Callable[..., Ngin
         require_or_skip(_missing_nginx_reason())
     fronts: list[NginxFront] = []
 
-    def start(nodes: Sequence[_Upstream], limits: Limits = Limits()) -> NginxFront:
+    def start(
+        nodes: Sequence[_Upstream], limits: Limits = Limits(), media_root: Path | None = None
+    ) -> NginxFront:
         try:
-            front = nginx_front(nodes, limits=limits)
+            front = nginx_front(nodes, limits=limits, media_root=media_root)
         except ServiceUnavailable as exc:
             reason = str(exc)
         else:
