@@ -310,6 +310,12 @@ def main() -> None:
         action="store_true",
         help="with WEBHOOK_URL set: every message also goes to a receiver on 127.0.0.1",
     )
+    parser.add_argument(
+        "--delivery-worker",
+        action="store_true",
+        help="with --webhooks: OUTBOX_DELIVERY=worker, a `manage.py deliver_outbox` "
+        "process sends them instead of the nodes",
+    )
     args = parser.parse_args()
 
     from tests.support.live import DaphneNode, Stack
@@ -349,10 +355,21 @@ def main() -> None:
 
         receiver = Receiver().start()
         settings.update(WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET)
+        if args.delivery_worker:
+            settings["OUTBOX_DELIVERY"] = "worker"
     nodes = []
+    delivery = None
     try:
         stack.migrate()
         nodes = [DaphneNode(stack, f"bench-{i}", logs, settings).start() for i in range(args.nodes)]
+        if receiver is not None and args.delivery_worker:
+            import subprocess
+
+            delivery = subprocess.Popen(
+                [sys.executable, "manage.py", "deliver_outbox", "--poll", "0.2"],
+                cwd=ROOT,
+                env=stack.env(**settings),
+            )
         people = seed(database_url, args.conversations, args.members)
         for i, p in enumerate(people):
             p["sender"] = i % args.members < args.senders_per_conversation
@@ -402,6 +419,7 @@ def main() -> None:
                 ],
             )
         node_cpu_before = [process_cpu(n.proc.pid) for n in nodes]
+        delivery_cpu = process_cpu(delivery.pid) if delivery is not None else 0.0
         machine_before = machine_times()
         servers_before = server_counters(database_url, redis_url)
         results = [out.get(timeout=args.duration + 120)[1] for _ in procs]
@@ -410,6 +428,8 @@ def main() -> None:
         node_cpu = [
             process_cpu(n.proc.pid) - b for n, b in zip(nodes, node_cpu_before, strict=True)
         ]
+        if delivery is not None:
+            delivery_cpu = process_cpu(delivery.pid) - delivery_cpu
         for proc in procs:
             proc.join(10)
         if receiver is not None:
@@ -418,6 +438,9 @@ def main() -> None:
             time.sleep(5)
             delivered_later = len(receiver.events("conversation.event"))
     finally:
+        if delivery is not None:
+            delivery.terminate()
+            delivery.wait(30)
         for node in nodes:
             node.stop()
         if bouncer is not None:
@@ -476,6 +499,8 @@ def main() -> None:
             f"webhook events delivered: {delivered_at_end} by the end, "
             f"{delivered_later} 5 s later (of {len(acks)} acknowledged)"
         )
+        if delivery is not None:
+            print(f"CPU seconds of the delivery worker: {delivery_cpu:.1f}")
         receiver.stop()
 
 

@@ -297,6 +297,13 @@ def parse_json_object(raw: str) -> dict[str, Any]:
     return value
 
 
+def parse_outbox_delivery(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"nodes", "worker"}:
+        raise ValueError("expected nodes or worker")
+    return value
+
+
 TOPIC_ACCESS = ("open", "own", "staff", "token")
 NAMESPACE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 DEFAULT_TOPIC_NAMESPACES: dict[str, dict[str, Any]] = {
@@ -849,10 +856,19 @@ DECLARATIONS: tuple[Setting, ...] = (
         maximum=300,
     ),
     Setting(
+        "OUTBOX_DELIVERY",
+        parse_outbox_delivery,
+        "nodes",
+        "who sends the outbox's webhooks and pushes: `nodes` (every daphne node, beside "
+        "its sockets) or `worker` (only `manage.py deliver_outbox` processes: the nodes "
+        'just write the rows; docs/webhooks.md, "A delivery worker")',
+    ),
+    Setting(
         "WEBHOOK_CONCURRENCY",
         parse_int,
         8,
-        "webhook requests one node has in flight at most (and connections it keeps open)",
+        "webhook and push requests one node (or worker) has in flight at most (and "
+        "connections it keeps open)",
         minimum=1,
         maximum=256,
     ),

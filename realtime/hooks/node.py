@@ -1,5 +1,6 @@
-"""Outbox delivery on every node (a `NodePart`, added by realtime/apps.py): webhooks
-and Web Push.
+"""Outbox delivery on every node (a `NodePart`, added by realtime/apps.py), or in
+delivery workers (`OUTBOX_DELIVERY=worker`, realtime/hooks/worker.py): webhooks and
+Web Push.
 
 One task per node claims due events (realtime/hooks/queue.py) for its free
 slots, sends each with one shared httpx client (connections kept alive, at most
@@ -43,9 +44,12 @@ COALESCE_SECONDS = 0.005
 
 
 class Delivery:
-    """The node's delivery task and its in-flight requests."""
+    """The node's (or a worker's) delivery task and its in-flight requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll_seconds: float = POLL_SECONDS) -> None:
+        self.poll_seconds = poll_seconds
+        # Set by `stop()`: claim nothing more, finish what is in flight, write back.
+        self.stopping = False
         # Without a webhook URL only pushes are claimed: webhook rows written before
         # the URL was unset wait for it to come back.
         self.only_type = "" if outbox.enabled() else outbox.PUSH_MESSAGE
@@ -76,7 +80,7 @@ class Delivery:
             limits=limits, timeout=self.timeout, follow_redirects=False
         ) as client:
             try:
-                while True:
+                while not (self.stopping and not self.in_flight and not self._done):
                     try:
                         await self._cycle(client)
                     except asyncio.CancelledError:
@@ -84,7 +88,9 @@ class Delivery:
                     except Exception:
                         # The database is away: what was leased comes back after the lease.
                         log.exception("outbox delivery pass failed")
-                        await asyncio.sleep(POLL_SECONDS)
+                        if self.stopping:
+                            return  # the leases bring the rest back to another process
+                        await asyncio.sleep(self.poll_seconds)
             finally:
                 for task in self.in_flight:
                     task.cancel()
@@ -98,7 +104,7 @@ class Delivery:
             except Exception:
                 self._done = done + self._done  # written with the next pass's
                 raise
-        free = CLAIM_AHEAD * self.concurrency - len(self.in_flight)
+        free = 0 if self.stopping else CLAIM_AHEAD * self.concurrency - len(self.in_flight)
         claimed = await in_pool(queue.claim)(free, self.lease, self.only_type) if free > 0 else []
         push_rows = [e for e in claimed if e.type == outbox.PUSH_MESSAGE]
         prepared = await in_pool(pushes.prepare)(push_rows) if push_rows else {}
@@ -113,7 +119,7 @@ class Delivery:
             task.add_done_callback(self.in_flight.discard)
         try:
             # A finished request or a local commit wakes the task at once.
-            await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
         except TimeoutError:
             return
         if self.in_flight:
@@ -216,28 +222,42 @@ class Delivery:
         self._done.append(outcome)
         self._wake.set()
 
+    def stop(self) -> None:
+        """Claim nothing more; `run()` returns once what is in flight is answered (each
+        within `WEBHOOK_TIMEOUT`) and written back."""
+        self.stopping = True
+        self._wake.set()
+
+
+async def maintain_outbox() -> None:
+    """Prune finished rows and set the webhook backlog's gauges. Push rows are written
+    with or without a webhook URL: the pruning runs either way; the gauges are the
+    webhooks' (pushes have tether_push_attempts_total)."""
+    await in_pool(queue.prune)()
+    if not outbox.enabled():
+        return
+    backlog = await in_pool(queue.backlog)(outbox.PUSH_MESSAGE)
+    metrics.WEBHOOK_PENDING.set(backlog.pending)
+    metrics.WEBHOOK_FAILED.set(backlog.failed)
+    metrics.WEBHOOK_OLDEST_PENDING.set(backlog.oldest_pending_seconds)
+
 
 class HooksNode:
     """Outbox delivery on every node (pushes always, webhooks where `WEBHOOK_URL` is
-    set); the webhook backlog's gauges where webhooks are on."""
+    set) unless workers deliver (`OUTBOX_DELIVERY=worker`); the pruning and the
+    webhook backlog's gauges either way."""
 
     def __init__(self) -> None:
         self.delivery: Delivery | None = None
 
     def start(self, runtime: NodeRuntime) -> None:
+        if settings.OUTBOX_DELIVERY != "nodes":
+            return  # the rows wait for `manage.py deliver_outbox`
         self.delivery = Delivery()
         runtime.run_in_background(self.delivery.run(), "tether-webhooks")
 
     async def maintain(self, runtime: NodeRuntime) -> None:
-        # Push rows are written with or without a webhook URL: the pruning runs either
-        # way; the gauges are the webhooks' (pushes have tether_push_attempts_total).
-        await in_pool(queue.prune)()
-        if not outbox.enabled():
-            return
-        backlog = await in_pool(queue.backlog)(outbox.PUSH_MESSAGE)
-        metrics.WEBHOOK_PENDING.set(backlog.pending)
-        metrics.WEBHOOK_FAILED.set(backlog.failed)
-        metrics.WEBHOOK_OLDEST_PENDING.set(backlog.oldest_pending_seconds)
+        await maintain_outbox()
 
     async def recheck_users(self, user_ids: Iterable[int]) -> None:
         return None  # presence events are written where presence changes
