@@ -51,6 +51,7 @@ STAND_INS = {
     "postgres": "postgres.Dockerfile",
     "redis": "redis.Dockerfile",
     "nginx": "nginx.Dockerfile",
+    "prometheus": "prometheus.Dockerfile",
 }
 
 
@@ -260,8 +261,12 @@ class ComposeStack:
     project: str
     variables: dict[str, str]
 
-    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        cmd = [*self.engine.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+    def compose(
+        self, *args: str, timeout: float = 300, check: bool = True, monitoring: bool = False
+    ) -> str:
+        """The compose CLI on this project; `monitoring` enables that profile."""
+        cmd = [*self.engine.compose, "-p", self.project, "-f", str(COMPOSE_FILE)]
+        cmd += [*(["--profile", "monitoring"] if monitoring else []), *args]
         result = _run(cmd, env=self.engine.env(**self.variables), timeout=timeout, check=check)
         return result.stdout + result.stderr
 
@@ -291,4 +296,7 @@ class ComposeStack:
         return self.compose("exec", "-T", service, "python3", "manage.py", *args)
 
     def down(self) -> None:
-        self.compose("down", "-v", "--remove-orphans", "-t", "30", timeout=180, check=False)
+        # With the profile: `down` leaves the containers of a profile it is not told of.
+        self.compose(
+            "down", "-v", "--remove-orphans", "-t", "30", timeout=180, check=False, monitoring=True
+        )
