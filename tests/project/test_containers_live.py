@@ -121,7 +121,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     except ServiceUnavailable as exc:
         require_or_skip(f"container test: {exc}")
     started = time.monotonic()
-    images = {name: containers.stand_in(engine, base, name) for name in containers.STAND_INS}
+    images = containers.stand_ins(engine, base)
     tether = containers.build_tether(
         engine, images["python"], f"tether-test/tether:{uuid.uuid4().hex[:8]}"
     )
@@ -183,11 +183,16 @@ def test_image_runs_as_the_manifests_expect(deployed: Deployed) -> None:
     stack = deployed.stack
     config = stack.inspect("tether-1")["Config"]
     assert config["User"] == "10001:10001"
+    assert stack.inspect("tether-1")["HostConfig"]["ReadonlyRootfs"] is True
     assert "/ready/" in " ".join(config["Healthcheck"]["Test"])
     cmdline = stack.compose("exec", "-T", "tether-1", "cat", "/proc/1/cmdline")
     assert cmdline.split("\0")[1].endswith("daphne"), cmdline
     listing = stack.compose("exec", "-T", "tether-1", "ls", "-A", "/srv/tether/var")
     assert sorted(listing.split()) == ["media", "staticfiles"], listing
+    # Read-only but for the media volume (attachments) and /tmp.
+    stack.compose("exec", "-T", "tether-1", "sh", "-c", "touch var/media/.w /tmp/.w")
+    denied = stack.compose("exec", "-T", "tether-1", "touch", "var/.w", check=False)
+    assert "Read-only file system" in denied, denied
     # Static files come from the image through nginx (whitenoise in the node).
     status, body = deployed.http("GET", "/static/tether/client.js")
     assert status == 200 and "WebSocket" in body

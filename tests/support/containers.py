@@ -32,6 +32,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,6 +239,13 @@ def stand_in(engine: Engine, base: str, name: str) -> str:
             timeout=900,
         )  # fmt: skip
     return ref
+
+
+def stand_ins(engine: Engine, base: str) -> dict[str, str]:
+    """Every stand-in, built side by side (mostly waiting on Debian's mirror)."""
+    with ThreadPoolExecutor(len(STAND_INS)) as pool:
+        futures = {name: pool.submit(stand_in, engine, base, name) for name in STAND_INS}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def build_tether(engine: Engine, python_image: str, tag: str) -> str:
