@@ -1,7 +1,7 @@
 # Tether node image: one daphne process per container, as deploy/tether@.service
 # runs one per systemd unit. Build from the repository top:
 #   docker build -t tether:latest .
-# Run the whole stack (nginx, two nodes, PostgreSQL, Redis): deploy/compose.yaml,
+# Run the whole stack (nginx, two nodes, PostgreSQL, Redis): deploy/docker-compose.yml,
 # docs/deployment.md, "Containers".
 
 # Any Debian bookworm image with Python 3.11 and its venv module. The tests

@@ -1,5 +1,5 @@
 #!/bin/sh
-# nginx in deploy/compose.yaml: renders the shipped site (deploy/nginx.conf,
+# nginx in deploy/docker-compose.yml: renders the shipped site (deploy/nginx.conf,
 # mounted at /etc/tether/nginx.conf) for the stack, then runs nginx in the
 # foreground. Only these lines change, each checked to match exactly:
 #   - the upstream's two `server 127.0.0.1:800N` lines: one line per node in

@@ -1,4 +1,4 @@
-"""The shipped Dockerfile and deploy/compose.yaml, built and run with a real engine.
+"""The shipped Dockerfile and deploy/docker-compose.yml, built and run with a real engine.
 
 One stack for the module (tests/support/containers.py says how the images are
 made without a registry): PostgreSQL, Redis, two Tether nodes and nginx, each

@@ -1,4 +1,4 @@
-"""The shipped Dockerfile and deploy/compose.yaml, run for real by Debian's docker.io.
+"""The shipped Dockerfile and deploy/docker-compose.yml, run for real by Debian's docker.io.
 
 No container registry is reachable from the test machines, so nothing is
 pulled: a bookworm root filesystem is made with `debootstrap` (cached as a
@@ -40,13 +40,13 @@ from tests.support.services import ServiceUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "tests" / "project" / "containers"
-COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
+COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"
 CACHE_DIR = Path(os.environ.get("TETHER_CONTAINER_CACHE", "/var/cache/tether-test"))
 DEBIAN_MIRROR = os.environ.get("TETHER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEBOOTSTRAP = ["--variant=minbase", "--include=ca-certificates", "bookworm"]
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DOCKERD_START_TIMEOUT = 60.0
-# Stand-ins: the recipe file in RECIPES, the variable of compose.yaml / the Dockerfile.
+# Stand-ins: the recipe file in RECIPES, the variable of docker-compose.yml / the Dockerfile.
 STAND_INS = {
     "python": "python.Dockerfile",
     "postgres": "postgres.Dockerfile",
@@ -136,7 +136,7 @@ def start_engine(log_dir: Path) -> Engine:
     if not docker:
         raise ServiceUnavailable(
             "no `docker` CLI: the container test runs the shipped Dockerfile and "
-            "deploy/compose.yaml with Debian's docker.io (apt-get install docker.io "
+            "deploy/docker-compose.yml with Debian's docker.io (apt-get install docker.io "
             "docker-compose debootstrap; .ci/run does)"
         )
     compose = _compose_command(docker)
@@ -263,7 +263,7 @@ def build_tether(engine: Engine, python_image: str, tag: str) -> str:
 
 @dataclass
 class ComposeStack:
-    """One project of deploy/compose.yaml, named so it cannot meet another run's."""
+    """One project of deploy/docker-compose.yml, named so it cannot meet another run's."""
 
     engine: Engine
     project: str

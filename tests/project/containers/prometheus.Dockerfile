@@ -1,5 +1,5 @@
 # Stands in for the official prometheus image: Debian's prometheus on PATH and
-# a /bin/sh, which is all deploy/compose.yaml's prometheus service runs.
+# a /bin/sh, which is all deploy/docker-compose.yml's prometheus service runs.
 ARG BASE
 FROM ${BASE}
 RUN apt-get update -qq \
