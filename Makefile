@@ -18,8 +18,13 @@ run: venv
 	@echo "==> Tether on http://$(HOST):$(PORT)/  (Ctrl-C stops)"
 	.venv/bin/daphne -b $(HOST) -p $(PORT) --websocket_timeout -1 project.asgi:application
 
+# The suite waits on live nodes, browsers and containers far more than it computes:
+# two workers (pytest-xdist), each test file whole in one of them (its module
+# fixtures: a node, a browser, a container stack). TEST_WORKERS=0 runs it in one.
+TEST_WORKERS ?= 2
+
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: venv
 	.venv/bin/ruff check .
