@@ -143,7 +143,7 @@ async def test_events_live_errors_and_replays(runtime) -> None:
     ]:
         error, _ = await do(b, {**frame, "conversation": cid})
         assert (error["type"], error["code"], error.get("field")) == ("error", code, field), error
-    outsider, outsider_token = await person()
+    _, outsider_token = await person()
     o = await chat(outsider_token)
     error, _ = await do(
         o, {"type": "edit", "id": "o1", "conversation": cid, "message_id": m1, "body": "x"}
@@ -189,6 +189,7 @@ async def test_events_live_errors_and_replays(runtime) -> None:
     synced, replayed = await do(fresh, {"type": "sync", "id": "y", "positions": {cid: 0}})
     messages = [f for f in replayed if f["type"] == "message"]
     assert [f["seq"] for f in messages] == [1, 2, 3, 4, 5, 6]
+    assert synced["conversations"][cid] == {"seq": 6, "replayed": 6, "complete": True}
     assert messages[0]["body"] == "hello!" and messages[0]["edited_at"] == ack3["ts"]
     assert messages[0]["reactions"] == {"👍": [bob.pk]}
     assert messages[1]["deleted"] is True and messages[1]["body"] == ""
