@@ -283,3 +283,53 @@ async def test_rest_rows_for_events(runtime) -> None:
     count = database_sync_to_async(Message.objects.filter(conversation_id=cid).count)
     assert await count() == 5
     await b.disconnect()
+
+
+async def test_the_admin_deletes_through_the_same_path(runtime) -> None:
+    """*Delete messages* in the Django admin: an event every member's socket hears, the
+    message's body, edits and attachments gone; its page shows events and attachments."""
+    from django.test import Client
+
+    alice, alice_token = await person()
+    bob, _ = await person()
+    cid = (await group(alice, bob)).pk
+    a = await chat(alice_token, synced=True)
+    file = await uploaded(alice, cid, "x.pdf")
+    ack, _ = await do(
+        a,
+        {"type": "send", "id": "s1", "conversation": cid, "body": "oops", "attachments": [file.id]},
+    )
+    mid = ack["message_id"]
+    await do(
+        a,
+        {
+            "type": "react",
+            "id": "r1",
+            "conversation": cid,
+            "message_id": mid,
+            "emoji": "👀",
+            "on": True,
+        },
+    )
+
+    def as_operator() -> tuple[int, str, int]:
+        operator = User.objects.create_superuser(unique("op"), password="pw-Not-common-123")
+        web = Client()
+        web.force_login(operator)
+        page = web.get(f"/admin/realtime/message/{mid}/change/")
+        html = page.content.decode()
+        done = web.post(
+            "/admin/realtime/message/",
+            {"action": "delete_messages", "_selected_action": [mid]},
+        )
+        return page.status_code, html, done.status_code
+
+    status, html, posted = await database_sync_to_async(as_operator)()
+    assert status == 200 and "x.pdf" in html and "👀" in html
+    assert posted == 302
+    frame = await next_message(a, [], 3)
+    assert (frame["kind"], frame["target"], frame["body"]) == ("delete", mid, "")
+    row = await database_sync_to_async(Message.objects.get)(pk=mid)
+    assert row.deleted and row.body == ""
+    assert not await database_sync_to_async(Attachment.objects.filter(pk=file.id).exists)()
+    await a.disconnect()
