@@ -465,11 +465,12 @@ class _Batch:
     def apply(self, r: SendRequest, m: Message) -> None:
         """`r`, stored as `m`: its changes to the batch's state."""
         if r.kind == Message.MESSAGE:
-            for aid in r.attachments:
-                self.claimed[aid] = m.id
-            m.shown_attachments = attachments.shown_in_order(  # type: ignore[attr-defined]
-                self.found[a] for a in r.attachments
-            )
+            if r.attachments:
+                for aid in r.attachments:
+                    self.claimed[aid] = m.id
+                m.shown_attachments = attachments.shown_in_order(  # type: ignore[attr-defined]
+                    self.found[a] for a in r.attachments
+                )
             return
         t = self.targets[m.target_id]
         self.changed[t.id] = t
