@@ -16,6 +16,7 @@ from accounts.models import User
 from realtime.models import Attachment, Message
 from tests.support.focused import WAIT, chat, group, person
 from tests.support.names import unique
+from tests.support.services import postgres_service, rerun_on_postgresql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -333,3 +334,9 @@ async def test_the_admin_deletes_through_the_same_path(runtime) -> None:
     assert row.deleted and row.body == ""
     assert not await database_sync_to_async(Attachment.objects.filter(pk=file.id).exists)()
     await a.disconnect()
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_same_frames_on_postgresql(postgres_service) -> None:  # noqa: F811
+    """The write path's raw SQL takes another path on PostgreSQL: run this file there."""
+    rerun_on_postgresql(__file__, postgres_service, "not on_postgresql")
