@@ -22,6 +22,12 @@ from tests.support.services import postgres_service, rerun_on_postgresql  # noqa
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def media(settings, tmp_path) -> None:
+    """Attachments' files in a folder of the test's own (never the working tree)."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+
+
 def conversation(*members: User) -> str:
     conv = Conversation.objects.create(
         id=new_conversation_id(), kind="group", title="t", created_by=members[0]
