@@ -24,9 +24,10 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.server_api import needs, user_by_external_id
+from realtime.chat import api as chat_api
 from realtime.chat import conversations, sends
 from realtime.chat.api import BAD_ID, CONVERSATION_ID
-from realtime.chat.representations import conversation_repr, message_repr
+from realtime.chat.representations import conversation_repr
 from realtime.models import Conversation
 from realtime.protocol import Code, TetherError, bad_request, user_repr
 from realtime.rest import openapi as doc
@@ -112,6 +113,21 @@ class ServerMessage(serializers.Serializer):
     )
     sender = UserRefField(
         allow_null=True, help_text="a member's reference, or null for a system message"
+    )
+    reply_to = doc.described(
+        serializers.CharField(
+            required=False, allow_null=True, help_text="the message_id of a message replied to"
+        ),
+        doc.REPLY_TO,
+    )
+    attachments = doc.described(
+        serializers.ListField(
+            child=serializers.CharField(),
+            required=False,
+            help_text="ids of attachments the sender uploaded to this conversation that no "
+            "message holds (none for a system message)",
+        ),
+        doc.ATTACHMENT_IDS,
     )
 
     class Meta:
@@ -233,17 +249,16 @@ class MessagesView(APIView):
         responses={
             200: doc.SentMessage,
             201: doc.SentMessage,
-            400: doc.error(f"{BAD_ID}; `id`, `body` or `sender` invalid; `too_large`"),
+            400: doc.error(
+                f"{BAD_ID}; `id`, `body`, `sender`, `reply_to` or `attachments` invalid; "
+                "`too_large`"
+            ),
             403: doc.error("`forbidden`: the sender is not a member, or no `chat` scope"),
             404: UNKNOWN,
         },
     )
     def post(self, request: Request, conversation_id: str) -> Response:
         data = json_body(request)
-        for later in ("reply_to", "attachments"):
-            # Conversation events (PROTOCOL 10) are not stored yet: refused, not dropped.
-            if later in data:
-                raise bad_request(later, "is not supported by this version of Tether")
         if "sender" not in data:
             raise bad_request("sender", "is required: a user reference, or null")
         sender = None
@@ -253,7 +268,14 @@ class MessagesView(APIView):
             if sender is None:
                 raise TetherError(Code.NOT_FOUND, "sender: no such active user", field="sender")
             conversations.conversation_for(None, conversation_id)  # 404 before 403
-        sent = sends.send(sender, conversation_id, data.get("id"), data.get("body"))
-        body = message_repr(sent.message)
-        body["duplicate"] = sent.duplicate
-        return Response(body, status=200 if sent.duplicate else 201)
+        # PROTOCOL 10's `reply_to` and `attachments` as a member's send takes them (a
+        # system message has no uploader: it can hold no attachment).
+        sent = sends.send(
+            sender,
+            conversation_id,
+            data.get("id"),
+            data.get("body"),
+            data.get("reply_to"),
+            data.get("attachments"),
+        )
+        return chat_api.stored_answer(sent)

@@ -35,11 +35,15 @@ from bench.wsload import GUID, client_frame
 # The server's `message` and `ack` frames (realtime.protocol.encode of
 # representations.message_frame / messages.Sent.ack), matched in full. String
 # values exclude quotes and backslashes, so nothing inside a string can be
-# taken for a key; the body is the one `json.dumps({"t": ...})` wrote.
+# taken for a key; the body is the one `json.dumps({"t": ...})` wrote. A new
+# message's PROTOCOL 10 fields (`kind`, and its state after `ts`) are matched as
+# such a message has them; frames without them (before PROTOCOL 10) match too.
 MESSAGE = re.compile(
-    rb'\{"type":"message","conversation":"([^"\\]*)","seq":(\d+),"message_id":"[^"\\]*",'
+    rb'\{"type":"message","conversation":"([^"\\]*)","seq":(\d+),(?:"kind":"message",)?'
+    rb'"message_id":"[^"\\]*",'
     rb'"client_id":"[^"\\]*","sender":\{"id":(\d+),"username":"[^"\\]*"\},'
-    rb'"body":"\{\\"t\\": ([0-9.eE+-]+)\}","ts":\d+\}'
+    rb'"body":"\{\\"t\\": ([0-9.eE+-]+)\}","ts":\d+'
+    rb'(?:,"reply_to":null,"attachments":\[\],"edited_at":null,"deleted":false,"reactions":\{\})?\}'
 )
 ACK = re.compile(
     rb'\{"type":"ack","id":"([^"\\]*)","conversation":"[^"\\]*","seq":(\d+),'

@@ -43,6 +43,14 @@ api_patterns = [
     path("conversations/<str:conversation_id>/messages/", chat_api.MessagesView.as_view()),
     path("conversations/<str:conversation_id>/attachments/", uploads.AttachmentsView.as_view()),
     path("attachments/<str:attachment_id>/", uploads.AttachmentDetailView.as_view()),
+    path(
+        "conversations/<str:conversation_id>/messages/<str:message_id>/",
+        chat_api.MessageDetailView.as_view(),
+    ),
+    path(
+        "conversations/<str:conversation_id>/messages/<str:message_id>/reactions/",
+        chat_api.ReactionsView.as_view(),
+    ),
     path("push/key/", push_api.PushKeyView.as_view()),
     path("push/subscriptions/", push_api.PushSubscriptionsView.as_view()),
     path("topics/<str:topic>/publish/", topic_api.PublishView.as_view()),

@@ -8,6 +8,7 @@ staff API uses (a kick closes the socket on whichever node holds it).
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,8 +22,10 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from realtime.chat import sends
 from realtime.hooks import queue
 from realtime.models import (
+    Attachment,
     Conversation,
     LiveConnection,
     Membership,
@@ -33,6 +36,7 @@ from realtime.models import (
 )
 from realtime.node import control
 from realtime.node.registry import is_alive, silent_after
+from realtime.protocol import TetherError
 from realtime.rest.permissions import DISCONNECT, holds
 from realtime.topics.service import namespaces
 
@@ -298,17 +302,85 @@ class ConversationAdmin(admin.ModelAdmin):
         return format_html('<a href="{}?conversation={}">{}</a>', url, obj.pk, obj.last_seq)
 
 
+class EventInline(admin.TabularInline):
+    """A message's events (PROTOCOL 10): its edits, deletion and reactions, in seq order."""
+
+    model = Message
+    fk_name = "target"
+    extra = 0
+    fields = ("seq", "kind", "sender", "body", "emoji", "reaction_on", "ts", "id")
+    readonly_fields = fields
+    ordering = ("seq",)
+    can_delete = False
+    verbose_name = "event"
+    verbose_name_plural = "events (edits, deletion, reactions)"
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class AttachmentInline(admin.TabularInline):
+    """The files a message holds (none once it is deleted: they are removed with it)."""
+
+    model = Attachment
+    fk_name = "message"
+    extra = 0
+    fields = ("id", "name", "size", "content_type", "uploader", "created_at")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdmin):
-    """Messages are numbered without gaps per conversation: none is edited or removed here."""
+    """Messages are numbered without gaps per conversation: none is edited here. *Delete
+    messages* deletes through the chat service's own path, as a user's `delete` does
+    (an event every member's socket hears; body, edits' bodies, attachments removed),
+    with the operator as staff."""
 
-    list_display = ("conversation", "seq", "sender", "excerpt", "sent_at", "id")
-    list_filter = ("conversation__kind", ConversationFilter)
+    list_display = ("conversation", "seq", "kind", "sender", "excerpt", "deleted", "sent_at", "id")
+    list_filter = ("conversation__kind", "kind", "deleted", ConversationFilter)
     search_fields = ("body", "sender__username", "=id", "=conversation__id")
     list_select_related = ("conversation", "sender")
     ordering = ("conversation", "seq")
     # Counting every message on each page view would scan the table.
     show_full_result_count = False
+    inlines = [EventInline, AttachmentInline]
+    actions = ["delete_messages"]
+
+    def has_delete_messages_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_staff and request.user.has_perm("realtime.delete_message")
+
+    @admin.action(
+        description="Delete messages (as their sender would)", permissions=["delete_messages"]
+    )
+    def delete_messages(self, request: HttpRequest, queryset: QuerySet) -> None:
+        done = refused = 0
+        for message in queryset.filter(kind=Message.MESSAGE).order_by("conversation_id", "seq"):
+            key = "admin-" + secrets.token_hex(8)
+            try:
+                sends.store(
+                    sends.delete_request(
+                        request.user, message.conversation_id, key, message.id, staff=True
+                    )
+                )
+                done += 1
+            except TetherError:
+                refused += 1
+        self.message_user(
+            request,
+            f"{done} message(s) deleted (events sent to every member's sockets); "
+            f"{refused} refused. Edits, deletions and reactions are not deleted themselves.",
+            messages.SUCCESS if not refused else messages.WARNING,
+        )
 
     @admin.display(description="body")
     def excerpt(self, obj: Message) -> str:

@@ -145,11 +145,23 @@ class Message(models.Model):
     REACTION = "reaction"
     KINDS = [(MESSAGE, "message"), (EDIT, "edit"), (DELETE, "delete"), (REACTION, "reaction")]
     kind = models.CharField(max_length=8, choices=KINDS, default=MESSAGE, db_default=MESSAGE)
+    # Indexed only where set (Meta.indexes): a new message, the hot insert, then
+    # maintains no index for either (docs/benchmarks.md, PROTOCOL 10).
     target = models.ForeignKey(
-        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="events",
+        db_index=False,
     )
     reply_to = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
     # Defaults in the database too: the send path inserts with its own SQL
     # (chat/sends.py) and names only the columns a new message sets.
@@ -172,6 +184,18 @@ class Message(models.Model):
                 fields=["conversation", "client_id"],
                 condition=models.Q(sender__isnull=True),
                 name="idempotent_system_send",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["target"],
+                name="message_event_target",
+                condition=models.Q(target__isnull=False),
+            ),
+            models.Index(
+                fields=["reply_to"],
+                name="message_reply_to",
+                condition=models.Q(reply_to__isnull=False),
             ),
         ]
 

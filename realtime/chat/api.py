@@ -9,7 +9,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from realtime.chat import conversations, messages, sends
-from realtime.chat.representations import message_repr
 from realtime.models import Conversation
 from realtime.protocol import bad_request, user_repr
 from realtime.rest import openapi as doc
@@ -148,6 +147,19 @@ class MemberDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+def stored_answer(sent: messages.Sent, created: int = status.HTTP_201_CREATED) -> Response:
+    """A stored event as REST answers it: as read now, with `duplicate` (200 when so)."""
+    body = messages.current(sent.message.id)
+    body["duplicate"] = sent.duplicate
+    return Response(body, status=status.HTTP_200_OK if sent.duplicate else created)
+
+
+MESSAGE_ID = doc.path("message_id", doc.ID, 'the `message_id` of a `kind: "message"` event')
+NO_TARGET = doc.error(
+    "`not_found` (with `field`: `message_id`): no such message in that conversation"
+)
+
+
 class MessagesView(APIView):
     throttle_classes = [UserQuota.of("messages", "POST")]
 
@@ -193,14 +205,108 @@ class MessagesView(APIView):
             200: doc.SentMessage,
             201: doc.SentMessage,
             400: doc.error(
-                f"{BAD_ID}; `id` or `body` invalid; `too_large` (with `max_body_chars`)"
+                f"{BAD_ID}; `id` or `body` invalid; `too_large` (with `max_body_chars`); "
+                "`reply_to` naming no message of that conversation; `attachments` naming "
+                "one the caller did not upload there or that a message holds"
             ),
             403: NOT_MEMBER,
         },
     )
     def post(self, request: Request, conversation_id: str) -> Response:
         data = json_body(request)
-        sent = sends.send(request.user, conversation_id, data.get("id"), data.get("body"))
-        body = message_repr(sent.message)
-        body["duplicate"] = sent.duplicate
-        return Response(body, status=status.HTTP_200_OK if sent.duplicate else 201)
+        sent = sends.send(
+            request.user,
+            conversation_id,
+            data.get("id"),
+            data.get("body"),
+            data.get("reply_to"),
+            data.get("attachments"),
+        )
+        return stored_answer(sent)
+
+
+class MessageDetailView(APIView):
+    """PROTOCOL 10: edit and delete a message, as the socket's `edit` and `delete`."""
+
+    throttle_classes = [UserQuota.of("messages", "PATCH", "DELETE")]
+
+    @extend_schema(
+        summary="Edit a message",
+        description="Only its sender; not a deleted message (400 naming `message_id`). "
+        "Answers the stored `edit` event; `id` is the idempotency key, shared with sends.",
+        tags=["conversations"],
+        parameters=[CONVERSATION_ID, MESSAGE_ID],
+        request=doc.EditMessage,
+        responses={
+            200: doc.SentMessage,
+            400: doc.error(
+                f"{BAD_ID}; `id`, `message_id` or `body` invalid; `too_large`; "
+                "a deleted message (`message_id`)"
+            ),
+            403: doc.error("`forbidden`: not a member, or not the message's sender"),
+            404: NO_TARGET,
+        },
+    )
+    def patch(self, request: Request, conversation_id: str, message_id: str) -> Response:
+        data = json_body(request)
+        edit = sends.edit_request(
+            request.user, conversation_id, data.get("id"), message_id, data.get("body")
+        )
+        return stored_answer(sends.store(edit), status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Delete a message",
+        description="By its sender, the conversation's creator or staff. Its body, its "
+        "edits' bodies and its attachments are removed; a message deleted already "
+        "answers its first `delete` event (`duplicate: true`).",
+        tags=["conversations"],
+        parameters=[
+            CONVERSATION_ID,
+            MESSAGE_ID,
+            doc.query("id", doc.ID, "the idempotency key", required=True),
+        ],
+        responses={
+            200: doc.SentMessage,
+            400: doc.error(f"{BAD_ID}; `id` or `message_id` invalid"),
+            403: doc.error(
+                "`forbidden`: not a member, or neither the sender, the creator nor staff"
+            ),
+            404: NO_TARGET,
+        },
+    )
+    def delete(self, request: Request, conversation_id: str, message_id: str) -> Response:
+        deletion = sends.delete_request(
+            request.user, conversation_id, request.query_params.get("id"), message_id
+        )
+        return stored_answer(sends.store(deletion), status.HTTP_200_OK)
+
+
+class ReactionsView(APIView):
+    throttle_classes = [UserQuota.of("messages", "POST")]
+
+    @extend_schema(
+        summary="React to a message",
+        description="Any member; `on` true adds the caller's reaction, false removes it. "
+        "Every accepted reaction is an event, even one that changes nothing.",
+        tags=["conversations"],
+        parameters=[CONVERSATION_ID, MESSAGE_ID],
+        request=doc.React,
+        responses={
+            200: doc.SentMessage,
+            201: doc.SentMessage,
+            400: doc.error(f"{BAD_ID}; `id`, `message_id`, `emoji` or `on` invalid"),
+            403: NOT_MEMBER,
+            404: NO_TARGET,
+        },
+    )
+    def post(self, request: Request, conversation_id: str, message_id: str) -> Response:
+        data = json_body(request)
+        reaction = sends.react_request(
+            request.user,
+            conversation_id,
+            data.get("id"),
+            message_id,
+            data.get("emoji"),
+            data.get("on"),
+        )
+        return stored_answer(sends.store(reaction))

@@ -16,6 +16,8 @@ from realtime.transport.consumer import BASE_HANDLERS, TetherConsumer
 # Sends of one socket being stored at once; past this the socket's next frame
 # waits (no unbounded work per socket; the rate limit bounds it too).
 MAX_SENDS_IN_FLIGHT = 32
+# The frames stored through the batched write path (chat/sends.py), pipelined alike.
+STORED_FRAMES = frozenset({"send", "edit", "delete", "react"})
 
 
 class ChatConsumer(TetherConsumer):
@@ -33,9 +35,10 @@ class ChatConsumer(TetherConsumer):
         time, a client with several sends in flight got one per batch: docs/benchmarks.md, "Chat",
         throughput at saturation). Sends keep their order (each joins the queue in
         arrival order); any other frame waits until the earlier sends are answered,
-        so it sees them stored."""
+        so it sees them stored. PROTOCOL 10's events (`edit`, `delete`, `react`) go
+        the same way, in the same batches."""
         pending = self._sending
-        if frame.type == "send":
+        if frame.type in STORED_FRAMES:
             if pending is None:
                 pending = self._sending = set()
             while len(pending) >= MAX_SENDS_IN_FLIGHT:

@@ -12,10 +12,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F
 
 from realtime.chat import events
 from realtime.chat.representations import conversation_repr
-from realtime.models import Conversation, Membership
+from realtime.models import Conversation, Membership, Message
 from realtime.protocol import Code, TetherError, bad_request, encode, storable_int, valid_id
 
 User = get_user_model()
@@ -86,13 +87,41 @@ def members_of(conversation_id: str) -> list[Any]:
     return list(User.objects.filter(memberships__conversation_id=conversation_id).order_by("id"))
 
 
-def represent(conversation: Conversation, user_id: int) -> dict[str, Any]:
-    read_seq = (
-        Membership.objects.filter(conversation=conversation, user_id=user_id)
-        .values_list("read_seq", flat=True)
-        .first()
+def unread_counts(user_id: int, conversation_ids: list[str]) -> dict[str, int]:
+    """Per conversation, the caller's unread count (PROTOCOL 10): `kind: "message"`
+    events of others (system messages included), not deleted, past the caller's read
+    position. One query; conversations with none are absent."""
+    if not conversation_ids:
+        return {}
+    rows = (
+        Message.objects.filter(
+            conversation_id__in=conversation_ids,
+            conversation__memberships__user_id=user_id,
+            seq__gt=F("conversation__memberships__read_seq"),
+            kind=Message.MESSAGE,
+            deleted=False,
+        )
+        .exclude(sender_id=user_id)
+        .values("conversation_id")
+        .annotate(n=Count("id"))
+        .values_list("conversation_id", "n")
     )
-    return conversation_repr(conversation, members_of(conversation.id), read_seq)
+    return dict(rows)
+
+
+def represent(conversation: Conversation, user_id: int) -> dict[str, Any]:
+    positions = dict(
+        Membership.objects.filter(conversation=conversation).values_list("user_id", "read_seq")
+    )
+    read_seq = positions.get(user_id)
+    unread = unread_counts(user_id, [conversation.id]).get(conversation.id, 0)
+    return conversation_repr(
+        conversation,
+        members_of(conversation.id),
+        read_seq,
+        unread,
+        {str(uid): seq for uid, seq in sorted(positions.items())},
+    )
 
 
 def _users(ids: Any, field: str) -> list[Any]:
@@ -254,14 +283,23 @@ def conversation_reprs(user_id: int, ids: list[str]) -> list[dict]:
 def _reprs(memberships: list[Membership]) -> list[dict]:
     ids = [m.conversation_id for m in memberships]
     members: dict[str, list[Any]] = {cid: [] for cid in ids}
+    positions: dict[str, dict[str, int]] = {cid: {} for cid in ids}
     for m in (
         Membership.objects.filter(conversation_id__in=ids)
         .select_related("user")
         .order_by("user_id")
     ):
         members[m.conversation_id].append(m.user)
+        positions[m.conversation_id][str(m.user_id)] = m.read_seq
+    unread = unread_counts(memberships[0].user_id, ids) if memberships else {}
     return [
-        conversation_repr(m.conversation, members[m.conversation_id], m.read_seq)
+        conversation_repr(
+            m.conversation,
+            members[m.conversation_id],
+            m.read_seq,
+            unread.get(m.conversation_id, 0),
+            positions[m.conversation_id],
+        )
         for m in memberships
     ]
 

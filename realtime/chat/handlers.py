@@ -62,13 +62,55 @@ async def unsubscribe_all(consumer: TetherConsumer) -> None:
         delivery.forget(conn, cid)
 
 
-async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+async def _store(request: sends.SendRequest) -> dict[str, Any]:
     started = time.monotonic()
-    request = sends.request(consumer.user, frame.get("conversation"), frame.id, frame.get("body"))
     # Stored with whatever else arrived meanwhile, and published, before the ack.
     sent = await chat_node.sends.send(request)
     metrics.SEND_ACK.observe(time.monotonic() - started)
     return sent.ack(None)
+
+
+async def handle_send(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    request = sends.request(
+        consumer.user,
+        frame.get("conversation"),
+        frame.id,
+        frame.get("body"),
+        frame.get("reply_to"),
+        frame.get("attachments"),
+    )
+    return await _store(request)
+
+
+async def handle_edit(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    """PROTOCOL 10: an event in the same batches as sends (chat/sends.py)."""
+    request = sends.edit_request(
+        consumer.user,
+        frame.get("conversation"),
+        frame.id,
+        frame.get("message_id"),
+        frame.get("body"),
+    )
+    return await _store(request)
+
+
+async def handle_delete(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    request = sends.delete_request(
+        consumer.user, frame.get("conversation"), frame.id, frame.get("message_id")
+    )
+    return await _store(request)
+
+
+async def handle_react(consumer: TetherConsumer, frame: Frame) -> dict[str, Any]:
+    request = sends.react_request(
+        consumer.user,
+        frame.get("conversation"),
+        frame.id,
+        frame.get("message_id"),
+        frame.get("emoji"),
+        frame.get("on"),
+    )
+    return await _store(request)
 
 
 def _positions(value: Any) -> dict[str, int]:
@@ -225,6 +267,9 @@ async def before_frame(consumer: TetherConsumer, frame: Frame) -> None:
 
 CHAT_HANDLERS = {
     "send": handle_send,
+    "edit": handle_edit,
+    "delete": handle_delete,
+    "react": handle_react,
     "sync": handle_sync,
     "history": handle_history,
     "conversations": handle_conversations,

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from realtime.chat import attachments
 from realtime.chat.conversations import access_conversation
 from realtime.chat.representations import message_frame, message_repr
 from realtime.models import Conversation, Membership, Message
@@ -61,17 +62,27 @@ def stored(sender_id: int | None, client_id: str, conversation_id: str | None) -
     return rows.filter(sender_id=sender_id).first()
 
 
-def validate_send(client_id: Any, body: Any) -> None:
-    """The checks of a `send` that need no database (PROTOCOL 6)."""
+def validate_key(client_id: Any, frame_type: str = "send") -> None:
+    """The idempotency key every event carries (PROTOCOL 6, 10)."""
     if not valid_id(client_id):
-        raise bad_request("id", f"is required on send: a string of 1 to {MAX_ID_CHARS} characters")
-    if not isinstance(body, str):
-        raise bad_request("body", "is required: a string")
-    if not body.strip():
-        raise bad_request("body", "must not be empty")
+        raise bad_request(
+            "id", f"is required on {frame_type}: a string of 1 to {MAX_ID_CHARS} characters"
+        )
     # PostgreSQL cannot store NUL in text (a 500 otherwise); no key or message needs it.
     if "\x00" in client_id:
         raise bad_request("id", "must not contain NUL characters")
+
+
+def validate_send(
+    client_id: Any, body: Any, may_be_empty: bool = False, key_of: str = "send"
+) -> None:
+    """The checks of a `send` (or an `edit`'s body) that need no database (PROTOCOL 6);
+    an empty body only for a message with attachments (PROTOCOL 10)."""
+    validate_key(client_id, key_of)
+    if not isinstance(body, str):
+        raise bad_request("body", "is required: a string")
+    if not body.strip() and not may_be_empty:
+        raise bad_request("body", "must not be empty")
     if "\x00" in body:
         raise bad_request("body", "must not contain NUL characters")
     if len(body) > settings.MAX_BODY_CHARS:
@@ -97,14 +108,34 @@ def encoded_frame(message: Message) -> str:
     return encode(message_frame(message))
 
 
+def with_attachments(rows: list[Message]) -> list[Message]:
+    """Rows read from the store with their attachments (`shown_attachments`): a replay
+    shows each message event's current state (PROTOCOL 10)."""
+    held = [m.id for m in rows if m.kind == Message.MESSAGE and not m.deleted]
+    if held:
+        found = attachments.for_messages(held)
+        for m in rows:
+            m.shown_attachments = found.get(m.id, [])  # type: ignore[attr-defined]
+    return rows
+
+
 def read_range(conversation_id: str, after: int, upto: int) -> list[tuple[int, str]]:
-    """Encoded `message` frames with after < seq <= upto, in order (sync and gap fill)."""
-    messages = (
-        Message.objects.select_related("sender")
-        .filter(conversation_id=conversation_id, seq__gt=after, seq__lte=upto)
-        .order_by("seq")
+    """Encoded `message` frames with after < seq <= upto, in order (sync and gap fill),
+    each event with its current state."""
+    rows = with_attachments(
+        list(
+            Message.objects.select_related("sender")
+            .filter(conversation_id=conversation_id, seq__gt=after, seq__lte=upto)
+            .order_by("seq")
+        )
     )
-    return [(m.seq, encode(message_frame(m))) for m in messages]
+    return [(m.seq, encode(message_frame(m))) for m in rows]
+
+
+def current(message_id: str) -> dict[str, Any]:
+    """One stored event as REST answers with it: its representation as read now."""
+    row = Message.objects.select_related("sender").get(pk=message_id)
+    return message_repr(with_attachments([row])[0])
 
 
 def _position(value: Any, name: str) -> int | None:
@@ -135,7 +166,7 @@ def history(
         page = list(rows.order_by("-seq")[: limit + 1])
         has_more = len(page) > limit
         page = list(reversed(page[:limit]))
-    return {"messages": [message_repr(m) for m in page], "has_more": has_more}
+    return {"messages": [message_repr(m) for m in with_attachments(page)], "has_more": has_more}
 
 
 def mark_read(user_id: int, conversation_id: Any, seq: Any) -> int | None:

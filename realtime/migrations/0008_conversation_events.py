@@ -58,6 +58,7 @@ class Migration(migrations.Migration):
             name="reply_to",
             field=models.ForeignKey(
                 blank=True,
+                db_index=False,
                 null=True,
                 on_delete=django.db.models.deletion.SET_NULL,
                 related_name="+",
@@ -69,10 +70,27 @@ class Migration(migrations.Migration):
             name="target",
             field=models.ForeignKey(
                 blank=True,
+                db_index=False,
                 null=True,
                 on_delete=django.db.models.deletion.CASCADE,
                 related_name="events",
                 to="realtime.message",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="message",
+            index=models.Index(
+                condition=models.Q(("target__isnull", False)),
+                fields=["target"],
+                name="message_event_target",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="message",
+            index=models.Index(
+                condition=models.Q(("reply_to__isnull", False)),
+                fields=["reply_to"],
+                name="message_reply_to",
             ),
         ),
         migrations.CreateModel(

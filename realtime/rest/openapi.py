@@ -250,14 +250,45 @@ class MemberAdded(serializers.Serializer):
         ref_name = "MemberAdded"
 
 
+class AttachmentBody(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    size = serializers.IntegerField(min_value=0)
+    content_type = serializers.CharField()
+    url = serializers.CharField(help_text="`/api/attachments/<id>/`")
+
+    class Meta:
+        ref_name = "Attachment"
+
+
 class MessageBody(serializers.Serializer):
+    """An event of a conversation (PROTOCOL 10): a message, or an edit, delete or
+    reaction naming its `target`."""
+
     conversation = serializers.CharField()
     seq = serializers.IntegerField(min_value=1)
+    kind = serializers.ChoiceField(choices=["message", "edit", "delete", "reaction"])
     message_id = serializers.CharField()
     client_id = serializers.CharField(help_text="the sender's idempotency key (`id`)")
     sender = UserBody(allow_null=True, help_text="null for a system message")
-    body = serializers.CharField(allow_blank=True)
+    body = serializers.CharField(allow_blank=True, help_text='`""` once deleted')
     ts = serializers.IntegerField(help_text="ms since the epoch")
+    reply_to = serializers.CharField(
+        allow_null=True, required=False, help_text="kind message: the message replied to"
+    )
+    attachments = AttachmentBody(many=True, required=False, help_text="kind message")
+    edited_at = serializers.IntegerField(
+        allow_null=True, required=False, help_text="kind message: ms of the last edit"
+    )
+    deleted = serializers.BooleanField(required=False, help_text="kind message")
+    reactions = serializers.DictField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        required=False,
+        help_text="kind message: emoji → user ids, in the order they reacted",
+    )
+    target = serializers.CharField(required=False, help_text="edit, delete, reaction")
+    emoji = serializers.CharField(required=False, help_text="reaction")
+    on = serializers.BooleanField(required=False, help_text="reaction")
 
     class Meta:
         ref_name = "Message"
@@ -287,17 +318,69 @@ MESSAGE_TEXT = {
 }
 
 
+# PROTOCOL 10's fields of a send.
+REPLY_TO = {"type": ["string", "null"], "minLength": 1, "maxLength": 64}
+ATTACHMENT_IDS = {
+    "type": "array",
+    "maxItems": 10,
+    "uniqueItems": True,
+    "items": {"type": "string", "minLength": 1, "maxLength": 24},
+}
+
+
 class SendMessage(serializers.Serializer):
     id = serializers.CharField(
         min_length=1, max_length=64, help_text="the caller's idempotency key"
     )
     body = described(
-        serializers.CharField(help_text="not blank; over MAX_BODY_CHARS is 400 `too_large`"),
+        serializers.CharField(
+            help_text="not blank (but empty with `attachments`); over MAX_BODY_CHARS is "
+            "400 `too_large`"
+        ),
         MESSAGE_TEXT,
+    )
+    reply_to = described(
+        serializers.CharField(
+            required=False, allow_null=True, help_text="the message_id of a message replied to"
+        ),
+        REPLY_TO,
+    )
+    attachments = described(
+        serializers.ListField(
+            child=serializers.CharField(),
+            required=False,
+            help_text="ids of attachments the caller uploaded to this conversation that "
+            "no message holds",
+        ),
+        ATTACHMENT_IDS,
     )
 
     class Meta:
         ref_name = "SendMessage"
+
+
+class EditMessage(serializers.Serializer):
+    id = serializers.CharField(
+        min_length=1, max_length=64, help_text="the caller's idempotency key"
+    )
+    body = described(serializers.CharField(help_text="the new body, as a send's"), MESSAGE_TEXT)
+
+    class Meta:
+        ref_name = "EditMessage"
+
+
+class React(serializers.Serializer):
+    id = serializers.CharField(
+        min_length=1, max_length=64, help_text="the caller's idempotency key"
+    )
+    emoji = described(
+        serializers.CharField(help_text="1 to 16 characters, not blank"),
+        {"type": "string", "minLength": 1, "maxLength": 16, "pattern": NOT_BLANK},
+    )
+    on = serializers.BooleanField(help_text="true adds the caller's reaction, false removes it")
+
+    class Meta:
+        ref_name = "React"
 
 
 class SettingBody(serializers.Serializer):

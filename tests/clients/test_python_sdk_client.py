@@ -16,6 +16,7 @@ from tether_client import (
     RateLimited,
     Server,
     StreamClient,
+    apply_event,
     external,
     fetch_ticket,
 )
@@ -87,6 +88,53 @@ async def test_messages_arrive_once_in_order_and_every_send_is_acked(app: App) -
         assert ack["seq"] == 21 and ack["duplicate"] is False
         history = await b.history(cid, after=19)
         assert [m["seq"] for m in history["messages"]] == [20, 21]
+
+
+async def test_edits_deletes_reactions_and_replies_rebuild_the_senders_state(app: App) -> None:
+    """PROTOCOL 10 through the SDK: `edit`, `delete`, `react` and `send`'s `reply_to`
+    acknowledged like sends; `apply_event` over the frames gives the stored state."""
+    (ann, _), (ben, ben_user) = app.user(), app.user()
+    cid = group_of(app, ann, ben_user)
+    async with ChatClient(app.ws, token=mint(ann)) as a, ChatClient(app.ws, token=mint(ben)) as b:
+        acks, inbox = a.events("ack"), b.events("message")
+        first = await a.send_and_wait(cid, "hello")
+        mid = first["message_id"]
+        reply = await a.send(cid, "re", reply_to=mid)
+        await a.edit(cid, mid, "hello, fixed")
+        await a.react(cid, mid, "👍")
+        await a.react(cid, mid, "👍", on=False)
+        await a.react(cid, mid, "🎉")
+        gone = await a.delete(cid, mid)
+        answered = {e["id"]: e for e in await take(acks, 7, "ack")}
+        assert reply in answered and gone in answered and not a.outbox
+        frames = await take(inbox, 7)
+        assert [f["kind"] for f in frames] == [
+            "message",
+            "message",
+            "edit",
+            "reaction",
+            "reaction",
+            "reaction",
+            "delete",
+        ]
+        assert frames[1]["reply_to"] == mid and frames[2]["target"] == mid
+        local: dict[str, dict[str, Any]] = {}
+        for frame in frames:
+            apply_event(local, frame)
+        again = await a.delete(cid, mid)  # twice: the first delete's ack
+        second = (await acks.next("ack", timeout=WAIT)).data
+        assert second["id"] == again and second["seq"] == answered[gone]["seq"]
+        assert second["duplicate"] is True
+        stored = {m["message_id"]: m for m in (await b.history(cid))["messages"]}
+        for message_id, message in local.items():
+            for field in ("body", "edited_at", "deleted", "reactions", "attachments"):
+                assert message[field] == stored[message_id][field], field
+        assert local[mid]["deleted"] and local[mid]["reactions"] == {"🎉": [ann_id(first, frames)]}
+
+
+def ann_id(ack: dict[str, Any], frames: list[dict[str, Any]]) -> int:
+    """The sender id of the message `ack` acknowledged."""
+    return next(f["sender"]["id"] for f in frames if f["message_id"] == ack["message_id"])
 
 
 async def test_positions_kept_by_the_application_resume_a_new_client(app: App) -> None:

@@ -60,6 +60,11 @@ async def test_messages_from_the_batched_path_and_from_rest(heard) -> None:
         "sender": {"id": alice.pk, "username": alice.username},
         "body": "from a socket",
         "ts": sent.message.ts,
+        "reply_to": None,
+        "attachments": [],
+        "edited_at": None,
+        "deleted": False,
+        "reactions": {},
     }
     assert second["event"]["seq"] == 2 and second["event"]["body"] == "from REST"
     assert not first["in_transaction"] and not second["in_transaction"]

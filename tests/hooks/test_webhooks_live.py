@@ -91,6 +91,11 @@ async def test_every_event_type_arrives_signed_with_its_data(
         "sender": user(bob),
         "body": "hello from a socket",
         "ts": ack["ts"],
+        "reply_to": None,
+        "attachments": [],
+        "edited_at": None,
+        "deleted": False,
+        "reactions": {},
     }
     assert second["seq"] == 2 and second["sender"] == user(alice) and second["body"] == "rest"
     # Alice and carol had no chat socket at the first message; at the second, bob was

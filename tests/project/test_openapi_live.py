@@ -83,6 +83,12 @@ SAYS_400_BEYOND_SCHEMA = {
     "/api/server/conversations/{conversation_id}/members/{user_id}/": "the same",
     "/api/push/subscriptions/": "an endpoint that is not https, is private or local, or does "
     "not resolve; keys no message can be encrypted for",
+    # PROTOCOL 10: what `reply_to` and `attachments` name must exist (another member's
+    # upload, one a message holds already, a message of another conversation).
+    "/api/conversations/{conversation_id}/messages/": "reply_to or attachments naming "
+    "no message, or no attachment of the caller's there that no message holds",
+    "/api/server/conversations/{conversation_id}/messages/": "the same",
+    "/api/conversations/{conversation_id}/messages/{message_id}/": "an edit of a deleted message",
 }
 # positive_data_acceptance's default statuses, and 400 there.
 ACCEPTED_THERE = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
@@ -188,7 +194,10 @@ def test_every_operation_answers_as_its_schema_says(
         url += f"{group['id']}/messages/"
         status, sent, _ = http("POST", url, {"id": unique("seed"), "body": "hello"}, bearer(token))
         assert status == 201, sent
+        seeded[group["id"]] = sent["message_id"]
         return group["id"]
+
+    seeded: dict[str, str] = {}  # group → its message (PROTOCOL 10's edit, delete, react)
 
     groups = {
         "staff": seeded_group(staff, [me["id"]]),
@@ -257,6 +266,9 @@ def test_every_operation_answers_as_its_schema_says(
         "POST /api/conversations/{conversation_id}/messages/",
         "POST /api/conversations/{conversation_id}/attachments/",
         "GET /api/attachments/{attachment_id}/",
+        "PATCH /api/conversations/{conversation_id}/messages/{message_id}/",
+        "DELETE /api/conversations/{conversation_id}/messages/{message_id}/",
+        "POST /api/conversations/{conversation_id}/messages/{message_id}/reactions/",
         "POST /api/topics/{topic}/publish/",
         "GET /api/topics/{topic}/history/",
         "PUT /api/server/users/{external_id}/",
@@ -298,6 +310,7 @@ def test_every_operation_answers_as_its_schema_says(
         real = {
             "path.conversation_id": [groups[who]],
             "path.attachment_id": [attachments[who]],
+            "path.message_id": [seeded[groups[who]]],
             "path.topic": ["prices:FUZZ"],
             "path.external_id": ["fuzz-1"],
             "path.user_id": user_ids,

@@ -370,11 +370,35 @@ export interface ChatEventMap extends SocketEventMap {
 
 export interface OutboxEntry {
   id: string;
+  /** The frame it is sent as. */
+  type: "send" | "edit" | "delete" | "react";
   conversation: string;
+  /** The body sent (`""` for a delete or a reaction). */
   body: string;
+  /** The frame's own fields (`body`, `message_id`, `emoji`, `on`, `reply_to`, `attachments`). */
+  fields: Record<string, unknown>;
   failed: boolean;
   createdAt: number;
 }
+
+export interface SendOptions {
+  /** The idempotency key (default: a random one). */
+  id?: string;
+  /** The message_id of a message of the same conversation this one replies to. */
+  reply_to?: string | null;
+  /** Ids of attachments the user uploaded to this conversation (at most 10). */
+  attachments?: string[];
+}
+
+/**
+ * Apply a conversation event to local messages (message_id → message): a
+ * `kind: "message"` frame replaces its message; an edit, delete or reaction
+ * changes its target. Returns the message changed, or undefined (unknown target).
+ */
+export declare function applyEvent(
+  messages: Map<string, Message>,
+  frame: MessageFrame | Message,
+): Message | undefined;
 
 export interface HistoryPage {
   messages: Message[];
@@ -397,8 +421,15 @@ export declare class ChatClient extends SocketClient<ChatEventMap> {
   readonly user: User | null;
   /** Start tracking a conversation from `seq` (e.g. one just created over REST). */
   follow(conversation: string, seq: number): void;
-  /** Queue a message; returns its client id at once. */
-  send(conversation: string, body: string, id?: string): string;
+  /** Queue a message; returns its client id at once. The third argument is the id,
+   * or options (PROTOCOL 10: with attachments the body may be empty). */
+  send(conversation: string, body: string, options?: string | SendOptions): string;
+  /** Edit one of the user's messages; queued and acknowledged like a send. */
+  edit(conversation: string, messageId: string, body: string, id?: string): string;
+  /** Delete a message (its sender, the conversation's creator or staff). */
+  delete(conversation: string, messageId: string, id?: string): string;
+  /** Add (`on` true, the default) or remove the user's reaction on a message. */
+  react(conversation: string, messageId: string, emoji: string, on?: boolean, id?: string): string;
   /** Send a failed message again with the same id. */
   retry(id: string): boolean;
   /** Forget a queued or failed message. */

@@ -528,6 +528,45 @@ class SocketClient extends EventTarget {
 }
 
 /**
+ * Apply a conversation event (a `message` frame, PROTOCOL 10) to an app's local
+ * messages, a Map of message_id → message. A `kind: "message"` frame carries its
+ * message's state (current when replayed): it replaces what the map holds. An
+ * edit replaces its target's body and `edited_at`; a delete marks it deleted and
+ * empties it; a reaction adds or removes its sender in `reactions[emoji]`.
+ * Returns the message changed (or added), or undefined when the target is unknown.
+ */
+export function applyEvent(messages, frame) {
+  const kind = frame.kind || "message";
+  if (kind === "message") {
+    const { type: _type, ...message } = frame;
+    messages.set(frame.message_id, message);
+    return message;
+  }
+  const target = messages.get(frame.target);
+  if (!target) return undefined;
+  if (kind === "edit") {
+    if (target.deleted) return target;
+    target.body = frame.body;
+    target.edited_at = frame.ts;
+  } else if (kind === "delete") {
+    target.deleted = true;
+    target.body = "";
+    target.attachments = [];
+  } else if (kind === "reaction") {
+    const reactions = { ...(target.reactions || {}) };
+    const uid = frame.sender ? frame.sender.id : null;
+    const before = reactions[frame.emoji] || [];
+    let users;
+    if (frame.on) users = before.includes(uid) ? before : [...before, uid];
+    else users = before.filter((u) => u !== uid);
+    if (users.length) reactions[frame.emoji] = users;
+    else delete reactions[frame.emoji];
+    target.reactions = reactions;
+  }
+  return target;
+}
+
+/**
  * The chat client for `/ws/chat/`: resumes with `sync`, delivers each
  * conversation's messages once and in order, refills gaps, and keeps an
  * outbox of unacknowledged sends that survives reconnects.
@@ -691,9 +730,44 @@ export class ChatClient extends SocketClient {
   /**
    * Queue a message; returns its client id at once. It is sent now if the
    * socket is up, else after the next reconnect; `ack` or `send-failed` follows.
+   * The third argument is the id, or options `{id, reply_to, attachments}`
+   * (PROTOCOL 10: a message with attachments may have an empty body).
    */
-  send(conversation, body, id = randomId("c")) {
-    const entry = { id, conversation, body, failed: false, timer: null, createdAt: Date.now() };
+  send(conversation, body, options = {}) {
+    const { id = randomId("c"), reply_to: replyTo, attachments } =
+      typeof options === "string" ? { id: options } : options;
+    const fields = { body };
+    if (replyTo !== undefined && replyTo !== null) fields.reply_to = replyTo;
+    if (attachments !== undefined && attachments.length) fields.attachments = [...attachments];
+    return this.queue("send", conversation, fields, id);
+  }
+
+  /** Edit one of the user's messages (PROTOCOL 10); queued and acknowledged like a send. */
+  edit(conversation, messageId, body, id = randomId("c")) {
+    return this.queue("edit", conversation, { message_id: messageId, body }, id);
+  }
+
+  /** Delete a message (its sender, the conversation's creator or staff). */
+  delete(conversation, messageId, id = randomId("c")) {
+    return this.queue("delete", conversation, { message_id: messageId }, id);
+  }
+
+  /** Add (`on` true) or remove the user's reaction `emoji` on a message. */
+  react(conversation, messageId, emoji, on = true, id = randomId("c")) {
+    return this.queue("react", conversation, { message_id: messageId, emoji, on }, id);
+  }
+
+  queue(type, conversation, fields, id) {
+    const entry = {
+      id,
+      type,
+      conversation,
+      body: fields.body ?? "",
+      fields,
+      failed: false,
+      timer: null,
+      createdAt: Date.now(),
+    };
     this.outbox.set(id, entry);
     if (this.conn.welcome) this.transmit(entry);
     return id;
@@ -718,10 +792,10 @@ export class ChatClient extends SocketClient {
   transmit(entry) {
     clearTimeout(entry.timer);
     const sent = this.conn.sendFrame({
-      type: "send",
+      type: entry.type,
       id: entry.id,
       conversation: entry.conversation,
-      body: entry.body,
+      ...entry.fields,
     });
     if (!sent) return;
     entry.timer = setTimeout(() => this.fail(entry, { code: "timeout", message: "no ack" }), SEND_ACK_TIMEOUT_MS);

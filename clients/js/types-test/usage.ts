@@ -3,6 +3,7 @@
 // application would, so a declaration that drifts from its use fails the build.
 import {
   ChatClient,
+  applyEvent,
   Connection,
   StreamClient,
   api,
@@ -16,6 +17,7 @@ import type {
   AckDetail,
   Conversation,
   HistoryPage,
+  Message,
   MessageFrame,
   PubFrame,
   StateDetail,
@@ -76,6 +78,19 @@ chat.addEventListener("some-future-event", (event: Event) => console.log(event.t
 chat.connect().conn.reconnectNow("button");
 const clientId: string = chat.send("k3", "hello");
 chat.send("k3", "again", randomId("c"));
+// PROTOCOL 10: replies, attachments, edits, deletions, reactions.
+chat.send("k3", "", { reply_to: "m_1", attachments: ["a_1"] });
+chat.send("k3", "re", { id: randomId("c"), reply_to: null });
+const editId: string = chat.edit("k3", "m_1", "fixed");
+chat.delete("k3", "m_1");
+chat.react("k3", "m_1", "👍");
+chat.react("k3", "m_1", "👍", false, randomId("c"));
+const local = new Map<string, Message>();
+chat.addEventListener("message", (event) => {
+  const changed: Message | undefined = applyEvent(local, event.detail);
+  console.log(editId, changed?.reactions, changed?.edited_at, changed?.deleted);
+});
+for (const entry of chat.outbox.values()) console.log(entry.type, entry.fields);
 for (const entry of chat.outbox.values()) if (entry.failed) chat.retry(entry.id);
 console.log(clientId, chat.positions.get("k3"), chat.user?.id, chat.state, chat.conn.welcome?.node);
 

@@ -7,7 +7,7 @@ Failures: `TetherError` and its subclasses, one per protocol error code.
 """
 
 from .backoff import backoff_delay
-from .chat import ChatClient, Outgoing, random_id
+from .chat import ChatClient, Outgoing, apply_event, random_id
 from .connection import Connection
 from .credentials import fetch_ticket
 from .errors import (
@@ -64,6 +64,7 @@ __all__ = [
     "Unavailable",
     "UnknownType",
     "WebhookVerificationError",
+    "apply_event",
     "backoff_delay",
     "connection_token",
     "error_for",

@@ -35,19 +35,54 @@ class Outgoing:
     conversation: str
     body: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # The frame it goes out as: "send", or PROTOCOL 10's "edit", "delete", "react".
+    type: str = "send"
     failed: bool = False
     generation: int = 0  # the connection it last went out on
     timer: asyncio.TimerHandle | None = None
     waiters: list[asyncio.Future] = field(default_factory=list)
 
     def frame(self) -> dict[str, Any]:
-        return {
-            "type": "send",
-            "id": self.id,
-            "conversation": self.conversation,
-            "body": self.body,
-            **self.extra,
-        }
+        out: dict[str, Any] = {"type": self.type, "id": self.id, "conversation": self.conversation}
+        if self.type in ("send", "edit"):
+            out["body"] = self.body
+        out.update(self.extra)
+        return out
+
+
+def apply_event(messages: dict[str, dict[str, Any]], frame: Mapping[str, Any]) -> dict | None:
+    """Apply a conversation event (a `message` frame, PROTOCOL 10) to local messages
+    (message_id → message). A `kind: "message"` frame carries its message's state
+    (current when replayed) and replaces it; an edit replaces its target's body and
+    `edited_at`; a delete marks it deleted and empties it; a reaction adds or removes
+    its sender in `reactions[emoji]`. The message changed, or None (unknown target)."""
+    kind = frame.get("kind", "message")
+    if kind == "message":
+        message = {k: v for k, v in frame.items() if k != "type"}
+        messages[frame["message_id"]] = message
+        return message
+    target = messages.get(frame.get("target") or "")
+    if target is None:
+        return None
+    if kind == "edit":
+        if not target.get("deleted"):
+            target["body"], target["edited_at"] = frame["body"], frame["ts"]
+    elif kind == "delete":
+        target.update(deleted=True, body="", attachments=[])
+    elif kind == "reaction":
+        uid = (frame.get("sender") or {}).get("id")
+        reactions = dict(target.get("reactions") or {})
+        before = list(reactions.get(frame["emoji"], []))
+        if frame.get("on"):
+            users = before if uid in before else [*before, uid]
+        else:
+            users = [u for u in before if u != uid]
+        if users:
+            reactions[frame["emoji"]] = users
+        else:
+            reactions.pop(frame["emoji"], None)
+        target["reactions"] = reactions
+    return target
 
 
 class ChatClient(SocketClient):
@@ -219,13 +254,47 @@ class ChatClient(SocketClient):
 
     async def send(self, conversation: str, body: str, id: str | None = None, **extra: Any) -> str:
         """Queue a message; its client id. It goes out now when connected, else after
-        the next reconnect; `ack` or `send_failed` follows. `extra` fields (e.g.
-        `reply_to`, `attachments`) are sent as they are."""
+        the next reconnect; `ack` or `send_failed` follows. `extra` fields (PROTOCOL
+        10's `reply_to`, `attachments`: with attachments the body may be empty) are
+        sent as they are."""
         entry = Outgoing(id or random_id(), conversation, body, extra)
         self.outbox[entry.id] = entry
         if self.conn.ready:
             await self._transmit(entry)
         return entry.id
+
+    async def _queue(
+        self, type_: str, conversation: str, body: str, id: str | None, extra: dict[str, Any]
+    ) -> str:
+        entry = Outgoing(id or random_id(), conversation, body, extra, type=type_)
+        self.outbox[entry.id] = entry
+        if self.conn.ready:
+            await self._transmit(entry)
+        return entry.id
+
+    async def edit(
+        self, conversation: str, message_id: str, body: str, id: str | None = None
+    ) -> str:
+        """Queue an edit of one of the user's messages (PROTOCOL 10); its client id.
+        Resent and acknowledged like a send (`ack`, `send_failed`)."""
+        return await self._queue("edit", conversation, body, id, {"message_id": message_id})
+
+    async def delete(self, conversation: str, message_id: str, id: str | None = None) -> str:
+        """Queue the deletion of a message (its sender, the conversation's creator or
+        staff); deleting twice is answered with the first delete's ack."""
+        return await self._queue("delete", conversation, "", id, {"message_id": message_id})
+
+    async def react(
+        self,
+        conversation: str,
+        message_id: str,
+        emoji: str,
+        on: bool = True,
+        id: str | None = None,
+    ) -> str:
+        """Queue a reaction: `on` adds the user's `emoji` on the message, False removes it."""
+        extra = {"message_id": message_id, "emoji": emoji, "on": on}
+        return await self._queue("react", conversation, "", id, extra)
 
     async def ack(self, id: str, timeout: float | None = 30) -> dict[str, Any]:
         """Wait for the ack of a queued send; raises SendFailed if it fails meanwhile
