@@ -213,7 +213,9 @@ async def test_pushes_survive_a_node_killed_before_sending(
     node.stop(signal.SIGKILL)
     service.start()
     make_node(stack, **pushing(WEBHOOK_TIMEOUT="2"))
-    await wait(service, lambda s: s.of(token), 20, "the push after the restart")
+    # The lease (9 s), then a retry's delay, after a new node's start: generous, as
+    # a loaded machine (two test workers) starts nodes slowly.
+    await wait(service, lambda s: s.of(token), 60, "the push after the restart")
     await asyncio.sleep(1)
     assert [p.payload["body"] for p in service.of(token)] == ["hey"]
 
