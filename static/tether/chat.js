@@ -1,6 +1,6 @@
 // The /chat/ page: DOM on top of ChatClient. Every user-supplied string goes
 // through textContent or an attribute, never through HTML parsing.
-import { ChatClient, api } from "./client.js";
+import { ChatClient, api, applyEvent, csrfToken } from "./client.js";
 import { NotificationsToggle } from "./notifications.js";
 import { DurableOutbox } from "./outbox.js";
 import { Banner, el, onFrame } from "./ui.js";
@@ -19,6 +19,12 @@ const composer = document.getElementById("composer");
 const sendButton = document.getElementById("send");
 const composerError = document.getElementById("composer-error");
 const jumpButton = document.getElementById("jump-latest");
+const contextBar = document.getElementById("composer-context");
+const contextText = document.getElementById("composer-context-text");
+const contextCancel = document.getElementById("composer-context-cancel");
+const attachInput = document.getElementById("attach");
+const stagedEl = document.getElementById("staged-attachments");
+const paneEl = document.getElementById("pane");
 
 // The DOM holds at most this many messages of the open conversation; the rest
 // stay in memory (or on the server) and are swapped in while scrolling.
@@ -27,6 +33,10 @@ const PAGE = 80;
 const EDGE_PX = 400;
 const TYPING_SHOW_MS = 4000;
 const TYPING_SEND_EVERY_MS = 2000;
+// The reaction picker's choices; any 1–16 characters are accepted by the server.
+const EMOJIS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+// Image types the server serves inline (PROTOCOL 10): shown as thumbnails.
+const INLINE_IMAGES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
 
 const client = new ChatClient();
 const durable = new DurableOutbox(me.id);
@@ -43,7 +53,8 @@ function newStore(c) {
   return {
     id: c.id,
     info: c,
-    msgs: [], // acknowledged messages in increasing seq (contiguous once loaded)
+    msgs: [], // acknowledged `kind: "message"` events in increasing seq
+    byId: new Map(), // message_id -> the same objects, where events are applied
     pending: new Map(), // client id -> {id, body, state, seq}
     loaded: false,
     loading: false,
@@ -51,13 +62,25 @@ function newStore(c) {
     lastSeq: c.last_seq || 0,
     unread: c.unread || 0,
     last: null,
-    readBy: new Map(), // user id -> {username, seq}
+    readBy: readPositions(c), // user id -> {username, seq}
     typing: new Map(), // user id -> {username, until}
     winFirst: null,
     winLast: null,
     atTail: true,
     li: null,
   };
+}
+
+// Other members' read positions as the server keeps them (PROTOCOL 10,
+// `read_positions`): receipts show after a reload, not only what arrived live.
+function readPositions(c, into = new Map()) {
+  for (const [id, seq] of Object.entries(c.read_positions || {})) {
+    const member = (c.members || []).find((m) => m.id === Number(id));
+    if (!member || member.id === me.id) continue;
+    const known = into.get(member.id);
+    if (!known || known.seq < seq) into.set(member.id, { username: member.username, seq });
+  }
+  return into;
 }
 
 // --- conversation list ---------------------------------------------------
@@ -84,6 +107,7 @@ function upsertConversation(c) {
   } else {
     s.info = { ...s.info, ...c };
     s.lastSeq = Math.max(s.lastSeq, c.last_seq || 0);
+    readPositions(c, s.readBy);
     refreshListItem(s);
   }
   return s;
@@ -139,10 +163,11 @@ function refreshListItem(s, li = s.li) {
   const unread = li.querySelector(".unread");
   unread.textContent = String(s.unread);
   unread.dataset.count = String(s.unread);
+  const text = s.last ? (s.last.deleted ? "message deleted" : s.last.body || attachmentsLabel(s.last)) : "";
   li.querySelector(".preview").textContent = s.last
     ? s.last.sender
-      ? `${isMine(s.last) ? "You" : s.last.sender.username}: ${s.last.body}`
-      : s.last.body
+      ? `${isMine(s.last) ? "You" : s.last.sender.username}: ${text}`
+      : text
     : "";
 }
 
@@ -163,8 +188,9 @@ async function runPreviews() {
     const s = previewQueue.shift();
     if (s.last) continue;
     try {
-      const data = await api(`/api/conversations/${encodeURIComponent(s.id)}/messages/?limit=1`);
-      const m = data.messages[data.messages.length - 1];
+      // A few rows: the newest events may be edits or reactions, not messages.
+      const data = await api(`/api/conversations/${encodeURIComponent(s.id)}/messages/?limit=10`);
+      const m = data.messages.filter(isMessage).pop();
       if (m && !s.last) {
         s.last = m;
         refreshListItem(s);
@@ -221,20 +247,185 @@ function isMine(m) {
   return m.sender !== null && m.sender.id === me.id;
 }
 
+function isMessage(m) {
+  return (m.kind || "message") === "message";
+}
+
+function attachmentsLabel(m) {
+  const n = (m.attachments || []).length;
+  return n ? `📎 ${n === 1 ? m.attachments[0].name : `${n} files`}` : "";
+}
+
+function sizeLabel(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function nameOf(s, userId) {
+  if (userId === me.id) return me.username;
+  const member = s.info.members.find((u) => u.id === userId);
+  return member ? member.username : `user ${userId}`;
+}
+
+// The creator of a group may delete anyone's message in it (PROTOCOL 10).
+function mayDelete(s, m) {
+  if (m.deleted || !m.sender) return false;
+  if (isMine(m)) return true;
+  return s.info.kind === "group" && s.info.created_by && s.info.created_by.id === me.id;
+}
+
+function quoteText(s, id) {
+  const target = s.byId.get(id);
+  if (!target) return "an earlier message";
+  const who = target.sender ? target.sender.username : "system";
+  const text = target.deleted ? "message deleted" : target.body || attachmentsLabel(target);
+  return `${who}: ${text.length > 120 ? `${text.slice(0, 120)}…` : text}`;
+}
+
 function messageEl(s, m) {
   const mine = isMine(m);
   const node = el("div", {
     class: mine ? "msg mine" : m.sender ? "msg" : "msg system",
     "data-testid": "message",
     "data-seq": String(m.seq),
+    "data-message-id": m.message_id,
     "data-state": "sent",
     "data-sender": m.sender ? m.sender.username : "",
     "data-time": timeOf(m.ts),
+    tabindex: "-1",
   });
   if (m.client_id) node.dataset.clientId = m.client_id;
+  if (m.edited_at) node.dataset.edited = "true";
+  if (m.deleted) node.dataset.deleted = "true";
   if (mine) markRead(node, readers(s, m.seq));
-  node.append(el("span", { class: "body" }, m.body));
+  if (m.reply_to) {
+    const quote = el("div", {
+      class: "quote",
+      "data-testid": "reply-quote",
+      "data-reply-to": m.reply_to,
+      role: "button",
+      tabindex: "0",
+    }, `↩ ${quoteText(s, m.reply_to)}`);
+    quote.addEventListener("click", () => scrollToMessage(s, m.reply_to));
+    quote.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") scrollToMessage(s, m.reply_to);
+    });
+    node.append(quote);
+  }
+  node.append(el("span", { class: "body" }, m.deleted ? "" : m.body));
+  if (m.deleted) node.append(el("span", { class: "note" }, "message deleted"));
+  else if (m.edited_at) node.append(el("span", { class: "edited", title: new Date(m.edited_at).toLocaleString() }, "edited"));
+  if (!m.deleted && (m.attachments || []).length) node.append(attachmentsEl(m.attachments));
+  const reactions = reactionsEl(s, m);
+  if (reactions) node.append(reactions);
+  if (!m.deleted && m.sender) node.append(actionsEl(s, m));
   return node;
+}
+
+function attachmentsEl(list) {
+  const box = el("div", { class: "attachments" });
+  for (const a of list) {
+    const link = el("a", {
+      class: "attachment",
+      "data-testid": "attachment",
+      "data-name": a.name,
+      "data-size": String(a.size),
+      href: a.url,
+      title: `${a.name} (${sizeLabel(a.size)})`,
+    });
+    if (INLINE_IMAGES.has(a.content_type)) {
+      link.setAttribute("target", "_blank");
+      link.setAttribute("rel", "noopener");
+      link.append(el("img", { class: "thumb", src: a.url, alt: a.name, loading: "lazy" }));
+    } else {
+      link.setAttribute("download", a.name);
+      link.textContent = `📎 ${a.name} · ${sizeLabel(a.size)}`;
+    }
+    box.append(link);
+  }
+  return box;
+}
+
+function reactionsEl(s, m) {
+  const entries = Object.entries(m.reactions || {}).filter(([, users]) => users.length);
+  if (!entries.length || m.deleted) return null;
+  const box = el("div", { class: "reactions" });
+  for (const [emoji, users] of entries) {
+    const names = users.map((id) => nameOf(s, id));
+    const chip = el("button", {
+      type: "button",
+      class: users.includes(me.id) ? "reaction mine" : "reaction",
+      "data-testid": "reaction",
+      "data-emoji": emoji,
+      "data-count": String(users.length),
+      "data-users": names.join(", "),
+      title: names.join(", "),
+      "aria-pressed": String(users.includes(me.id)),
+    }, `${emoji} ${users.length}`);
+    chip.addEventListener("click", () => client.react(s.id, m.message_id, emoji, !users.includes(me.id)));
+    box.append(chip);
+  }
+  return box;
+}
+
+function actionsEl(s, m) {
+  const box = el("div", { class: "actions" });
+  const button = (testid, label, onClick) => {
+    const b = el("button", { type: "button", class: "link", "data-testid": testid, "aria-label": label, title: label }, label);
+    b.addEventListener("click", (e) => {
+      e.stopPropagation();
+      onClick(b);
+    });
+    box.append(b);
+  };
+  button("message-reply", "Reply", () => startReply(s, m));
+  button("message-react", "React", (b) => togglePicker(s, m, b));
+  if (isMine(m)) button("message-edit", "Edit", () => startEdit(s, m));
+  if (mayDelete(s, m)) button("message-delete", "Delete", () => client.delete(s.id, m.message_id));
+  return box;
+}
+
+let picker = null;
+function togglePicker(s, m, anchor) {
+  const open = picker && picker.dataset.for === m.message_id;
+  closePicker();
+  if (open) return;
+  picker = el("div", { class: "picker", role: "menu", "data-for": m.message_id });
+  for (const emoji of EMOJIS) {
+    const mine = (m.reactions?.[emoji] || []).includes(me.id);
+    const option = el("button", { type: "button", class: "link", role: "menuitem", "data-testid": "reaction-option", "data-emoji": emoji }, emoji);
+    option.addEventListener("click", (e) => {
+      e.stopPropagation();
+      client.react(s.id, m.message_id, emoji, !mine);
+      closePicker();
+    });
+    picker.append(option);
+  }
+  anchor.after(picker);
+  picker.querySelector("button").focus();
+}
+function closePicker() {
+  if (picker) picker.remove();
+  picker = null;
+}
+document.addEventListener("click", closePicker);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape") {
+    closePicker();
+    endContext();
+  }
+});
+
+// One message changed (an event applied, a fresher copy from history): its
+// element, if shown, and the quotes of replies to it.
+function refreshMessage(s, m) {
+  if (openId !== s.id) return;
+  const old = ackedEl.querySelector(`[data-message-id="${CSS.escape(m.message_id)}"]`);
+  if (old) old.replaceWith(messageEl(s, m));
+  for (const quote of ackedEl.querySelectorAll(`[data-reply-to="${CSS.escape(m.message_id)}"]`)) {
+    quote.textContent = `↩ ${quoteText(s, m.message_id)}`;
+  }
 }
 
 function markRead(node, names) {
@@ -281,16 +472,36 @@ function indexOfSeq(msgs, seq) {
   return lo;
 }
 
+// Only `kind: "message"` events are rows; the others change them (applyEvent).
+// A copy already held is refreshed in place: history and replays carry the
+// message's current state (PROTOCOL 10).
 function insertMessage(s, m) {
   const msgs = s.msgs;
+  const held = s.byId.get(m.message_id);
+  if (held) {
+    Object.assign(held, m);
+    return false;
+  }
+  s.byId.set(m.message_id, m);
   if (!msgs.length || msgs[msgs.length - 1].seq < m.seq) {
     msgs.push(m);
     return true;
   }
   const i = indexOfSeq(msgs, m.seq);
-  if (msgs[i] && msgs[i].seq === m.seq) return false;
   msgs.splice(i, 0, m);
   return true;
+}
+
+// A page of history: its messages with their current state. Its edits,
+// deletions and reactions are already in those states, and older than what
+// the page may hold from live frames: not applied again.
+function mergeHistory(s, rows) {
+  for (const m of rows) {
+    if (!isMessage(m)) continue;
+    const held = s.byId.get(m.message_id);
+    insertMessage(s, m);
+    if (held) refreshMessage(s, held);
+  }
 }
 
 function openConversation(id) {
@@ -308,7 +519,12 @@ function openConversation(id) {
   );
   composer.disabled = false;
   sendButton.disabled = false;
+  attachInput.disabled = false;
   composerError.textContent = "";
+  if (previous && previous.id !== id) {
+    endContext();
+    clearStaged();
+  }
   history.replaceState(null, "", `${location.pathname}#${encodeURIComponent(id)}`);
   resetWindow(s);
   renderTyping();
@@ -348,13 +564,13 @@ async function loadLatest(s) {
   updateOlderStatus(s);
   try {
     const data = await client.history(s.id, { limit: PAGE });
-    for (const m of data.messages) insertMessage(s, m);
+    mergeHistory(s, data.messages);
     s.hasOlder = data.has_more;
     s.loaded = true;
     if (data.messages.length) {
-      const m = data.messages[data.messages.length - 1];
-      if (!s.last || s.last.seq < m.seq) s.last = m;
-      s.lastSeq = Math.max(s.lastSeq, m.seq);
+      const m = data.messages.filter(isMessage).pop();
+      if (m && (!s.last || s.last.seq < m.seq)) s.last = s.byId.get(m.message_id);
+      s.lastSeq = Math.max(s.lastSeq, data.messages[data.messages.length - 1].seq);
     }
   } catch {
     s.loading = false;
@@ -375,7 +591,7 @@ async function loadOlder(s) {
   updateOlderStatus(s);
   try {
     const data = await client.history(s.id, { before: first, limit: PAGE });
-    for (const m of data.messages) insertMessage(s, m);
+    mergeHistory(s, data.messages);
     s.hasOlder = data.has_more;
   } catch {
     // Scrolling up again retries.
@@ -504,7 +720,8 @@ jumpButton.addEventListener("click", () => {
 let readTimer = null;
 function markSeen(s) {
   if (!s || openId !== s.id || document.visibilityState !== "visible" || !stickToBottom) return;
-  const seq = s.msgs.length ? s.msgs[s.msgs.length - 1].seq : s.lastSeq;
+  // Events after the last message (an edit, a reaction) are read too.
+  const seq = Math.max(s.lastSeq, s.msgs.length ? s.msgs[s.msgs.length - 1].seq : 0);
   if (s.unread !== 0) {
     s.unread = 0;
     refreshListItem(s);
@@ -552,6 +769,9 @@ client.addEventListener("left", (e) => {
     pendingEl.replaceChildren();
     composer.disabled = true;
     sendButton.disabled = true;
+    attachInput.disabled = true;
+    endContext();
+    clearStaged();
   }
 });
 
@@ -566,11 +786,22 @@ client.addEventListener("message", async (e) => {
       return;
     }
   }
+  s.lastSeq = Math.max(s.lastSeq, m.seq);
+  if (!isMessage(m)) {
+    // An edit, deletion or reaction: applied to its message where this page
+    // holds it; one it does not hold comes with its current state from history.
+    const target = applyEvent(s.byId, m);
+    if (target) {
+      refreshMessage(s, target);
+      if (s.last && s.last.message_id === target.message_id) refreshListItem(s);
+    }
+    if (isMine(m) && m.client_id) s.pending.delete(m.client_id);
+    return;
+  }
   if (isMine(m) && m.client_id) s.pending.delete(m.client_id);
   // Kept even before the history is loaded: loadLatest merges by seq.
   insertMessage(s, m);
-  s.lastSeq = Math.max(s.lastSeq, m.seq);
-  if (!s.last || s.last.seq < m.seq) s.last = m;
+  if (!s.last || s.last.seq < m.seq) s.last = s.byId.get(m.message_id);
   if (m.sender) s.typing.delete(m.sender.id);
   const seen = openId === s.id && stickToBottom && document.visibilityState === "visible";
   if (!isMine(m) && !seen && m.seq > (s.info.read_seq || 0)) s.unread += 1;
@@ -668,10 +899,10 @@ async function restoreOutbox() {
     if (client.outbox.has(entry.id)) continue;
     // Sent even to a conversation this page does not list: a user who left it
     // gets `forbidden`, and the entry is forgotten with the failure.
-    client.send(entry.conversation, entry.body, entry.id);
+    client.send(entry.conversation, entry.body, { id: entry.id, ...(entry.options || {}) });
     const s = store(entry.conversation);
     if (!s) continue;
-    s.pending.set(entry.id, { id: entry.id, body: entry.body, state: "pending", seq: null });
+    s.pending.set(entry.id, { id: entry.id, body: entry.body || attachmentsLabel(entry.options || {}), state: "pending", seq: null });
     if (openId === s.id) renderPending();
   }
 }
@@ -713,22 +944,185 @@ document.getElementById("composer-form").addEventListener("submit", (e) => {
 function submit() {
   const s = openId && store(openId);
   const body = composer.value;
-  if (!s || !body.trim()) return;
+  if (!s) return;
   const max = client.conn.welcome ? client.conn.welcome.limits.max_body_chars : 4000;
   if ([...body].length > max) {
     composerError.textContent = `Too long: at most ${max} characters.`;
     return;
   }
+  if (context && context.kind === "edit") {
+    if (!body.trim()) return;
+    composerError.textContent = "";
+    client.edit(s.id, context.message.message_id, body);
+    composer.value = "";
+    endContext();
+    return;
+  }
+  if (staged.some((u) => !u.attachment)) {
+    composerError.textContent = "Wait for the uploads to finish.";
+    return;
+  }
+  const attachments = staged.map((u) => u.attachment);
+  if (!body.trim() && !attachments.length) return;
   composerError.textContent = "";
-  const id = client.send(s.id, body);
-  s.pending.set(id, { id, body, state: "pending", seq: null });
-  durable.keep({ id, conversation: s.id, body });
+  const options = {};
+  if (context && context.kind === "reply") options.reply_to = context.message.message_id;
+  if (attachments.length) options.attachments = attachments.map((a) => a.id);
+  const id = client.send(s.id, body, options);
+  s.pending.set(id, { id, body: body || attachmentsLabel({ attachments }), state: "pending", seq: null });
+  durable.keep({ id, conversation: s.id, body, options });
   composer.value = "";
+  clearStaged();
+  endContext();
   stickToBottom = true;
   if (!s.atTail) resetWindow(s);
   renderPending();
   scrollToBottom();
 }
+
+// --- reply and edit: the composer's context ---------------------------------------
+
+let context = null; // {kind: "reply" | "edit", message}
+function startReply(s, m) {
+  context = { kind: "reply", message: m };
+  contextText.textContent = `Replying to ${quoteText(s, m.message_id)}`;
+  contextBar.hidden = false;
+  composer.focus();
+}
+function startEdit(s, m) {
+  context = { kind: "edit", message: m };
+  contextText.textContent = "Editing your message";
+  contextBar.hidden = false;
+  composer.value = m.body;
+  composer.focus();
+}
+function endContext() {
+  if (context && context.kind === "edit") composer.value = "";
+  context = null;
+  contextBar.hidden = true;
+  contextText.textContent = "";
+}
+contextCancel.addEventListener("click", endContext);
+
+// Click on a quote: the replied-to message, loading older history until it is
+// there, then shown in the middle of the pane.
+async function scrollToMessage(s, id) {
+  while (!s.byId.has(id) && s.hasOlder && openId === s.id) {
+    const before = s.msgs.length;
+    const first = s.msgs.length ? s.msgs[0].seq : s.lastSeq + 1;
+    try {
+      const data = await client.history(s.id, { before: first, limit: PAGE });
+      mergeHistory(s, data.messages);
+      s.hasOlder = data.has_more;
+    } catch {
+      return;
+    }
+    if (s.msgs.length === before && !s.hasOlder) break;
+  }
+  const target = s.byId.get(id);
+  if (!target || openId !== s.id) return;
+  let node = ackedEl.querySelector(`[data-message-id="${CSS.escape(id)}"]`);
+  if (!node) {
+    const i = indexOfSeq(s.msgs, target.seq);
+    const start = Math.max(0, i - PAGE / 2);
+    const slice = s.msgs.slice(start, start + PAGE);
+    ackedEl.replaceChildren(...slice.map((m) => messageEl(s, m)));
+    s.winFirst = slice[0].seq;
+    s.winLast = slice[slice.length - 1].seq;
+    s.atTail = start + slice.length >= s.msgs.length;
+    stickToBottom = false;
+    updateOlderStatus(s);
+    node = ackedEl.querySelector(`[data-message-id="${CSS.escape(id)}"]`);
+  }
+  if (!node) return;
+  node.scrollIntoView({ block: "center" });
+  node.classList.add("flash");
+  node.focus({ preventScroll: true });
+  setTimeout(() => node.classList.remove("flash"), 1500);
+}
+
+// --- attachments: button, drag and drop, paste ------------------------------------
+
+let staged = []; // {file, el, attachment once uploaded}
+
+function upload(file) {
+  const s = openId && store(openId);
+  if (!s) return;
+  const row = el("div", { class: "upload", "data-name": file.name });
+  const progress = el("progress", { "data-testid": "upload-progress", max: "100", value: "0" });
+  const remove = el("button", { type: "button", class: "link", "aria-label": `Remove ${file.name}` }, "×");
+  row.append(el("span", {}, `${file.name} · ${sizeLabel(file.size)}`), progress, remove);
+  stagedEl.append(row);
+  const entry = { file, el: row, attachment: null, xhr: new XMLHttpRequest() };
+  staged.push(entry);
+  remove.addEventListener("click", () => {
+    entry.xhr.abort();
+    staged = staged.filter((u) => u !== entry);
+    row.remove();
+  });
+  // XMLHttpRequest, not fetch: it reports upload progress.
+  const xhr = entry.xhr;
+  xhr.open("POST", `/api/conversations/${encodeURIComponent(s.id)}/attachments/`);
+  xhr.setRequestHeader("X-CSRFToken", csrfToken());
+  xhr.setRequestHeader("Accept", "application/json");
+  xhr.upload.addEventListener("progress", (e) => {
+    if (e.lengthComputable) progress.value = Math.round((100 * e.loaded) / e.total);
+  });
+  xhr.addEventListener("load", () => {
+    let data = null;
+    try {
+      data = JSON.parse(xhr.responseText);
+    } catch {
+      data = null;
+    }
+    if (xhr.status === 201 && data) {
+      entry.attachment = data;
+      progress.value = 100;
+      row.dataset.state = "done";
+    } else {
+      row.dataset.state = "failed";
+      staged = staged.filter((u) => u !== entry);
+      composerError.textContent = `Not uploaded: ${file.name}: ${(data && (data.detail || data.error)) || `HTTP ${xhr.status}`}`;
+      setTimeout(() => row.remove(), 4000);
+    }
+  });
+  xhr.addEventListener("error", () => {
+    row.dataset.state = "failed";
+    staged = staged.filter((u) => u !== entry);
+    composerError.textContent = `Not uploaded: ${file.name}: the connection failed`;
+  });
+  const form = new FormData();
+  form.append("file", file, file.name);
+  xhr.send(form);
+}
+
+function clearStaged() {
+  staged = [];
+  stagedEl.replaceChildren();
+}
+
+attachInput.addEventListener("change", () => {
+  for (const file of attachInput.files) upload(file);
+  attachInput.value = "";
+});
+paneEl.addEventListener("dragover", (e) => {
+  if (!openId || !e.dataTransfer || ![...e.dataTransfer.types].includes("Files")) return;
+  e.preventDefault();
+  paneEl.classList.add("dropping");
+});
+paneEl.addEventListener("dragleave", () => paneEl.classList.remove("dropping"));
+paneEl.addEventListener("drop", (e) => {
+  paneEl.classList.remove("dropping");
+  if (!openId || !e.dataTransfer || !e.dataTransfer.files.length) return;
+  e.preventDefault();
+  for (const file of e.dataTransfer.files) upload(file);
+});
+composer.addEventListener("paste", (e) => {
+  const files = e.clipboardData ? [...e.clipboardData.files] : [];
+  if (!files.length) return;
+  e.preventDefault();
+  for (const file of files) upload(file);
+});
 
 const newForm = document.getElementById("new-conversation-form");
 const newError = document.getElementById("new-conversation-error");
