@@ -93,6 +93,28 @@ def two_nodes(
     return make_node(production_stack, "node-a"), make_node(production_stack, "node-b")
 
 
+STACK_FIXTURES = ("stack", "embedded_stack", "production_stack", "pooled_stack")
+
+
+@pytest.fixture
+def fresh_outbox(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No outbox rows but the test's own, on every live stack it uses: the stacks are
+    shared by a worker's tests, and a row another test left pending (its receiver or
+    push service gone) would reach this test's receiver first, or hold its slots.
+    Emptied before, and after its nodes and workers stopped (this fixture is set up
+    first where it is autouse, so it is torn down last)."""
+    stacks = [request.getfixturevalue(n) for n in STACK_FIXTURES if n in request.fixturenames]
+
+    def empty() -> None:
+        for stack in stacks:
+            if stack.migrated:
+                stack.sql("DELETE FROM realtime_outboxevent")
+
+    empty()
+    yield
+    empty()
+
+
 @pytest.fixture
 async def runtime() -> AsyncIterator[object]:
     """The node runtime for focused consumer tests, stopped with the test's loop."""
