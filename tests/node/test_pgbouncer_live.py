@@ -1,10 +1,12 @@
 """Two nodes with PostgreSQL behind Debian's PgBouncer in transaction mode
-(DB_TRANSACTION_POOLING, docs/deployment.md): the two-node chat scenarios hold as
-they do on a direct connection, and nodes starting together on a fresh database
+(DB_TRANSACTION_POOLING, docs/deployment.md): the two-node suites (chat, the
+nodes' records and control messages, conversation events with a node killed) hold
+as they do on a direct connection, and nodes starting together on a fresh database
 migrate it once under a lock a transaction pooler keeps."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import secrets
 import threading
@@ -14,6 +16,8 @@ import psycopg
 import pytest
 
 from tests.chat import test_chat_two_nodes as two_node_chat
+from tests.chat import test_events_two_nodes as two_node_events
+from tests.node import test_two_nodes as two_node_core
 from tests.support.live import DaphneNode, Stack, manage, node_env
 from tests.support.names import unique
 
@@ -23,22 +27,35 @@ def pooled_nodes(pooled_stack: Stack, make_node) -> tuple[DaphneNode, DaphneNode
     return make_node(pooled_stack, unique("pool-a-")), make_node(pooled_stack, unique("pool-b-"))
 
 
-# The two-node chat scenarios that write the most, through the pooler.
-SCENARIOS = [
-    two_node_chat.test_concurrent_senders_on_two_nodes_get_gap_free_seqs,
-    two_node_chat.test_the_same_send_racing_on_two_nodes_is_stored_once,
-]
+def two_node_scenarios() -> list[Callable]:
+    """Every test of the two-node suites that needs only two nodes on the production
+    stack (`two_nodes`, or `production_stack` and `make_node`): each runs again here
+    with PostgreSQL behind the pooler."""
+    found = []
+    for module in (two_node_chat, two_node_core, two_node_events):
+        for name, fn in vars(module).items():
+            if not name.startswith("test_") or not inspect.iscoroutinefunction(fn):
+                continue
+            if list(inspect.signature(fn).parameters) in (
+                ["two_nodes"],
+                ["production_stack", "make_node"],
+            ):
+                found.append(fn)
+    return found
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__.removeprefix("test_"))
-async def test_two_node_chat_through_pgbouncer(scenario: Callable, pooled_nodes) -> None:
-    await scenario(pooled_nodes)
-
-
-async def test_pipelined_batches_through_pgbouncer(pooled_stack: Stack, make_node) -> None:
-    await two_node_chat.test_pipelined_sends_from_both_nodes_batch_without_gaps_or_doubles(
-        pooled_stack, make_node
-    )
+@pytest.mark.parametrize(
+    "scenario", two_node_scenarios(), ids=lambda f: f.__name__.removeprefix("test_")
+)
+async def test_two_node_suite_through_pgbouncer(
+    scenario: Callable, pooled_stack: Stack, make_node
+) -> None:
+    if "two_nodes" in inspect.signature(scenario).parameters:
+        await scenario(
+            (make_node(pooled_stack, unique("pool-a-")), make_node(pooled_stack, unique("pool-b-")))
+        )
+    else:
+        await scenario(pooled_stack, make_node)
 
 
 def test_nodes_starting_together_on_a_fresh_database_migrate_it_once(
