@@ -19,23 +19,20 @@ master only, and the master gets SIGKILL. Then:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.support.chat import Person, group, person
 from tests.support.live import DaphneNode, Stack, http
 from tests.support.names import unique
+from tests.support.resilient import ERRORS, Connect, Member, Sender, Subscriber
 from tests.support.sentinel import MASTER_NAME, SentinelCluster, sentinel_cluster  # noqa: F401
 from tests.support.topics import publish, stream, subscribe
 from tests.support.waiting import eventually
-from tests.support.wsclient import ConnectionClosedByServer, WsClient
+from tests.support.wsclient import WsClient
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,8 +53,6 @@ SEND_INTERVAL = 0.02
 PUBLISH_INTERVAL = 0.05
 DRAIN_TIMEOUT = 60.0
 
-Errors = (ConnectionClosedByServer, ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
-
 
 @dataclass
 class Clock:
@@ -66,107 +61,25 @@ class Clock:
     killed: float | None = None
 
 
-async def connect(
-    who: Person, nodes: list[DaphneNode], turn: int, endpoint: str = "chat"
-) -> WsClient:
-    """A socket on one of the nodes, trying them in turn until one lets us in."""
-    deadline = time.monotonic() + RECOVERY_TIMEOUT
-    while True:
-        node = nodes[turn % len(nodes)]
-        try:
-            return await who.socket(node, endpoint)
-        except Errors:
-            if time.monotonic() > deadline:
-                raise
-            turn += 1
-            await asyncio.sleep(0.1)  # the node is not taking sockets yet: try the next
+def rotating(who: Person, nodes: list[DaphneNode], first: int, endpoint: str = "chat") -> Connect:
+    """A client's way back in: the nodes in turn, from `first`, each reconnect the next
+    one, trying until one lets it in."""
+    turns = itertools.count(first)
 
-
-@dataclass
-class Sender:
-    """Sends continuously, each message until acknowledged (same id on retry)."""
-
-    who: Person
-    conversation: str
-    nodes: list[DaphneNode]
-    acked: list[tuple[int, str, float]] = field(default_factory=list)  # seq, body, when
-    retries: int = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        ws = await connect(self.who, self.nodes, 0)
-        turn = n = 0
-        while not stop.is_set():
-            client_id, body = unique("m"), f"{self.who.username} {n}"
-            while True:
-                try:
-                    ack = await self._send(ws, client_id, body)
-                    if ack is not None:
-                        break
-                except Errors:
-                    await ws.close()
-                    turn += 1
-                    ws = await connect(self.who, self.nodes, turn)
-                self.retries += 1
-            self.acked.append((ack["seq"], body, time.monotonic()))
-            n += 1
-            await asyncio.sleep(SEND_INTERVAL)
-        await ws.close()
-
-    async def _send(self, ws: WsClient, client_id: str, body: str) -> dict[str, Any] | None:
-        """The ack, or None when the node answered an error for this id (try again)."""
-        frame = {"type": "send", "id": client_id, "conversation": self.conversation, "body": body}
-        await ws.send(frame)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ACK_TIMEOUT
+    async def connect() -> WsClient:
+        turn = next(turns)
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
         while True:
-            got = await ws.recv(max(0.01, deadline - loop.time()))
-            if got.get("id") != client_id:
-                continue  # members' messages, pings: not checked on senders' sockets
-            if got["type"] == "ack":
-                return got
-            if got["type"] == "error":
-                await asyncio.sleep(0.1)  # the node says it cannot now: again shortly
-                return None
-
-
-@dataclass
-class Member:
-    """One member's logical socket: reads, and on a drop reconnects and resumes with
-    `sync` from the last seq it holds."""
-
-    who: Person
-    conversation: str
-    nodes: list[DaphneNode]
-    first_node: int
-    seqs: list[int] = field(default_factory=list)
-    bodies: dict[int, str] = field(default_factory=dict)
-    received: dict[int, float] = field(default_factory=dict)
-    resumes: int = 0
-
-    async def run(self, done: Callable[[int], bool]) -> None:
-        turn = self.first_node
-        while True:
-            ws = await connect(self.who, self.nodes, turn)
-            last = self.seqs[-1] if self.seqs else 0
-            await ws.send(
-                {"type": "sync", "id": unique("s"), "positions": {self.conversation: last}}
-            )
+            node = nodes[turn % len(nodes)]
             try:
-                while not done(self.seqs[-1] if self.seqs else 0):
-                    with contextlib.suppress(TimeoutError):
-                        self._take(await ws.recv(0.5))
-                await ws.close()
-                return
-            except Errors:
-                self.resumes += 1
+                return await who.socket(node, endpoint)
+            except ERRORS:
+                if time.monotonic() > deadline:
+                    raise
                 turn += 1
-                await ws.close()
+                await asyncio.sleep(0.1)  # the node is not taking sockets yet: try the next
 
-    def _take(self, frame: dict[str, Any]) -> None:
-        if frame["type"] == "message" and frame["conversation"] == self.conversation:
-            self.seqs.append(frame["seq"])
-            self.bodies[frame["seq"]] = frame["body"]
-            self.received.setdefault(frame["seq"], time.monotonic())
+    return connect
 
 
 @dataclass
@@ -197,37 +110,6 @@ class Publisher:
                 self.refused.add(n)
             n += 1
             await asyncio.sleep(PUBLISH_INTERVAL)
-
-
-@dataclass
-class Subscriber:
-    """Follows TOPIC live; on a drop resubscribes with `since`, checking each answer."""
-
-    who: Person
-    nodes: list[DaphneNode]
-    seen: list[tuple[str, int, int]] = field(default_factory=list)  # epoch, offset, n
-    answers: list[dict[str, Any]] = field(default_factory=list)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        turn = 1
-        while not stop.is_set():
-            ws = await connect(self.who, self.nodes, turn, "stream")
-            try:
-                since = (
-                    {"epoch": self.seen[-1][0], "offset": self.seen[-1][1]} if self.seen else None
-                )
-                reply = await subscribe(ws, TOPIC, since)
-                self.answers.append({"since": since, **reply})
-                for pub in reply["publications"]:
-                    self.seen.append((reply["epoch"], pub["offset"], pub["data"]["n"]))
-                while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        frame = await ws.recv(0.5)
-                        if frame["type"] == "pub":
-                            self.seen.append((frame["epoch"], frame["offset"], frame["data"]["n"]))
-            except Errors:
-                turn += 1
-            await ws.close()
 
 
 async def resume(who: Person, node: DaphneNode, topic: str, epoch: str, offset: int) -> dict:
@@ -273,17 +155,17 @@ async def test_redis_master_killed_under_load(
     _, idle = await asyncio.to_thread(publish, a, staff, IDLE_TOPIC, {"n": 3})
 
     senders = [
-        Sender(p, cid, [nodes[i % 2], nodes[(i + 1) % 2]]) for i, p in enumerate(senders_people)
+        Sender(rotating(p, nodes, i % 2), cid, p.username, SEND_INTERVAL, ACK_TIMEOUT)
+        for i, p in enumerate(senders_people)
     ]
     # Each reader on both nodes: three member sockets, two of them on the node
     # that does not carry their senders' sockets.
     members = [
-        Member(readers_people[0], cid, nodes, 0),
-        Member(readers_people[0], cid, nodes, 1),
-        Member(readers_people[1], cid, nodes, 1),
+        Member(rotating(who, nodes, first), cid, who.username)
+        for who, first in ((readers_people[0], 0), (readers_people[0], 1), (readers_people[1], 1))
     ]
     publisher = Publisher(a, staff)
-    subscriber = Subscriber(watcher, nodes)
+    subscriber = Subscriber(rotating(watcher, nodes, 1, "stream"), TOPIC)
 
     stop_load = asyncio.Event()
     stop_subscriber = asyncio.Event()
@@ -351,8 +233,7 @@ async def test_redis_master_killed_under_load(
     await asyncio.wait_for(asyncio.gather(*readers), DRAIN_TIMEOUT)
     for member in members:
         assert member.seqs == list(range(1, max(stored) + 1)), (
-            f"{member.who.username}: not each message once in order "
-            f"(resumed {member.resumes} times)"
+            f"{member.name}: not each message once in order (resumed {member.resumes} times)"
         )
         assert member.bodies == stored
 
@@ -421,7 +302,7 @@ async def test_redis_master_killed_under_load(
         f"first publication accepted after {first_publish:.2f} s; longest pause between "
         f"chat acks {pause:.2f} s, longest ack-to-delivery wait {worst_delay:.2f} s; "
         f"{len(acked)} messages acknowledged "
-        f"({sum(s.retries for s in senders)} retries, "
+        f"({sum(s.resent for s in senders)} retries, "
         f"{sum(m.resumes for m in members)} member resumes), {len(publisher.accepted)} "
         f"publications accepted ({len(publisher.refused)} refused during the failover, "
         f"{len(lost)} accepted but missing on the promoted replica)"

@@ -18,11 +18,9 @@ from tests.support.browser import (
     Tab,
     User,
     create_conversation,
-    launch_chromium,
     make_user,
     seed_messages,
     staff_token,
-    tab_factory,
 )
 from tests.support.live import STAFF_PASSWORD, DaphneNode, Stack, http, manage
 from tests.support.names import unique
@@ -34,11 +32,6 @@ MAX_DOM_MESSAGES = 240
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    yield from launch_chromium()
-
-
-@pytest.fixture(scope="module")
 def web(embedded_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaphneNode]:
     """One node for the module (users are unique per test); the restart test restarts it."""
     node = DaphneNode(
@@ -47,11 +40,6 @@ def web(embedded_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     node.start()
     yield node
     node.stop()
-
-
-@pytest.fixture
-def tab(browser: Any, web: DaphneNode) -> Iterator[Callable[[], Tab]]:
-    yield from tab_factory(browser, web)
 
 
 def pair(web: DaphneNode, tab: Callable[[], Tab]) -> tuple[User, Tab, User, Tab, str]:

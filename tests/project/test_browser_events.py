@@ -12,16 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import Tab, User, launch_chromium, make_user, seed_messages, tab_factory
+from tests.support.browser import Tab, User, make_user, seed_messages
 from tests.support.live import DaphneNode, Stack, http
 from tests.support.names import unique
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    yield from launch_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +27,6 @@ def web(embedded_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     node.start()
     yield node
     node.stop()
-
-
-@pytest.fixture
-def tab(browser: Any, web: DaphneNode) -> Iterator[Callable[[], Tab]]:
-    yield from tab_factory(browser, web)
 
 
 def png(width: int = 3, height: int = 2) -> bytes:

@@ -3,7 +3,7 @@ Chromium against a live daphne whose `sync` answers cover one conversation each.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,7 +11,6 @@ import pytest
 from tests.support.browser import (
     Tab,
     create_conversation,
-    launch_chromium,
     make_user,
     tab_factory,
 )
@@ -19,11 +18,6 @@ from tests.support.live import http
 from tests.support.names import unique
 
 pytestmark = pytest.mark.timeout(150)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    yield from launch_chromium()
 
 
 def test_missed_messages_of_a_conversation_on_a_later_page_arrive(

@@ -20,21 +20,19 @@ publication once, each resume `recovered: true`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.chat import Person, group, person
 from tests.support.live import DaphneNode, http
 from tests.support.names import unique
 from tests.support.nginx import NginxFront
+from tests.support.resilient import ERRORS, Connect, Member, OnDrop, Sender, Subscriber
 from tests.support.waiting import eventually
 from tests.support.wsclient import ConnectionClosedByServer, WsClient
 
@@ -52,8 +50,6 @@ READY_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 60.0
 # After 1012 a client waits 0 to 2 s at random (PROTOCOL 4); shortened here.
 RECONNECT_WAIT = 0.5
-
-Errors = (ConnectionClosedByServer, ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
 
 
 @dataclass
@@ -84,7 +80,7 @@ async def connect(front: NginxFront, who: Person, endpoint: str, drops: Drops) -
                 f"{front.ws_url}/ws/{endpoint}/", token=who.token, ssl=front.ssl
             )
             welcome = await client.welcome()
-        except Errors as error:
+        except ERRORS as error:
             response = getattr(error, "response", None)
             if response is not None:
                 drops.refused[response.status_code] += 1
@@ -96,94 +92,17 @@ async def connect(front: NginxFront, who: Person, endpoint: str, drops: Drops) -
         return client
 
 
-async def after_drop(error: BaseException, drops: Drops) -> None:
-    drops.saw(error)
-    await asyncio.sleep(random.uniform(0, RECONNECT_WAIT))
+def through(front: NginxFront, who: Person, endpoint: str, drops: Drops) -> Connect:
+    """A client's way back in: through nginx, counting what it saw."""
+    return lambda: connect(front, who, endpoint, drops)
 
 
-@dataclass
-class Sender:
-    """Sends continuously through nginx; each message until acknowledged, same id."""
+def after_drop(drops: Drops) -> OnDrop:
+    async def dropped(error: BaseException) -> None:
+        drops.saw(error)
+        await asyncio.sleep(random.uniform(0, RECONNECT_WAIT))
 
-    front: NginxFront
-    who: Person
-    conversation: str
-    drops: Drops
-    acked: list[tuple[int, str]] = field(default_factory=list)
-    resent: int = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        ws = await connect(self.front, self.who, "chat", self.drops)
-        n = 0
-        while not stop.is_set():
-            client_id, body = unique("m"), f"{self.who.username} {n}"
-            while True:
-                try:
-                    ack = await self._send(ws, client_id, body)
-                    if ack is not None:
-                        break
-                except Errors as error:
-                    await ws.close()
-                    await after_drop(error, self.drops)
-                    ws = await connect(self.front, self.who, "chat", self.drops)
-                self.resent += 1
-            self.acked.append((ack["seq"], body))
-            n += 1
-            await asyncio.sleep(SEND_INTERVAL)
-        await ws.close()
-
-    async def _send(self, ws: WsClient, client_id: str, body: str) -> dict[str, Any] | None:
-        frame = {"type": "send", "id": client_id, "conversation": self.conversation, "body": body}
-        await ws.send(frame)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ACK_TIMEOUT
-        while True:
-            got = await ws.recv(max(0.01, deadline - loop.time()))
-            if got.get("id") != client_id:
-                continue
-            if got["type"] == "ack":
-                return got
-            if got["type"] == "error":
-                await asyncio.sleep(0.1)
-                return None
-
-
-@dataclass
-class Member:
-    """A member's logical socket through nginx: reads; after a drop reconnects and
-    resumes with `sync` from the last seq it holds."""
-
-    front: NginxFront
-    who: Person
-    conversation: str
-    drops: Drops
-    seqs: list[int] = field(default_factory=list)
-    bodies: dict[int, str] = field(default_factory=dict)
-    resumes: int = 0
-
-    async def run(self, done: Callable[[int], bool]) -> None:
-        while True:
-            ws = await connect(self.front, self.who, "chat", self.drops)
-            last = self.seqs[-1] if self.seqs else 0
-            try:
-                await ws.send(
-                    {"type": "sync", "id": unique("s"), "positions": {self.conversation: last}}
-                )
-                while not done(self.seqs[-1] if self.seqs else 0):
-                    with contextlib.suppress(TimeoutError):
-                        frame = await ws.recv(0.5)
-                        if (
-                            frame["type"] == "message"
-                            and frame["conversation"] == self.conversation
-                        ):
-                            self.seqs.append(frame["seq"])
-                            self.bodies[frame["seq"]] = frame["body"]
-                await ws.close()
-                return
-            except Errors as error:
-                self.resumes += 1
-                await ws.close()
-                await after_drop(error, self.drops)
+    return dropped
 
 
 @dataclass
@@ -214,42 +133,6 @@ class Publisher:
             await asyncio.sleep(PUBLISH_INTERVAL)
 
 
-@dataclass
-class Subscriber:
-    """Follows TOPIC through nginx; after a drop resubscribes with `since`."""
-
-    front: NginxFront
-    who: Person
-    drops: Drops
-    seen: list[tuple[str, int, int]] = field(default_factory=list)  # epoch, offset, n
-    answers: list[dict[str, Any]] = field(default_factory=list)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            ws = await connect(self.front, self.who, "stream", self.drops)
-            try:
-                since = (
-                    {"epoch": self.seen[-1][0], "offset": self.seen[-1][1]} if self.seen else None
-                )
-                frame: dict[str, Any] = {"type": "subscribe", "id": unique("s"), "topic": TOPIC}
-                if since:
-                    frame["since"] = since
-                await ws.send(frame)
-                reply = await ws.expect("subscribed", timeout=ACK_TIMEOUT)
-                self.answers.append({"since": since, **reply})
-                for pub in reply["publications"]:
-                    self.seen.append((reply["epoch"], pub["offset"], pub["data"]["n"]))
-                while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        got = await ws.recv(0.5)
-                        if got["type"] == "pub":
-                            self.seen.append((got["epoch"], got["offset"], got["data"]["n"]))
-                await ws.close()
-            except Errors as error:
-                await ws.close()
-                await after_drop(error, self.drops)
-
-
 def ready(node: DaphneNode) -> bool:
     try:
         return http("GET", node.url + "/ready/", timeout=5)[0] == 200
@@ -273,15 +156,21 @@ async def test_rolling_restart_through_nginx_loses_and_doubles_nothing(
     watcher = person(a, "sub")
 
     drops = Drops()
-    senders = [Sender(front, p, cid, drops) for p in senders_people]
+    dropped = after_drop(drops)
+    senders = [
+        Sender(through(front, p, "chat", drops), cid, p.username, SEND_INTERVAL, ACK_TIMEOUT,
+               dropped)
+        for p in senders_people
+    ]  # fmt: skip
     # One reader holds two sockets (a client over both nodes, with least_conn).
     members = [
-        Member(front, readers[0], cid, drops),
-        Member(front, readers[0], cid, drops),
-        Member(front, readers[1], cid, drops),
+        Member(through(front, who, "chat", drops), cid, who.username, dropped)
+        for who in (readers[0], readers[0], readers[1])
     ]
     publisher = Publisher(front, staff)
-    subscriber = Subscriber(front, watcher, drops)
+    subscriber = Subscriber(
+        through(front, watcher, "stream", drops), TOPIC, ACK_TIMEOUT, on_drop=dropped
+    )
 
     stop_load, stop_watch = asyncio.Event(), asyncio.Event()
     final_seq: list[int] = []
@@ -332,7 +221,7 @@ async def test_rolling_restart_through_nginx_loses_and_doubles_nothing(
     assert drops.codes[1012] >= len(senders) + len(members) + 1, drops.codes
 
     # Chat: each acknowledged message stored once; nothing else stored.
-    acked = {seq: body for s in senders for seq, body in s.acked}
+    acked = {seq: body for s in senders for seq, body, _ in s.acked}
     assert len(acked) == sum(len(s.acked) for s in senders), "one seq acknowledged twice"
     stored = dict(
         production_stack.sql(
@@ -345,7 +234,7 @@ async def test_rolling_restart_through_nginx_loses_and_doubles_nothing(
     await asyncio.wait_for(asyncio.gather(*reading), DRAIN_TIMEOUT)
     for member in members:
         assert member.seqs == list(range(1, max(stored) + 1)), (
-            f"{member.who.username}: not each message once in order (resumed {member.resumes})"
+            f"{member.name}: not each message once in order (resumed {member.resumes})"
         )
         assert member.bodies == stored
 
