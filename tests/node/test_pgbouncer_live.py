@@ -51,9 +51,8 @@ async def test_two_node_suite_through_pgbouncer(
     scenario: Callable, pooled_stack: Stack, make_node
 ) -> None:
     if "two_nodes" in inspect.signature(scenario).parameters:
-        await scenario(
-            (make_node(pooled_stack, unique("pool-a-")), make_node(pooled_stack, unique("pool-b-")))
-        )
+        # Named as the `two_nodes` fixture names them (tests/conftest.py).
+        await scenario((make_node(pooled_stack, "node-a"), make_node(pooled_stack, "node-b")))
     else:
         await scenario(pooled_stack, make_node)
 
