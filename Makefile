@@ -21,10 +21,13 @@ run: venv
 # The suite waits on live nodes, browsers and containers far more than it computes:
 # two workers (pytest-xdist), each test file whole in one of them (its module
 # fixtures: a node, a browser, a container stack). TEST_WORKERS=0 runs it in one.
+# Tests marked `alone` run afterwards, by themselves.
 TEST_WORKERS ?= 2
 
 test: venv
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone" $(PYTEST_ARGS)
+	@# Then the tests marked `alone`, in a pytest of their own (5: none selected).
+	$(PY) -m pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: venv
 	.venv/bin/ruff check .

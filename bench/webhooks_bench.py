@@ -183,10 +183,21 @@ async def run(args: argparse.Namespace) -> None:
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_CONCURRENCY": str(args.concurrency),
     }
+    if args.delivery_worker:
+        settings["OUTBOX_DELIVERY"] = "worker"
     node = None
+    worker = None
     try:
         stack.migrate()
         node = DaphneNode(stack, "bench-hooks", Path(tempfile.mkdtemp()), settings).start()
+        if args.delivery_worker:
+            import subprocess
+
+            worker = subprocess.Popen(  # noqa: ASYNC220 - started once, not waited on here
+                [sys.executable, "manage.py", "deliver_outbox", "--poll", "0.2"],
+                cwd=ROOT,
+                env=stack.env(**settings),
+            )
         people = await asyncio.to_thread(seed, stack.database_url, args.conversations, 2)
         sockets = [await open_socket(node.ws_url, p["token"]) for p in people]
         senders = [
@@ -196,6 +207,7 @@ async def run(args: argparse.Namespace) -> None:
         ]
         others = [asyncio.ensure_future(drain(ws)) for i, ws in enumerate(sockets) if i % 2]
         cpu_before = process_cpu(node.proc.pid)
+        worker_before = process_cpu(worker.pid) if worker is not None else 0.0
 
         # 1. The receiver is down while the messages are stored.
         started = time.perf_counter()
@@ -232,6 +244,7 @@ async def run(args: argparse.Namespace) -> None:
         caught_up = time.perf_counter() - back
         drain_acks = [a for s in senders for a in s.acks]
         cpu = process_cpu(node.proc.pid) - cpu_before
+        worker_cpu = process_cpu(worker.pid) - worker_before if worker is not None else 0.0
 
         requests, events = received.read()
         by_conversation: dict[str, list[int]] = {}
@@ -256,11 +269,16 @@ async def run(args: argparse.Namespace) -> None:
             f"unsigned {sum(1 for r in requests if not r[5])}"
         )
         print(f"node CPU seconds over both phases: {cpu:.1f}")
+        if worker is not None:
+            print(f"delivery worker CPU seconds over both phases: {worker_cpu:.1f}")
         for task in others:
             task.cancel()
         for ws in sockets:
             await ws.close()
     finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
         if receiver.is_alive():
             receiver.kill()
         if node is not None:
@@ -276,6 +294,11 @@ def main() -> None:
     parser.add_argument("--drain-rate", type=float, default=100, help="msg/s while catching up")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--concurrency", type=int, default=8, help="WEBHOOK_CONCURRENCY")
+    parser.add_argument(
+        "--delivery-worker",
+        action="store_true",
+        help="OUTBOX_DELIVERY=worker: a `manage.py deliver_outbox` process delivers, not the node",
+    )
     args = parser.parse_args()
     os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
     asyncio.run(run(args))

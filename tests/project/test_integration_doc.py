@@ -25,7 +25,8 @@ from tests.support.live import ROOT, DaphneNode, manage
 from tests.support.names import unique
 from tests.support.wsclient import WsClient
 
-pytestmark = pytest.mark.timeout(150)
+# Alone: a browser waiting on console output, slow under the other worker's load.
+pytestmark = [pytest.mark.timeout(150), pytest.mark.alone]
 
 SECRET = "i" * 48
 NAMESPACES = {
