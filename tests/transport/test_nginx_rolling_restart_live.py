@@ -36,7 +36,10 @@ from tests.support.resilient import ERRORS, Connect, Member, OnDrop, Sender, Sub
 from tests.support.waiting import eventually
 from tests.support.wsclient import ConnectionClosedByServer, WsClient
 
-pytestmark = pytest.mark.timeout(300)
+# Alone: in one of four two-worker runs of the whole suite the first node took
+# 16.6 s to exit after SIGTERM (its stack dumped in the failure); never alone
+# (docs/architecture.md, "Tests run alone").
+pytestmark = [pytest.mark.timeout(300), pytest.mark.alone]
 
 TOPIC = "prices:ROLLING"
 SENDERS = 3
