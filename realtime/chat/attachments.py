@@ -15,6 +15,7 @@ from typing import Any
 from django.core.files.storage import default_storage
 from django.db import connection
 
+from monitoring import metrics
 from realtime.models import Attachment
 from realtime.node.db import any_of, is_postgres, values_table
 
@@ -120,12 +121,19 @@ def shown_in_order(found: Iterable[Found]) -> list[dict[str, Any]]:
 
 
 def delete_files(names: Iterable[str]) -> None:
-    """Remove stored files (after the commit that deleted their rows). A storage that
-    fails is logged: the rows are gone, so the bytes are no longer served."""
+    """Delete these storage names once the rows that held them are committed (a
+    message's delete, the removal of unclaimed uploads); one already gone is no
+    error. A storage failure is logged and counted (the file is an orphan then),
+    never raised: the rows are gone, so the bytes are no longer served."""
     for name in names:
+        if not name:
+            continue
         try:
             default_storage.delete(name)
+        except FileNotFoundError:
+            pass
         except Exception:
+            metrics.ATTACHMENT_FILE_DELETE_FAILURES.inc()
             log.exception("could not delete the attachment file %s", name)
 
 

@@ -57,6 +57,7 @@ from rest_framework.views import APIView
 
 from monitoring import metrics
 from realtime.chat import conversations
+from realtime.chat.attachments import attachment_repr, delete_files
 from realtime.models import Attachment
 from realtime.protocol import Code, TetherError, bad_request
 from realtime.rest import openapi as doc
@@ -119,16 +120,6 @@ def sniff(upload: Any) -> str:
     return found if _MIME.fullmatch(found) else UNKNOWN_TYPE
 
 
-def represent(attachment: Attachment) -> dict[str, Any]:
-    return {
-        "id": attachment.id,
-        "name": attachment.name,
-        "size": attachment.size,
-        "content_type": attachment.content_type,
-        "url": f"/api/attachments/{attachment.id}/",
-    }
-
-
 def store(user: Any, conversation: Any, upload: Any) -> Attachment:
     """Write the bytes under a random storage name, then the row; no row, no file."""
     attachment = Attachment(
@@ -148,22 +139,6 @@ def store(user: Any, conversation: Any, upload: Any) -> Attachment:
     metrics.ATTACHMENT_UPLOADS.inc()
     metrics.ATTACHMENT_UPLOAD_BYTES.inc(attachment.size)
     return attachment
-
-
-def delete_files(names: list[str]) -> None:
-    """Delete these storage names; one already gone is no error. A storage failure
-    is logged and counted (the file is an orphan then), never raised: callers run
-    this after their rows are committed."""
-    for name in names:
-        if not name:
-            continue
-        try:
-            default_storage.delete(name)
-        except FileNotFoundError:
-            pass
-        except Exception:
-            metrics.ATTACHMENT_FILE_DELETE_FAILURES.inc()
-            log.exception("could not delete attachment file %s", name)
 
 
 def readable(user_id: int, attachment_id: Any) -> Attachment:
@@ -374,7 +349,7 @@ class AttachmentsView(APIView):
             # session-authenticated POST's form first (the ASGI bound kept it small).
             return too_large(limit)
         attachment = store(request.user, conversation, upload)
-        return Response(represent(attachment), status=201)
+        return Response(attachment_repr(attachment), status=201)
 
 
 class AttachmentDetailView(APIView):
