@@ -63,22 +63,41 @@ def manage(
     )
 
 
+class _From(urllib.request.HTTPHandler):
+    """Connects from a chosen local address."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(
+            lambda host, **kw: HTTPConnection(host, source_address=(self.source, 0), **kw), req
+        )
+
+
 def http(
     method: str,
     url: str,
     body: Any = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10,
+    source: str | None = None,
 ) -> tuple[int, Any, dict[str, str]]:
-    """One HTTP request; (status, decoded JSON or text, headers)."""
+    """One HTTP request; (status, decoded JSON or text, headers). `source`: the local
+    address to send from (any 127.x.y.z): a client address of the test's own, so
+    per-address counts other tests left on a shared Redis do not reach it."""
     data = None
     hdrs = dict(headers or {})
     if body is not None:
         data = json.dumps(body).encode()
         hdrs.setdefault("Content-Type", "application/json")
     request = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    opener = urllib.request.build_opener(_From(source)) if source else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with (opener.open if opener else urllib.request.urlopen)(
+            request, timeout=timeout
+        ) as response:
             status, raw, rheaders = response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as error:
         status, raw, rheaders = error.code, error.read(), dict(error.headers)
