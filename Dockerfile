@@ -52,7 +52,7 @@ RUN SECRET_KEY=build-time-collectstatic-only-not-a-secret-0123456789abcdefghij \
 USER 10001:10001
 EXPOSE 8000
 # docker stop sends SIGTERM: the node closes its sockets with 1012, removes its
-# records and exits within about 15 s; compose gives it stop_grace_period (30 s)
+# records and exits within 20 s at most (SHUTDOWN_BOUND_SECONDS); compose gives it stop_grace_period (30 s)
 # before SIGKILL. daphne is PID 1 (exec form), so the signal reaches it.
 STOPSIGNAL SIGTERM
 # Healthy = ready to serve: the database and the channel layer answer

@@ -31,9 +31,16 @@ log = logging.getLogger("tether.runtime")
 
 # Upper bound on closing every socket at SIGTERM before the node's records go.
 DRAIN_SECONDS = 10.0
-# After the drain under daphne, how long the process may take to exit before it
-# exits anyway (`exit_after_drain`).
+# Upper bound on the stop after the drain: leaving the hub's groups and removing
+# the node's records. What is left then goes the way a crashed node's does (the
+# other nodes' reapers, or this node's next start).
+STOP_SECONDS = 5.0
+# After that under daphne, how long the process may take to exit before it exits
+# anyway (`exit_after_drain`).
 EXIT_GRACE_SECONDS = 5.0
+# From SIGTERM to the process's exit, at most (docs/deployment.md, section 9):
+# what a supervisor's stop timeout must exceed.
+SHUTDOWN_BOUND_SECONDS = DRAIN_SECONDS + STOP_SECONDS + EXIT_GRACE_SECONDS
 
 
 class NodePart(Protocol):
@@ -141,11 +148,13 @@ class NodeRuntime:
 
     async def shutdown(self) -> None:
         """Drain (SIGTERM): refuse new sockets, close every local one with 1012 so
-        clients resume on another node, remove the records; bounded by DRAIN_SECONDS."""
+        clients resume on another node, remove the records; bounded by DRAIN_SECONDS
+        and STOP_SECONDS, each phase's time logged."""
         self.draining = True
         conns = list(self.connections.values())
         if conns:
             log.info("node %s draining: closing %d sockets with 1012", self.name, len(conns))
+            started = time.monotonic()
             closing = asyncio.gather(
                 *(conn.close(Close.RESTART) for conn in conns), return_exceptions=True
             )
@@ -156,7 +165,24 @@ class NodeRuntime:
                 log.warning(
                     "node %s: drain took over %.0fs; removing the rest", self.name, DRAIN_SECONDS
                 )
-        await self.stop()
+            else:
+                log.info(
+                    "node %s: %d sockets closed in %.2fs",
+                    self.name,
+                    len(conns),
+                    time.monotonic() - started,
+                )
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self.stop(), STOP_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "node %s: stopping took over %.0fs; its records are left to the reapers",
+                self.name,
+                STOP_SECONDS,
+            )
+        else:
+            log.info("node %s: stopped in %.2fs", self.name, time.monotonic() - started)
 
     async def _stop_logged(self) -> None:
         try:

@@ -5,6 +5,7 @@ tests/transport/test_nginx_rolling_restart_live.py."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from realtime.models import Node
+from realtime.node import runtime as runtime_module
 from tests.support.live import ROOT, node_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,3 +57,24 @@ def test_a_thread_left_waiting_does_not_hold_the_exit() -> None:
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 20
     assert "exit held" in done.stderr and "stuck-request" in done.stderr, done.stderr
+
+
+async def test_a_stop_that_hangs_is_cut_at_its_bound(runtime, monkeypatch, caplog) -> None:
+    # A channel layer that no longer answers (Redis gone at the wrong moment) must
+    # not hold the exit past SHUTDOWN_BOUND_SECONDS: the records are left to the
+    # reapers, as a crashed node's are.
+    await runtime.ensure_started()
+    hub_stop = runtime.hub.stop
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(runtime_module, "STOP_SECONDS", 0.3)
+    monkeypatch.setattr(runtime.hub, "stop", hangs)
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="tether.runtime"):
+        await runtime.shutdown()
+    assert time.monotonic() - started < 2
+    assert "stopping took over" in caplog.text
+    monkeypatch.undo()
+    await hub_stop()

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from project.config import BY_NAME, EXAMPLE_SECRET_KEY, ConfigError, load
-from realtime.node.runtime import DRAIN_SECONDS
+from realtime.node.runtime import DRAIN_SECONDS, SHUTDOWN_BOUND_SECONDS
 from tests.support import services
 from tests.support.live import ROOT
 from tests.support.services import require_or_skip
@@ -43,7 +43,7 @@ SECRET_EXAMPLE = MANIFESTS / "base" / "secret.example.yaml"
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 # After the drain the node removes its records and daphne stops: seconds allowed
 # on top of DRAIN_SECONDS before the kubelet's SIGKILL would cut that short.
-CLEANUP_SECONDS = 10
+CLEANUP_SECONDS = SHUTDOWN_BOUND_SECONDS - DRAIN_SECONDS
 HEARTBEAT_INTERVAL = BY_NAME["HEARTBEAT_INTERVAL"].default
 TIMEOUT_ANNOTATIONS = (
     "nginx.ingress.kubernetes.io/proxy-read-timeout",
@@ -171,7 +171,7 @@ def check_stop_sequence(docs: Docs) -> None:
     grace = pod.get("terminationGracePeriodSeconds", 30)
     assert grace >= needed, (
         f"terminationGracePeriodSeconds {grace} < preStop {sleep} + drain {DRAIN_SECONDS:g} "
-        f"+ clean-up {CLEANUP_SECONDS}: SIGKILL would cut the drain short"
+        f"+ clean-up {CLEANUP_SECONDS:g}: SIGKILL would cut the drain short"
     )
 
 

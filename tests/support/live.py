@@ -16,6 +16,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
+from realtime.node.runtime import SHUTDOWN_BOUND_SECONDS
 from realtime.rest import quotas
 from tests.support.services import free_port
 
@@ -218,8 +219,11 @@ class DaphneNode:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
-        """Stop the process with `sig` (SIGKILL for a crash); its exit code."""
+    def stop(
+        self, sig: int = signal.SIGTERM, timeout: float = SHUTDOWN_BOUND_SECONDS
+    ) -> int | None:
+        """Stop the process with `sig` (SIGKILL for a crash); its exit code. A node
+        still running after the bound its SIGTERM promises is hung."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
