@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.chat import Person, group, person, send
-from tests.support.live import DaphneNode, Stack, http
+from tests.support.live import DaphneNode, Stack, http, processes_on
 from tests.support.names import unique
 from tests.support.pushservice import PushService, Subscription
 from tests.support.waiting import eventually
@@ -218,7 +218,19 @@ async def test_pushes_survive_a_node_killed_before_sending(
     make_node(stack, **pushing(WEBHOOK_TIMEOUT="2"))
     # The lease (9 s), then a retry's delay, after a new node's start: generous, as
     # a loaded machine (two test workers) starts nodes slowly.
-    await wait(service, lambda s: s.of(token), 60, "the push after the restart")
+    try:
+        await wait(service, lambda s: s.of(token), 60, "the push after the restart")
+    except AssertionError:
+        # What held the push: its row, the nodes on record, any process on the stack.
+        rows = stack.sql(
+            "SELECT type, state, attempts, next_attempt_at, last_status, last_error"
+            " FROM realtime_outboxevent ORDER BY id"
+        )
+        nodes = stack.sql("SELECT name, last_heartbeat FROM realtime_node")
+        raise AssertionError(
+            f"outbox: {rows}\nnodes: {nodes}\nprocesses: {processes_on(stack)}\n"
+            f"pushes seen: {service.of(token, delivered_only=False)}"
+        ) from None
     await asyncio.sleep(1)
     assert [p.payload["body"] for p in service.of(token)] == ["hey"]
 

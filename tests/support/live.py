@@ -146,6 +146,23 @@ class Stack:
             return cursor.fetchall() if cursor.description else []
 
 
+def processes_on(stack: Stack) -> list[str]:
+    """Every process whose environment names this stack's database (pid and command):
+    when a test sees rows handled by no process of its own, what else is running."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if f"DATABASE_URL={stack.database_url}".encode() in environ:
+            found.append(f"{proc.name}: {cmdline.decode(errors='replace')[:200]}")
+    return found
+
+
 @dataclass
 class DaphneNode:
     """One daphne process serving project.asgi on a free loopback port."""
