@@ -81,22 +81,16 @@ def test_downloads_through_nginx_with_x_accel_redirect(
     bearer = {"Authorization": f"Bearer {bob}"}
     status, me, _ = http("GET", f"{node.url}/api/me/", headers=bearer)
     assert status == 200
-    status, group, _ = http(
-        "POST",
-        f"{node.url}/api/conversations/",
-        {"kind": "group", "title": "files", "members": [me["id"]]},
-        {"Authorization": f"Bearer {alice}"},
-    )
-    assert status == 201, group
+    cid = node.create_group(alice, "files", [me["id"]])
 
     # A 700 KB PNG (more than nginx's and the node's in-memory buffers) and an HTML page.
     big_png = PNG + os.urandom(700_000)
-    status, picture = upload(front, alice, group["id"], "holiday.png", big_png)
+    status, picture = upload(front, alice, cid, "holiday.png", big_png)
     assert status == 201, picture
     assert picture["content_type"] == "image/png" and picture["size"] == len(big_png)
-    status, page = upload(front, alice, group["id"], "page.html", HTML)
+    status, page = upload(front, alice, cid, "page.html", HTML)
     assert status == 201 and page["content_type"] == "text/html", page
-    status, drawing = upload(front, alice, group["id"], "drawing.svg", SVG)
+    status, drawing = upload(front, alice, cid, "drawing.svg", SVG)
     assert status == 201 and drawing["content_type"] == "image/svg+xml", drawing
     # What the node answers by itself: the location, the headers, no bytes.
     rows = production_stack.sql(
@@ -151,29 +145,23 @@ def test_uploads_over_the_limit_are_413_too_large_at_nginx_and_at_the_node(
     node = make_node(production_stack, MEDIA_ROOT=str(media_root), MAX_ATTACHMENT_BYTES="100000")
     front = make_nginx_front([node], media_root=media_root)
     alice = node.register(unique("alice"))
-    status, group, _ = http(
-        "POST",
-        f"{node.url}/api/conversations/",
-        {"kind": "group", "title": "files", "members": []},
-        {"Authorization": f"Bearer {alice}"},
-    )
-    assert status == 201
+    cid = node.create_group(alice, "files")
     # Over the node's limit, within nginx's: the node refuses it.
-    status, body = upload(front, alice, group["id"], "a.png", PNG + b"\x00" * 150_000)
+    status, body = upload(front, alice, cid, "a.png", PNG + b"\x00" * 150_000)
     assert status == 413 and body["error"] == "too_large" and body["max_bytes"] == 100_000
     # Over nginx's client_max_body_size (11m): nginx refuses it, in the same shape.
-    status, body = upload(front, alice, group["id"], "b.png", PNG + b"\x00" * (12 << 20))
+    status, body = upload(front, alice, cid, "b.png", PNG + b"\x00" * (12 << 20))
     assert status == 413 and body["error"] == "too_large"
     assert not [p for p in media_root.rglob("*") if p.is_file()]
     # Without ATTACHMENT_ACCEL_REDIRECT the node streams the file itself.
     # (in chunks: 90 KB is two of them).
     data = PNG + os.urandom(90_000)
-    status, picture = upload(front, alice, group["id"], "small.png", data)
+    status, picture = upload(front, alice, cid, "small.png", data)
     assert status == 201, picture
     status, raw, headers = request(front, "GET", picture["url"], alice)
     assert status == 200 and raw == data and "X-Accel-Redirect" not in headers
     assert headers["Content-Length"] == str(len(data)) and headers["Content-Type"] == "image/png"
     production_stack.sql("DELETE FROM realtime_attachment WHERE id = %s", picture["id"])
     assert production_stack.sql(
-        "SELECT count(*) FROM realtime_attachment WHERE conversation_id = %s", group["id"]
+        "SELECT count(*) FROM realtime_attachment WHERE conversation_id = %s", cid
     ) == [(0,)]

@@ -28,7 +28,15 @@ import pytest
 from tests.support.chat import Person, group, person
 from tests.support.live import DaphneNode, Stack, http
 from tests.support.names import unique
-from tests.support.resilient import ERRORS, Connect, Member, Sender, Subscriber
+from tests.support.resilient import (
+    ERRORS,
+    Connect,
+    Member,
+    Sender,
+    Subscriber,
+    acked_and_stored,
+    each_member_got_all,
+)
 from tests.support.sentinel import MASTER_NAME, SentinelCluster, sentinel_cluster  # noqa: F401
 from tests.support.topics import publish, stream, subscribe
 from tests.support.waiting import eventually
@@ -220,22 +228,10 @@ async def test_redis_master_killed_under_load(
         )
 
     # Chat: every acknowledged message stored; every member socket got them all once, in order.
-    acked = {seq: body for s in senders for seq, body, _ in s.acked}
-    assert len(acked) == sum(len(s.acked) for s in senders), "one seq acknowledged twice"
-    stored = dict(
-        stack.sql(
-            "SELECT seq, body FROM realtime_message WHERE conversation_id = %s ORDER BY seq", cid
-        )
-    )
-    assert list(stored) == list(range(1, len(stored) + 1)), "stored seqs have a gap"
+    acked, stored = acked_and_stored(stack.sql, cid, senders)
     assert all(stored.get(seq) == body for seq, body in acked.items()), "an ack without its row"
     final_seq.append(max(stored))
-    await asyncio.wait_for(asyncio.gather(*readers), DRAIN_TIMEOUT)
-    for member in members:
-        assert member.seqs == list(range(1, max(stored) + 1)), (
-            f"{member.name}: not each message once in order (resumed {member.resumes} times)"
-        )
-        assert member.bodies == stored
+    await each_member_got_all(members, readers, stored, DRAIN_TIMEOUT)
 
     # Topics: what the subscriber saw matches what was accepted, epoch by epoch.
     stop_subscriber.set()

@@ -19,6 +19,7 @@ from tests.support.browser import (
     User,
     create_conversation,
     make_user,
+    pair,
     seed_messages,
     staff_token,
 )
@@ -40,17 +41,6 @@ def web(embedded_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     node.start()
     yield node
     node.stop()
-
-
-def pair(web: DaphneNode, tab: Callable[[], Tab]) -> tuple[User, Tab, User, Tab, str]:
-    """Alice and Bob logged in on /chat/ in two contexts, with a direct conversation open."""
-    alice, bob = make_user(web, unique("alice")), make_user(web, unique("bob"))
-    a, b = tab(), tab()
-    a.login(alice)
-    b.login(bob)
-    cid = a.start_conversation(bob.username)
-    b.conversation(cid).wait_for()
-    return alice, a, bob, b, cid
 
 
 def rest_bodies(web: DaphneNode, user: User, cid: str) -> list[str]:

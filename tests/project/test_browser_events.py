@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import Tab, User, make_user, seed_messages
+from tests.support.browser import Tab, User, pair, seed_messages
 from tests.support.live import DaphneNode, Stack, http
 from tests.support.names import unique
 
@@ -46,31 +46,6 @@ def png(width: int = 3, height: int = 2) -> bytes:
     )
 
 
-def pair(web: DaphneNode, tab: Callable[[], Tab], group: bool = False):
-    """Alice and Bob on /chat/, both with the conversation open (a group Alice made,
-    or a direct one)."""
-    alice, bob = make_user(web, unique("alice")), make_user(web, unique("bob"))
-    a, b = tab(), tab()
-    a.login(alice)
-    b.login(bob)
-    if group:
-        status, body, _ = http(
-            "POST",
-            web.url + "/api/conversations/",
-            {"kind": "group", "title": "team", "members": [bob.id]},
-            {"Authorization": f"Bearer {alice.token}"},
-        )
-        assert status == 201, body
-        cid = body["id"]
-        a.conversation(cid).wait_for()
-    else:
-        cid = a.start_conversation(bob.username)
-    b.conversation(cid).wait_for()
-    a.open(cid)
-    b.open(cid)
-    return alice, a, bob, b, cid
-
-
 def message(tab: Tab, body: str) -> Any:
     return tab.page.locator(
         '[data-testid="message-list"] [data-testid="message"][data-state="sent"]',
@@ -98,7 +73,7 @@ def rows(web: DaphneNode, user: User, cid: str) -> list[dict[str, Any]]:
 def test_edit_and_delete_own_messages_show_on_both_sides(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    alice, a, _, b, cid = pair(web, tab)
+    alice, a, _, b, cid = pair(web, tab, open_both=True)
     a.send("helo wrld")
     b.wait_bodies(["helo wrld"])
     # Bob may reply and react to Alice's message, not edit or delete it.
@@ -142,7 +117,7 @@ def test_edit_and_delete_own_messages_show_on_both_sides(
 def test_a_group_s_creator_deletes_a_member_s_message(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    _, a, _, b, _ = pair(web, tab, group=True)
+    _, a, _, b, _ = pair(web, tab, group=True, open_both=True)
     b.send("off topic")
     a.wait_bodies(["off topic"])
     action(a, "off topic", "message-delete")
@@ -151,7 +126,7 @@ def test_a_group_s_creator_deletes_a_member_s_message(
 
 
 def test_reactions_with_picker_counts_and_names(web: DaphneNode, tab: Callable[[], Tab]) -> None:
-    alice, a, bob, b, cid = pair(web, tab)
+    alice, a, bob, b, cid = pair(web, tab, open_both=True)
     a.send("lunch?")
     b.wait_bodies(["lunch?"])
     action(b, "lunch?", "message-react")
@@ -176,7 +151,7 @@ def test_reactions_with_picker_counts_and_names(web: DaphneNode, tab: Callable[[
 def test_reply_quotes_and_the_quote_scrolls_to_a_message_far_back(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    alice, a, bob, b, cid = pair(web, tab)
+    alice, a, bob, b, cid = pair(web, tab, open_both=True)
     a.send("the question")
     b.wait_bodies(["the question"])
     action(b, "the question", "message-reply")
@@ -222,7 +197,7 @@ def test_reply_quotes_and_the_quote_scrolls_to_a_message_far_back(
 def test_attach_by_button_drop_and_paste_with_progress_thumbnails_and_links(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    alice, a, bob, b, cid = pair(web, tab)
+    alice, a, bob, b, cid = pair(web, tab, open_both=True)
     image, text = png(), b"meeting notes\n" * 50
     a.by_id("attach").set_input_files(
         [
@@ -306,7 +281,7 @@ def test_attach_by_button_drop_and_paste_with_progress_thumbnails_and_links(
 def test_an_oversized_upload_is_refused_with_a_clear_error(
     web: DaphneNode, tab: Callable[[], Tab]
 ) -> None:
-    _, a, _, _, _ = pair(web, tab)
+    _, a, _, _, _ = pair(web, tab, open_both=True)
     limit = 10 * 1024 * 1024
     a.by_id("attach").set_input_files(
         [
@@ -324,7 +299,7 @@ def test_an_oversized_upload_is_refused_with_a_clear_error(
 
 
 def test_receipts_show_after_a_reload(web: DaphneNode, tab: Callable[[], Tab]) -> None:
-    _, a, bob, b, cid = pair(web, tab)
+    _, a, bob, b, cid = pair(web, tab, open_both=True)
     a.send("did you read this?")
     b.wait_bodies(["did you read this?"])
     a.page.wait_for_selector(f'[data-testid="message"][data-read-by="{bob.username}"]')

@@ -142,14 +142,7 @@ def test_toggle_subscribes_and_a_push_shows_a_notification_that_opens_the_conver
     assert stored() == [(subscription.endpoint,)]
     cdp, registration = registration_id(b)
 
-    status, created, _ = http(
-        "POST",
-        web.url + "/api/conversations/",
-        {"kind": "group", "title": "Launch crew", "members": [bob.id]},
-        {"Authorization": f"Bearer {alice.token}"},
-    )
-    assert status == 201, created
-    cid = created["id"]
+    cid = web.create_group(alice.token, "Launch crew", [bob.id])
 
     def post(text: str) -> None:
         status, body, _ = http(

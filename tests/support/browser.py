@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.live import DaphneNode, http, manage
+from tests.support.names import unique
 from tests.support.services import require_or_skip
 
 CHROMIUM = os.environ.get("TETHER_CHROMIUM", "/usr/bin/chromium")
@@ -231,6 +232,27 @@ def create_conversation(node: DaphneNode, owner: User, other: User) -> str:
     )
     assert status in (200, 201), body
     return body["id"]
+
+
+def pair(
+    web: DaphneNode, tab: Callable[[], Tab], group: bool = False, open_both: bool = False
+) -> tuple[User, Tab, User, Tab, str]:
+    """Alice and Bob logged in on /chat/ in two contexts, and a conversation of theirs
+    in both lists: a direct one, or a group Alice made; open in both with `open_both`."""
+    alice, bob = make_user(web, unique("alice")), make_user(web, unique("bob"))
+    a, b = tab(), tab()
+    a.login(alice)
+    b.login(bob)
+    if group:
+        cid = web.create_group(alice.token, "team", [bob.id])
+        a.conversation(cid).wait_for()
+    else:
+        cid = a.start_conversation(bob.username)
+    b.conversation(cid).wait_for()
+    if open_both:
+        a.open(cid)
+        b.open(cid)
+    return alice, a, bob, b, cid
 
 
 def take_screenshots(out_dir: Path) -> list[Path]:

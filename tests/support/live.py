@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
@@ -273,6 +274,17 @@ class DaphneNode:
         )
         assert status == 200, body
         return body["token"]
+
+    def create_group(self, token: str, title: str = "team", members: Sequence[int] = ()) -> str:
+        """A group made over REST by the token's user; its id."""
+        status, body, _ = http(
+            "POST",
+            self.url + "/api/conversations/",
+            {"kind": "group", "title": title, "members": list(members)},
+            {"Authorization": f"Bearer {token}"},
+        )
+        assert status == 201, body
+        return body["id"]
 
     def create_superuser(self, username: str, password: str = STAFF_PASSWORD) -> None:
         """`manage.py createsuperuser --noinput` from the environment, as operators do."""

@@ -157,3 +157,30 @@ class Subscriber:
             except ERRORS as error:
                 await ws.close()
                 await _dropped(error, self.on_drop)
+
+
+def acked_and_stored(
+    sql: Callable[..., list[tuple]], cid: str, senders: list[Sender]
+) -> tuple[dict[int, str], dict[int, str]]:
+    """After a fault test: (seq → body acknowledged, seq → body stored), having checked
+    that no seq was acknowledged twice and the stored seqs have no gap. How the two
+    must relate is the test's (a fault may leave rows whose ack was lost)."""
+    acked = {seq: body for s in senders for seq, body, _ in s.acked}
+    assert len(acked) == sum(len(s.acked) for s in senders), "one seq acknowledged twice"
+    stored = dict(
+        sql("SELECT seq, body FROM realtime_message WHERE conversation_id = %s ORDER BY seq", cid)
+    )
+    assert list(stored) == list(range(1, len(stored) + 1)), "stored seqs have a gap"
+    return acked, stored
+
+
+async def each_member_got_all(
+    members: list[Member], reading: list[asyncio.Task[Any]], stored: dict[int, str], timeout: float
+) -> None:
+    """Every member, once its reader is done, holds every stored message once, in order."""
+    await asyncio.wait_for(asyncio.gather(*reading), timeout)
+    for member in members:
+        assert member.seqs == list(range(1, max(stored) + 1)), (
+            f"{member.name}: not each message once in order (resumed {member.resumes} times)"
+        )
+        assert member.bodies == stored

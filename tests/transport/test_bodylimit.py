@@ -181,16 +181,7 @@ def test_under_daphne_upload_bodies_reach_django_as_sent(embedded_stack, make_no
     body over the bound is the limit's 413."""
     node = make_node(embedded_stack, MAX_ATTACHMENT_BYTES="1000")
     token = node.register(unique("up"))
-    from tests.support.live import http
-
-    status, group, _ = http(
-        "POST",
-        f"{node.url}/api/conversations/",
-        {"kind": "group", "title": "t", "members": []},
-        {"Authorization": f"Bearer {token}"},
-    )
-    assert status == 201
-    path = f"/api/conversations/{group['id']}/attachments/"
+    path = f"/api/conversations/{node.create_group(token, 't')}/attachments/"
     head, _, body = raw_post(node.port, token, path, b"--b0--\r\n").partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert json.loads(body)["field"] == "file"

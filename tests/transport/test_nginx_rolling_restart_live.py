@@ -32,7 +32,16 @@ from tests.support.chat import Person, group, person
 from tests.support.live import DaphneNode, http
 from tests.support.names import unique
 from tests.support.nginx import NginxFront
-from tests.support.resilient import ERRORS, Connect, Member, OnDrop, Sender, Subscriber
+from tests.support.resilient import (
+    ERRORS,
+    Connect,
+    Member,
+    OnDrop,
+    Sender,
+    Subscriber,
+    acked_and_stored,
+    each_member_got_all,
+)
 from tests.support.waiting import eventually
 from tests.support.wsclient import ConnectionClosedByServer, WsClient
 
@@ -226,22 +235,10 @@ async def test_rolling_restart_through_nginx_loses_and_doubles_nothing(
     assert drops.codes[1012] >= len(senders) + len(members) + 1, drops.codes
 
     # Chat: each acknowledged message stored once; nothing else stored.
-    acked = {seq: body for s in senders for seq, body, _ in s.acked}
-    assert len(acked) == sum(len(s.acked) for s in senders), "one seq acknowledged twice"
-    stored = dict(
-        production_stack.sql(
-            "SELECT seq, body FROM realtime_message WHERE conversation_id = %s ORDER BY seq", cid
-        )
-    )
-    assert list(stored) == list(range(1, len(stored) + 1)), "stored seqs have a gap"
+    acked, stored = acked_and_stored(production_stack.sql, cid, senders)
     assert stored == acked, "stored and acknowledged differ (lost, doubled or unacked rows)"
     final_seq.append(max(stored))
-    await asyncio.wait_for(asyncio.gather(*reading), DRAIN_TIMEOUT)
-    for member in members:
-        assert member.seqs == list(range(1, max(stored) + 1)), (
-            f"{member.name}: not each message once in order (resumed {member.resumes})"
-        )
-        assert member.bodies == stored
+    await each_member_got_all(members, reading, stored, DRAIN_TIMEOUT)
 
     # Topics: every accepted publication seen once, in order; resumes recovered.
     stop_watch.set()
