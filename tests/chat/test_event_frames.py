@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.contrib.admin.utils import quote as admin_quote
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
@@ -324,7 +325,7 @@ async def test_the_admin_deletes_through_the_same_path(runtime) -> None:
         operator = User.objects.create_superuser(unique("op"), password="pw-Not-common-123")
         web = Client()
         web.force_login(operator)
-        page = web.get(f"/admin/realtime/message/{mid}/change/")
+        page = web.get(f"/admin/realtime/message/{admin_quote(mid)}/change/")
         html = page.content.decode()
         done = web.post(
             "/admin/realtime/message/",
