@@ -3,7 +3,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # The demo's topic feed: a price tick every second on the feeds page.
 DEMO_FEED ?= prices:DEMO
-export HOST PORT DEMO_FEED
+export HOST PORT
 PY := .venv/bin/python
 
 .PHONY: run test lint format venv migrate seed config-table clean
@@ -11,6 +11,8 @@ PY := .venv/bin/python
 venv:
 	@./scripts/venv.sh
 
+# Only `run` gets the feed: nodes the tests start must not tick on their own.
+run: export DEMO_FEED := $(DEMO_FEED)
 run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo

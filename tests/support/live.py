@@ -24,7 +24,17 @@ from tests.support.services import free_port
 ROOT = Path(__file__).resolve().parents[2]
 STAFF_PASSWORD = "an-Admin-passw0rd-long"
 # Variables a developer's shell may carry that must not leak into a node.
-_SCRUB = ("DATABASE_URL", "REDIS_URL", "NODE_NAME", "ALLOWED_ORIGINS", "PORT", "HOST")
+# DEMO_FEED too: a node that publishes a tick every second of its own puts topic
+# keys in Redis that tests of topic state count.
+_SCRUB = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "NODE_NAME",
+    "ALLOWED_ORIGINS",
+    "PORT",
+    "HOST",
+    "DEMO_FEED",
+)
 
 
 def node_env(**overrides: str) -> dict[str, str]:
